@@ -1,0 +1,29 @@
+# Two commands on a fresh machine with Python 3.11 and pip:
+#   make demo   # the main job on embedded data
+#   make test   # the whole test suite
+# Each creates the project-local virtual environment .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+WORKDIR ?= workdirs/demo
+
+.PHONY: demo test exact-demo install clean
+
+$(VENV)/.installed: setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test,notebooks]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: $(VENV)/.installed
+	JAX_PLATFORMS=cpu $(PY) -m pytest -q -n 2 --durations=15 tests
+
+exact-demo: $(VENV)/.installed
+	JAX_PLATFORMS=cpu $(PY) -m launch.exact_demo --out=reports/exact_tv.md
+
+demo: exact-demo
+
+clean:
+	rm -rf $(VENV) workdirs reports

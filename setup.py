@@ -1,0 +1,31 @@
+"""mixture_dd: few-step discrete diffusion by Di4C distillation, in JAX/Flax."""
+from setuptools import find_packages, setup
+
+setup(
+    name="mixture_dd",
+    version="0.1.0",
+    description="Di4C: distil product discrete-diffusion teachers into few-step mixture students (JAX/Flax)",
+    long_description=open("README.md").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["mixture_dd", "mixture_dd.*"]),
+    install_requires=[
+        "jax>=0.10,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.8,<0.3",
+        "orbax-checkpoint>=0.12,<0.13",
+        "chex>=0.1.92,<0.2",
+        "ml-collections>=1.1,<2",
+        "absl-py>=2.1",
+        "tensorflow-datasets>=4.9.10,<5",
+        "numpy>=1.26",
+        "scikit-learn>=1.5",  # only for its bundled digits data
+        "matplotlib>=3.8",
+        "tqdm>=4.66",
+        "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-xdist>=3.5"],
+        "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+    },
+)

@@ -1,0 +1,50 @@
+"""Test set-up: 8 host CPU devices so sharding tests run anywhere."""
+import os
+
+# Must happen before jax is imported anywhere in the test session.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pytest
+from scipy import stats
+
+
+def chi2_threshold(num_cells: int, alpha: float = 1e-3) -> float:
+  """The (1 - alpha) quantile of chi-square with num_cells - 1 dof."""
+  return float(stats.chi2.ppf(1.0 - alpha, num_cells - 1))
+
+
+def chi2_stat(counts, probs) -> tuple[float, int]:
+  """Pearson statistic over cells with non-negligible expected count.
+
+  Cells whose expected count is below 5 are pooled into one, the usual rule
+  that keeps the chi-square approximation valid. Returns (stat, cells).
+  """
+  counts = np.asarray(counts, np.float64)
+  n = counts.sum()
+  expected = n * np.asarray(probs, np.float64)
+  big = expected >= 5
+  obs = list(counts[big])
+  exp = list(expected[big])
+  if (~big).any():
+    obs.append(counts[~big].sum())
+    exp.append(expected[~big].sum())
+  obs, exp = np.array(obs), np.array(exp)
+  keep = exp > 0
+  if np.any(obs[~keep] > 0):
+    return float("inf"), len(obs)
+  return float(np.sum((obs[keep] - exp[keep]) ** 2 / exp[keep])), int(keep.sum())
+
+
+def assert_chi2(counts, probs, alpha=1e-3):
+  stat, cells = chi2_stat(counts, probs)
+  assert cells >= 2, "degenerate test: fewer than 2 cells"
+  thr = chi2_threshold(cells, alpha)
+  assert stat < thr, f"chi2 {stat:.1f} >= threshold {thr:.1f} ({cells} cells)"
+
+
+@pytest.fixture
+def rng():
+  return np.random.default_rng(0)

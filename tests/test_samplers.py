@@ -1,0 +1,149 @@
+"""Samplers: frequencies against exact kernels, jit parity, hybrid schedule."""
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixture_dd import categorical, exact, processes, samplers
+from tests.conftest import assert_chi2
+
+S, D = 3, 3
+
+
+def _ideal(proc, family="dirichlet"):
+  p = exact.make_family(family, S, D, seed=1)
+  fn = jax.jit(lambda params, x, t: exact.ideal_log_marginals(proc, params, D, x, t))
+  return p, fn
+
+
+def test_categorical_frequencies_and_tails():
+  logits = jnp.log(jnp.array([0.5, 0.3, 0.15, 0.05]))
+  draws = np.asarray(categorical.sample(jax.random.key(1), jnp.broadcast_to(logits, (40000, 4))))
+  assert_chi2(np.bincount(draws, minlength=4), np.exp(logits))
+  # -1e6 marks impossible states: never drawn.
+  never = jnp.array([0.0, -1e6, 0.0])
+  assert 1 not in np.asarray(categorical.sample(jax.random.key(2), jnp.broadcast_to(never, (5000, 3))))
+  # The Exp(1) draw keeps precision at both ends of the 64-bit uniform:
+  # the smallest is (1/2) 2^-64, far below float32's 2^-24 Gumbel floor.
+  zero, full = jnp.uint32(0), jnp.uint32(0xFFFFFFFF)
+  np.testing.assert_allclose(categorical.exponential_from_bits(zero, zero), 0.5 * 2.0 ** -64, rtol=1e-6)
+  np.testing.assert_allclose(categorical.exponential_from_bits(full, full), -np.log(0.5 * 2.0 ** -64),
+                             rtol=1e-6)
+  np.testing.assert_allclose(categorical.exponential_from_bits(jnp.uint32(2 ** 31), zero), np.log(2.0),
+                             rtol=1e-6)
+  e = np.asarray(categorical.exponential(jax.random.key(3), (200000,)), np.float64)
+  se = 1.0 / np.sqrt(len(e))  # Exp(1) has unit variance
+  assert abs(e.mean() - 1.0) < 5 * se
+  assert abs(np.mean(e < 1e-3) - (1 - np.exp(-1e-3))) < 5 * np.sqrt(1e-3 / len(e))
+
+
+@pytest.mark.parametrize("proc", [processes.Masked(S, "linear"), processes.Uniform(S, "cosine"),
+                                  processes.GaussianCTMC(S, rate_sigma=1.0, q_sigma=2.0)],
+                         ids=["masked", "uniform", "gaussian"])
+def test_analytic_step_matches_exact_kernel(proc):
+  """Joint frequencies of one step over (x_s^1, x_s^2) = product of exact kernels."""
+  n = 30000
+  logits = jnp.array([[[2.0, 0.0, -1.0], [0.0, 1.0, 0.5]]])
+  x_t = jnp.array([[proc.num_states - 1, 0]], jnp.int32)
+  t, s = 0.7, 0.4
+  lk = np.asarray(samplers.step_log_kernel(proc, x_t, t, s, logits), np.float64)[0]
+  np.testing.assert_allclose(np.exp(lk).sum(-1), 1.0, atol=1e-5)
+  x_s = samplers.analytic_step(jax.random.key(0), proc, jnp.repeat(x_t, n, 0), t, s,
+                               jnp.repeat(logits, n, 0))
+  chex.assert_shape(x_s, (n, 2))
+  chex.assert_type(x_s, jnp.int32)
+  k = proc.num_states
+  x_s = np.asarray(x_s)
+  joint = np.bincount(x_s[:, 0] * k + x_s[:, 1], minlength=k * k)
+  assert_chi2(joint, np.outer(np.exp(lk[0]), np.exp(lk[1])).ravel())
+
+
+@pytest.mark.parametrize("num_steps", [1, 3])
+def test_sampler_law_matches_exact_toolkit_product_and_mixture(num_steps):
+  """Monte Carlo histograms of full N-step runs = the exact pushed-forward law."""
+  proc = processes.Masked(S, "linear")
+  p, ideal = _ideal(proc)
+  n = 40000
+  got = samplers.sample(jax.random.key(num_steps), proc, samplers.product(ideal), p, n, D, num_steps,
+                        final="none")
+  hist = np.bincount(exact.state_index(np.asarray(got), S), minlength=S ** D)
+  law, left = exact.sampler_distribution(proc, lambda x, t, lam: ideal(p, x, t), D,
+                                         samplers.time_grid(num_steps))
+  assert left < 1e-9
+  assert_chi2(hist, law)
+
+  # A smooth mixture: lambda tilts every dimension the same way.
+  def comp(params, x, t, lam):
+    base = ideal(params, x, t)
+    tilt = 3.0 * jnp.cos(jnp.pi * lam)[:, None, None] * jnp.array([1.0, 0.0, -1.0])
+    return base + tilt
+  got = samplers.sample(jax.random.key(10 + num_steps), proc, samplers.mixture(comp), p, n, D,
+                        num_steps, final="none")
+  hist = np.bincount(exact.state_index(np.asarray(got), S), minlength=S ** D)
+  law, _ = exact.sampler_distribution(
+      proc, lambda x, t, lam: comp(p, x, jnp.full(x.shape[:1], t), jnp.full(x.shape[:1], lam)), D,
+      samplers.time_grid(num_steps), num_latent_nodes=24)
+  assert_chi2(hist, law)
+
+
+def test_jit_and_no_jit_agree():
+  proc = processes.Masked(S, "cosine")
+  p, ideal = _ideal(proc)
+  den = samplers.product(ideal)
+  times = samplers.time_grid(4, "cosine")
+  x = proc.prior_sample(None, (16, D))
+  key = jax.random.key(5)
+  eager = samplers.run_steps(key, proc, den, p, x, times)
+  jitted = jax.jit(functools.partial(samplers.run_steps, process=proc, denoiser=den))(
+      key, params=p, x=x, times=times)
+  np.testing.assert_array_equal(eager, jitted)
+  a = samplers.sample.__wrapped__(key, proc, den, p, 16, D, 4, final="argmax")
+  b = samplers.sample(key, proc, den, p, 16, D, 4, final="argmax")
+  np.testing.assert_array_equal(a, b)
+  assert (np.asarray(b) < S).all()
+
+
+def test_time_grid():
+  g = np.asarray(samplers.time_grid(4))
+  np.testing.assert_allclose(g, [1.0, 0.75, 0.5, 0.25, 0.0])
+  c = np.asarray(samplers.time_grid(8, "cosine", t_max=1.0, t_min=0.01))
+  assert c[0] == pytest.approx(1.0) and c[-1] == pytest.approx(0.01)
+  assert np.all(np.diff(c) < 0)
+  assert np.diff(c)[-1] > np.diff(c)[0]  # finer steps at the data end
+  with pytest.raises(ValueError, match="num_steps"):
+    samplers.time_grid(0)
+  with pytest.raises(ValueError, match="grid"):
+    samplers.time_grid(3, "cosinus")
+
+
+def test_hybrid_uses_first_then_second():
+  """A says 0, B says 1: tokens unmasked in the first K of N linear steps are 0."""
+  proc = processes.Masked(S, "linear")
+  zero = samplers.product(lambda p, x, t: jnp.where(jnp.arange(S) == 0, 0.0, -1e6) + 0 * x[..., None])
+  one = samplers.product(lambda p, x, t: jnp.where(jnp.arange(S) == 1, 0.0, -1e6) + 0 * x[..., None])
+  n, length = 4000, 8
+  out = np.asarray(samplers.sample(jax.random.key(0), proc, zero, None, n, length, 4, second=one,
+                                   second_params=None, num_first=1, final="none"))
+  assert set(np.unique(out)) <= {0, 1}
+  # After 1 of 4 linear steps (t = 0.75) a token is unmasked w.p. 1 - 0.75.
+  frac = (out == 0).mean()
+  se = np.sqrt(0.25 * 0.75 / out.size) * np.sqrt(length)  # generous: tokens are i.i.d. here
+  assert abs(frac - 0.25) < 5 * se
+  with pytest.raises(ValueError, match="num_first"):
+    samplers.sample(jax.random.key(0), proc, zero, None, 2, 2, 4, second=one, num_first=7)
+
+
+def test_final_step_fills_only_masks():
+  proc = processes.Masked(S, "linear")
+  p, ideal = _ideal(proc)
+  out = samplers.sample(jax.random.key(3), proc, samplers.product(ideal), p, 500, D, 2, t_min=0.3,
+                        final="sample")
+  assert (np.asarray(out) < S).all()
+  law, _ = exact.sampler_distribution(proc, lambda x, t, lam: ideal(p, x, t), D,
+                                      samplers.time_grid(2, t_min=0.3), final="sample")
+  np.testing.assert_allclose(law.sum(), 1.0, atol=1e-9)
+  with pytest.raises(ValueError, match="final"):
+    samplers.finalize(jax.random.key(0), proc, samplers.product(ideal), p, out, 0.0, "mode")
