@@ -1,0 +1,345 @@
+"""Sample-quality and diversity metrics, in float64 numpy on the host.
+
+These are evaluation references, not training code: every function takes
+arrays (or lists of token lists) and returns plain floats or numpy arrays.
+
+  * Frechet distance between Gaussian fits of feature sets (FID-style; the
+    features come from e.g. `reference_models.classifier_features`).
+  * Unigram entropies (pooled, and mean per sample as in MDLM/SDTT).
+  * Self-BLEU (diversity: lower is more diverse).
+  * Class histograms and their KL divergence from uniform (mode coverage).
+"""
+from __future__ import annotations
+
+import collections
+from typing import Sequence, Union
+
+import numpy as np
+
+TokenSamples = Union[np.ndarray, Sequence[Sequence[int]]]
+
+
+# ----------------------------------------------------------------------------
+# Frechet distance.
+
+
+def _psd_sqrt(mat: np.ndarray) -> np.ndarray:
+  """Symmetric square root of a symmetric PSD matrix [k, k].
+
+  Tiny negative eigenvalues from round-off are clipped to zero, so singular
+  covariances (fewer samples than features, dead units) are fine.
+  """
+  sym = 0.5 * (mat + mat.T)
+  evals, evecs = np.linalg.eigh(sym)
+  return (evecs * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T
+
+
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray,
+                     cov2: np.ndarray) -> float:
+  """Frechet (2-Wasserstein squared) distance between two Gaussians.
+
+    d = ||mu1 - mu2||^2 + tr(cov1) + tr(cov2) - 2 tr((cov1 cov2)^{1/2}).
+
+  The trace term uses tr((cov1 cov2)^{1/2}) = tr((s1 cov2 s1)^{1/2}) with
+  s1 = cov1^{1/2}: s1 cov2 s1 is symmetric PSD, so an eigendecomposition gives
+  its square root stably, unlike a general `sqrtm` of the non-symmetric
+  product, which can return complex values on singular inputs.
+
+  Args:
+    mu1: mean [k].
+    cov1: covariance [k, k], symmetric PSD (may be singular).
+    mu2: mean [k].
+    cov2: covariance [k, k].
+
+  Returns:
+    The distance, a float >= 0 (clipped at 0 against round-off).
+  """
+  mu1 = np.asarray(mu1, np.float64)
+  mu2 = np.asarray(mu2, np.float64)
+  cov1 = np.asarray(cov1, np.float64)
+  cov2 = np.asarray(cov2, np.float64)
+  if mu1.ndim != 1 or mu1.shape != mu2.shape:
+    raise ValueError(
+        f"means must be vectors of equal length, got {mu1.shape} and "
+        f"{mu2.shape}")
+  k = mu1.shape[0]
+  if cov1.shape != (k, k) or cov2.shape != (k, k):
+    raise ValueError(
+        f"covariances must be [{k}, {k}] to match the means, got {cov1.shape} "
+        f"and {cov2.shape}")
+  s1 = _psd_sqrt(cov1)
+  inner = s1 @ cov2 @ s1
+  evals = np.linalg.eigvalsh(0.5 * (inner + inner.T))
+  tr_sqrt = np.sqrt(np.clip(evals, 0.0, None)).sum()
+  diff = mu1 - mu2
+  dist = diff @ diff + np.trace(cov1) + np.trace(cov2) - 2.0 * tr_sqrt
+  return float(max(dist, 0.0))
+
+
+def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """Mean [k] and unbiased covariance [k, k] of features [n, k] (n >= 2)."""
+  f = np.asarray(features, np.float64)
+  if f.ndim != 2:
+    raise ValueError(f"features must be [n, k], got shape {f.shape}")
+  if f.shape[0] < 2:
+    raise ValueError(
+        f"need at least 2 feature vectors for a covariance, got {f.shape[0]}")
+  return f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def frechet_distance_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
+  """Frechet distance between Gaussian fits of features f1 [n1, k], f2 [n2, k]."""
+  f1 = np.asarray(f1)
+  f2 = np.asarray(f2)
+  if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+    raise ValueError(
+        f"feature sets must be [n1, k] and [n2, k] with the same k, got "
+        f"{f1.shape} and {f2.shape}")
+  mu1, cov1 = gaussian_fit(f1)
+  mu2, cov2 = gaussian_fit(f2)
+  return frechet_distance(mu1, cov1, mu2, cov2)
+
+
+# ----------------------------------------------------------------------------
+# Entropies.
+
+
+def _entropy_of_counts(counts: np.ndarray) -> np.ndarray:
+  """Entropy in nats along the last axis of counts [..., m]; 0 log 0 = 0."""
+  counts = np.asarray(counts, np.float64)
+  total = counts.sum(-1, keepdims=True)
+  p = counts / np.where(total > 0, total, 1.0)
+  logp = np.log(np.where(p > 0, p, 1.0))
+  return -(p * logp).sum(-1)
+
+
+def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
+  """Entropy (nats) of the token histogram pooled over all samples.
+
+  Args:
+    tokens: int array [n, D] (any shape; it is flattened), values in
+      [0, vocab_size).
+    vocab_size: V.
+
+  Returns:
+    A float in [0, log V].
+  """
+  tokens = np.asarray(tokens)
+  if tokens.size == 0:
+    raise ValueError("tokens is empty")
+  if tokens.min() < 0 or tokens.max() >= vocab_size:
+    raise ValueError(
+        f"tokens must lie in [0, {vocab_size}), got range "
+        f"[{tokens.min()}, {tokens.max()}]")
+  counts = np.bincount(tokens.reshape(-1).astype(np.int64),
+                       minlength=vocab_size)
+  return float(_entropy_of_counts(counts))
+
+
+def per_sample_entropy(tokens: np.ndarray) -> np.ndarray:
+  """Unigram entropy (nats) of each sample's own token histogram.
+
+  Args:
+    tokens: int array [n, D].
+
+  Returns:
+    float64 [n].
+  """
+  tokens = np.asarray(tokens)
+  if tokens.ndim != 2 or tokens.shape[1] == 0:
+    raise ValueError(f"tokens must be [n, D] with D > 0, got {tokens.shape}")
+  n, d = tokens.shape
+  # Count runs in each sorted row instead of a [n, V] histogram, so a large
+  # vocabulary (e.g. GPT-2's 50k) costs nothing extra.
+  s = np.sort(tokens, axis=1)
+  new_run = np.concatenate(
+      [np.ones((n, 1), bool), s[:, 1:] != s[:, :-1]], axis=1)
+  run_id = np.cumsum(new_run, axis=1) - 1
+  flat = (np.arange(n)[:, None] * d + run_id).reshape(-1)
+  counts = np.bincount(flat, minlength=n * d).reshape(n, d)
+  return _entropy_of_counts(counts)
+
+
+def sample_entropy_per_token(tokens: np.ndarray) -> float:
+  """Mean over samples of the per-sample unigram entropy, in nats.
+
+  The MDLM/SDTT "entropy" diversity check: degenerate (repetitive) samples
+  have low entropy even when the pooled histogram looks healthy.
+
+  Args:
+    tokens: int array [n, D].
+  """
+  return float(per_sample_entropy(tokens).mean())
+
+
+# ----------------------------------------------------------------------------
+# BLEU and self-BLEU.
+
+
+def _ngram_counts(seq: Sequence[int], order: int) -> collections.Counter:
+  return collections.Counter(
+      tuple(seq[i:i + order]) for i in range(len(seq) - order + 1))
+
+
+def _to_token_lists(samples: TokenSamples) -> list[list[int]]:
+  if isinstance(samples, np.ndarray):
+    if samples.ndim != 2:
+      raise ValueError(f"sample array must be [n, D], got {samples.shape}")
+    return [list(map(int, row)) for row in samples]
+  return [list(map(int, s)) for s in samples]
+
+
+def _closest_ref_length(hyp_len: int, ref_lens: np.ndarray) -> int:
+  # Ties go to the shorter reference, as in NLTK and the original BLEU script.
+  gap = np.abs(ref_lens - hyp_len)
+  return int(ref_lens[gap == gap.min()].min())
+
+
+def _bleu_from_stats(hyp_len: int, ref_len: int, matches: Sequence[int],
+                     max_order: int) -> float:
+  """BLEU in [0, 100] from clipped match counts per order 1..max_order."""
+  if hyp_len == 0:
+    return 0.0
+  log_p = 0.0
+  for n in range(1, max_order + 1):
+    total = max(hyp_len - n + 1, 0)
+    m = matches[n - 1]
+    if n == 1:
+      if m == 0:
+        return 0.0
+      log_p += np.log(m / total)
+    else:
+      # Add-one smoothing for n > 1 (Lin & Och 2004), so short or partially
+      # matching samples do not collapse to 0; exact copies keep p_n = 1.
+      log_p += np.log((m + 1.0) / (total + 1.0))
+  brevity = 0.0 if hyp_len > ref_len else 1.0 - ref_len / hyp_len
+  return float(100.0 * np.exp(brevity + log_p / max_order))
+
+
+def sentence_bleu(hypothesis: Sequence[int],
+                  references: Sequence[Sequence[int]],
+                  max_order: int = 4) -> float:
+  """BLEU (in [0, 100]) of one token sequence against several references.
+
+  Uniform weights over 1..max_order-grams, counts clipped by the maximum
+  count in any single reference, brevity penalty against the closest
+  reference length, add-one smoothing on orders n > 1. With one hypothesis
+  this equals corpus-level BLEU.
+
+  Args:
+    hypothesis: token ids [L].
+    references: list of token-id lists (at least one).
+    max_order: highest n-gram order.
+  """
+  if max_order < 1:
+    raise ValueError(f"max_order must be >= 1, got {max_order}")
+  if not references:
+    raise ValueError("need at least one reference")
+  hyp = list(map(int, hypothesis))
+  refs = [list(map(int, r)) for r in references]
+  matches = []
+  for n in range(1, max_order + 1):
+    hyp_counts = _ngram_counts(hyp, n)
+    max_ref = collections.Counter()
+    for r in refs:
+      for g, c in _ngram_counts(r, n).items():
+        max_ref[g] = max(max_ref[g], c)
+    matches.append(sum(min(c, max_ref[g]) for g, c in hyp_counts.items()))
+  ref_len = _closest_ref_length(len(hyp), np.array([len(r) for r in refs]))
+  return _bleu_from_stats(len(hyp), ref_len, matches, max_order)
+
+
+def self_bleu(samples: TokenSamples, max_order: int = 4) -> float:
+  """Mean BLEU of each sample against all the others as references.
+
+  A diversity measure: 100 when all samples are identical, near 0 when they
+  share no tokens. Equivalent to averaging `sentence_bleu(s_i, others)` but
+  in O(total n-grams): for each n-gram we keep its largest and second-largest
+  per-sample counts, so the clip "max over references other than i" is the
+  largest count unless sample i holds it, in which case it is the second.
+
+  Args:
+    samples: int array [n, D] or a list of n token-id lists (n >= 2).
+    max_order: highest n-gram order.
+
+  Returns:
+    A float in [0, 100].
+  """
+  if max_order < 1:
+    raise ValueError(f"max_order must be >= 1, got {max_order}")
+  seqs = _to_token_lists(samples)
+  if len(seqs) < 2:
+    raise ValueError(f"self-BLEU needs at least 2 samples, got {len(seqs)}")
+  lengths = np.array([len(s) for s in seqs])
+  # matches[i][n-1]: clipped n-gram matches of sample i against the others.
+  matches = np.zeros((len(seqs), max_order), np.int64)
+  for n in range(1, max_order + 1):
+    counts = [_ngram_counts(s, n) for s in seqs]
+    top = {}  # n-gram -> [best count, owner of best, second-best count]
+    for i, cnt in enumerate(counts):
+      for g, c in cnt.items():
+        t = top.get(g)
+        if t is None:
+          top[g] = [c, i, 0]
+        elif c > t[0]:
+          top[g] = [c, i, t[0]]
+        elif c > t[2]:
+          t[2] = c
+    for i, cnt in enumerate(counts):
+      total = 0
+      for g, c in cnt.items():
+        best, owner, second = top[g]
+        total += min(c, second if owner == i else best)
+      matches[i, n - 1] = total
+  scores = []
+  for i in range(len(seqs)):
+    others = np.delete(lengths, i)
+    ref_len = _closest_ref_length(int(lengths[i]), others)
+    scores.append(
+        _bleu_from_stats(int(lengths[i]), ref_len, matches[i], max_order))
+  return float(np.mean(scores))
+
+
+# ----------------------------------------------------------------------------
+# Class histograms.
+
+
+def histogram(labels: np.ndarray, num_classes: int) -> np.ndarray:
+  """Class frequencies.
+
+  Args:
+    labels: int array [n], values in [0, num_classes).
+    num_classes: K.
+
+  Returns:
+    float64 [K], summing to one.
+  """
+  labels = np.asarray(labels).reshape(-1)
+  if labels.size == 0:
+    raise ValueError("labels is empty")
+  if labels.min() < 0 or labels.max() >= num_classes:
+    raise ValueError(
+        f"labels must lie in [0, {num_classes}), got range "
+        f"[{labels.min()}, {labels.max()}]")
+  counts = np.bincount(labels.astype(np.int64), minlength=num_classes)
+  return counts / counts.sum()
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+  """KL(p || q) in nats for distributions [K]; 0 log 0 = 0, inf off support."""
+  p = np.asarray(p, np.float64)
+  q = np.asarray(q, np.float64)
+  if p.shape != q.shape:
+    raise ValueError(f"p and q shapes differ: {p.shape} vs {q.shape}")
+  support = p > 0
+  if np.any(q[support] <= 0):
+    return float("inf")
+  return float((p[support] * np.log(p[support] / q[support])).sum())
+
+
+def kl_from_uniform(freqs: np.ndarray) -> float:
+  """KL(freqs || uniform) = log K - H(freqs), in nats; 0 iff all modes even."""
+  freqs = np.asarray(freqs, np.float64)
+  if freqs.ndim != 1:
+    raise ValueError(f"freqs must be [K], got {freqs.shape}")
+  return kl_divergence(freqs, np.full(freqs.shape, 1.0 / freqs.shape[0]))

@@ -1,0 +1,404 @@
+"""Denoiser network: a bidirectional transformer with adaLN-zero conditioning.
+
+The same module serves as the product-denoiser teacher (`latent=False`) and the
+mixture student (`latent=True`, method.md section 3). The student's only extra
+parameters live in the `latent_embed` sub-module, so a teacher's parameter tree
+is exactly the student's tree minus that sub-module and
+`student_params_from_teacher` can copy a trained teacher into a fresh student.
+
+Shapes: x `[batch, length]` int tokens, t `[batch]`, lam `[batch]`,
+labels `[batch]`, logits `[batch, length, vocab_size]` (float32).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import chex
+import flax.linen as nn
+from flax import traverse_util
+from flax.core import unfreeze
+import jax
+import jax.numpy as jnp
+
+# Name of the student's latent-path sub-module; everything under it is
+# student-only and kept by `student_params_from_teacher`.
+LATENT_MODULE = "latent_embed"
+
+# Logit for impossible values in the masked carry-over. Large but finite so
+# that log-softmax and KL terms stay finite (0 * -inf would give NaN).
+CARRY_OVER_NEG = -1e6
+
+TIME_EMBED_DIM = 128
+POSITIONS = ("rope", "learned")
+
+Dtype = Any
+
+
+def timestep_embedding(t: jax.Array, dim: int = TIME_EMBED_DIM,
+                       max_period: float = 10000.0) -> jax.Array:
+  """Sinusoidal embedding of `1000 * t` (DiT / DDPM convention).
+
+  Args:
+    t: `[batch]` float times (or lambdas) in [0, 1].
+    dim: even embedding size.
+    max_period: controls the lowest frequency.
+
+  Returns:
+    `[batch, dim]` float32 embedding, `[cos, sin]` halves.
+  """
+  if dim % 2:
+    raise ValueError(f"timestep embedding dim must be even, got {dim}")
+  half = dim // 2
+  freqs = jnp.exp(-math.log(max_period)
+                  * jnp.arange(half, dtype=jnp.float32) / half)
+  args = 1000.0 * t.astype(jnp.float32)[:, None] * freqs[None, :]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def apply_rope(x: jax.Array, base: float = 10000.0) -> jax.Array:
+  """Rotary position embedding over the sequence axis.
+
+  Args:
+    x: `[batch, length, heads, head_dim]` queries or keys, head_dim even.
+    base: rotary base.
+
+  Returns:
+    Same shape and dtype as `x`.
+  """
+  _, length, _, head_dim = x.shape
+  half = head_dim // 2
+  inv_freq = 1.0 / (base ** (jnp.arange(half, dtype=jnp.float32) / half))
+  angles = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None, :]
+  cos = jnp.cos(angles)[None, :, None, :]
+  sin = jnp.sin(angles)[None, :, None, :]
+  xf = x.astype(jnp.float32)
+  x1, x2 = xf[..., :half], xf[..., half:]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
+  return out.astype(x.dtype)
+
+
+def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
+  """`x * (1 + scale) + shift` with per-example `[batch, width]` shift/scale."""
+  return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+
+
+class LatentEmbed(nn.Module):
+  """Embeds the mixture latent lambda into the conditioning space.
+
+  sinusoid(1000 * lam) -> Dense -> SiLU -> Dense(width, zero-initialised).
+  """
+  width: int
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, lam: jax.Array) -> jax.Array:
+    h = timestep_embedding(lam).astype(self.dtype)
+    h = nn.Dense(self.width, dtype=self.dtype, name="dense_in")(h)
+    h = nn.silu(h)
+    # Zero init: the student starts exactly at the teacher (see Denoiser).
+    return nn.Dense(self.width, dtype=self.dtype,
+                    kernel_init=nn.initializers.zeros, name="dense_out")(h)
+
+
+class Attention(nn.Module):
+  """Bidirectional multi-head self-attention, optional rotary positions."""
+  heads: int
+  rope: bool
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    batch, length, width = x.shape
+    head_dim = width // self.heads
+    qkv = nn.Dense(3 * width, dtype=self.dtype, name="qkv")(x)
+    qkv = qkv.reshape(batch, length, 3, self.heads, head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if self.rope:
+      q, k = apply_rope(q), apply_rope(k)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
+    # Softmax in float32 even for bfloat16 activations.
+    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
+    probs = nn.Dropout(self.dropout)(probs, deterministic=not train)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
+    out = out.reshape(batch, length, width)
+    return nn.Dense(width, dtype=self.dtype, name="out")(out)
+
+
+class DiTBlock(nn.Module):
+  """Pre-LN transformer block with adaLN-zero modulation from `c`."""
+  heads: int
+  mlp_ratio: int
+  rope: bool
+  dropout: float = 0.0
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, c: jax.Array, train: bool) -> jax.Array:
+    width = x.shape[-1]
+    # Zero init makes every gate 0, so the block is the identity at init.
+    mod = nn.Dense(6 * width, dtype=self.dtype,
+                   kernel_init=nn.initializers.zeros,
+                   name="adaln")(nn.silu(c))
+    shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, -1)
+
+    h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype,
+                     name="ln_attn")(x)
+    h = Attention(self.heads, self.rope, self.dropout, self.dtype,
+                  name="attn")(_modulate(h, shift_a, scale_a), train)
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    x = x + gate_a[:, None, :] * h
+
+    h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype,
+                     name="ln_mlp")(x)
+    h = _modulate(h, shift_m, scale_m)
+    h = nn.Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(h)
+    h = nn.gelu(h, approximate=True)
+    h = nn.Dense(width, dtype=self.dtype, name="mlp_out")(h)
+    h = nn.Dropout(self.dropout)(h, deterministic=not train)
+    return x + gate_m[:, None, :] * h
+
+
+class Denoiser(nn.Module):
+  """DiT-style denoiser p_{0|t}(x0^d | x_t [; lambda]) for every position d.
+
+  Attributes:
+    num_states: input vocabulary, including the mask id for masked diffusion.
+    vocab_size: output vocabulary: data values only, never the mask id.
+    length: sequence length D.
+    width: model width.
+    depth: number of transformer blocks.
+    heads: attention heads; must divide `width`.
+    mlp_ratio: MLP hidden size / width.
+    dropout: dropout rate (active only with `train=True`, rng "dropout").
+    positions: "rope" (rotary on q/k) or "learned" (absolute embeddings).
+    num_classes: 0 for unconditional; otherwise labels in [0, num_classes],
+      where `num_classes` itself is the "null" class for classifier-free
+      guidance / label dropout.
+    latent: adds the mixture student's latent path (requires `lam`).
+    mask_id: if set, masked-diffusion carry-over: unmasked inputs are copied
+      to the output. Must be a non-data id, vocab_size <= mask_id < num_states.
+    dtype: activation dtype. Parameters are always float32, logits float32.
+  """
+  num_states: int
+  vocab_size: int
+  length: int
+  width: int = 128
+  depth: int = 4
+  heads: int = 4
+  mlp_ratio: int = 4
+  dropout: float = 0.0
+  positions: str = "rope"
+  num_classes: int = 0
+  latent: bool = False
+  mask_id: int | None = None
+  dtype: Dtype = jnp.float32
+
+  def validate_config(self) -> None:
+    """Raises ValueError naming the offending field if the config is invalid."""
+    if self.vocab_size < 1:
+      raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
+    if self.num_states < self.vocab_size:
+      raise ValueError(
+          f"num_states ({self.num_states}) must be >= vocab_size "
+          f"({self.vocab_size})")
+    if self.length < 1:
+      raise ValueError(f"length must be >= 1, got {self.length}")
+    if self.width < 1 or self.heads < 1 or self.width % self.heads:
+      raise ValueError(
+          f"width ({self.width}) must be divisible by heads ({self.heads})")
+    if self.depth < 0:
+      raise ValueError(f"depth must be >= 0, got {self.depth}")
+    if self.mlp_ratio < 1:
+      raise ValueError(f"mlp_ratio must be >= 1, got {self.mlp_ratio}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+    if self.positions not in POSITIONS:
+      raise ValueError(
+          f"positions must be one of {POSITIONS}, got {self.positions!r}")
+    if self.positions == "rope" and (self.width // self.heads) % 2:
+      raise ValueError(
+          f"positions='rope' needs an even head dim, got width/heads = "
+          f"{self.width}/{self.heads}")
+    if self.num_classes < 0:
+      raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+    if self.mask_id is not None and not (
+        self.vocab_size <= self.mask_id < self.num_states):
+      raise ValueError(
+          f"mask_id ({self.mask_id}) must satisfy vocab_size "
+          f"({self.vocab_size}) <= mask_id < num_states ({self.num_states})")
+
+  @nn.compact
+  def __call__(self, x: jax.Array, t: jax.Array, lam: jax.Array | None = None,
+               labels: jax.Array | None = None,
+               train: bool = False) -> jax.Array:
+    """Computes per-position logits over the data values.
+
+    Args:
+      x: `[batch, length]` int tokens in [0, num_states).
+      t: `[batch]` float times in [0, 1].
+      lam: `[batch]` float mixture latents in [0, 1]; required iff `latent`.
+      labels: `[batch]` int class ids in [0, num_classes]; None means the
+        null class. Only allowed when `num_classes > 0`.
+      train: enables dropout.
+
+    Returns:
+      `[batch, length, vocab_size]` float32 logits.
+    """
+    self.validate_config()
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[1] != self.length:
+      raise ValueError(
+          f"x must have shape [batch, length={self.length}], got {x.shape}")
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+      raise ValueError(f"x must be an integer array, got dtype {x.dtype}")
+    batch = x.shape[0]
+    t = jnp.asarray(t)
+    chex.assert_shape(t, (batch,))
+    if self.latent and lam is None:
+      raise ValueError("Denoiser(latent=True) needs lam of shape [batch]")
+    if not self.latent and lam is not None:
+      raise ValueError("lam was given but Denoiser has latent=False")
+    if self.num_classes == 0 and labels is not None:
+      raise ValueError("labels were given but Denoiser has num_classes=0")
+
+    # Conditioning vector c: time (+ class) (+ latent).
+    c = timestep_embedding(t).astype(self.dtype)
+    c = nn.Dense(self.width, dtype=self.dtype, name="time_in")(c)
+    c = nn.Dense(self.width, dtype=self.dtype, name="time_out")(nn.silu(c))
+    if self.num_classes > 0:
+      if labels is None:
+        labels = jnp.full((batch,), self.num_classes, jnp.int32)
+      labels = jnp.asarray(labels)
+      chex.assert_shape(labels, (batch,))
+      c = c + nn.Embed(self.num_classes + 1, self.width, dtype=self.dtype,
+                       name="class_embed")(labels)
+    if self.latent:
+      lam = jnp.asarray(lam)
+      chex.assert_shape(lam, (batch,))
+      # Di4C's transformer forks append lambda as an extra token. We add it to
+      # c instead: with the last projection zero-initialised the added term is
+      # exactly 0, so a student built from a teacher reproduces the teacher
+      # bit-for-bit at step 0 (an extra token would perturb attention even
+      # with a zero embedding), and the sequence does not grow.
+      c = c + LatentEmbed(self.width, self.dtype, name=LATENT_MODULE)(lam)
+
+    h = nn.Embed(self.num_states, self.width, dtype=self.dtype,
+                 name="token_embed")(x)
+    if self.positions == "learned":
+      pos = self.param("pos_embed", nn.initializers.normal(0.02),
+                       (self.length, self.width), jnp.float32)
+      h = h + pos[None].astype(self.dtype)
+    for i in range(self.depth):
+      h = DiTBlock(self.heads, self.mlp_ratio, self.positions == "rope",
+                   self.dropout, self.dtype, name=f"block_{i}")(h, c, train)
+
+    # Final layer: adaLN-modulated LayerNorm, projection in float32.
+    mod = nn.Dense(2 * self.width, dtype=self.dtype,
+                   kernel_init=nn.initializers.zeros,
+                   name="final_adaln")(nn.silu(c))
+    shift, scale = jnp.split(mod, 2, axis=-1)
+    h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=jnp.float32,
+                     name="final_ln")(h.astype(jnp.float32))
+    h = _modulate(h, shift.astype(jnp.float32), scale.astype(jnp.float32))
+    logits = nn.Dense(self.vocab_size, dtype=jnp.float32,
+                      name="logits")(h)
+
+    if self.mask_id is not None:
+      # MDLM substitution: an unmasked token is known to be clean, so its
+      # posterior is a point mass at itself.
+      is_masked = (x == self.mask_id)[..., None]
+      keep = jax.nn.one_hot(x, self.vocab_size, dtype=jnp.bool_)
+      carried = jnp.where(keep, 0.0, CARRY_OVER_NEG).astype(jnp.float32)
+      logits = jnp.where(is_masked, logits, carried)
+
+    chex.assert_shape(logits, (batch, self.length, self.vocab_size))
+    return logits.astype(jnp.float32)
+
+
+def _flatten(params) -> dict[tuple[str, ...], Any]:
+  return traverse_util.flatten_dict(unfreeze(params))
+
+
+def _signature(leaf) -> tuple[tuple[int, ...], Any]:
+  # Works for arrays and for jax.ShapeDtypeStruct (trees from jax.eval_shape).
+  return tuple(leaf.shape), jnp.dtype(leaf.dtype)
+
+
+def student_params_from_teacher(teacher_params, student_params):
+  """Copies a teacher's parameters into a mixture student's tree.
+
+  Every teacher leaf replaces the student leaf at the same path; leaves under
+  the student's `latent_embed` sub-module are kept. Works on either the
+  `{"params": ...}` variables dict or the bare params tree, as long as both
+  arguments use the same form. Abstract trees (from `jax.eval_shape`) are
+  accepted too, e.g. to check compatibility before loading a checkpoint.
+
+  Args:
+    teacher_params: parameters of a `Denoiser(latent=False)`.
+    student_params: parameters of the same config with `latent=True`.
+
+  Returns:
+    A new (unfrozen) nested dict shaped like `student_params`.
+
+  Raises:
+    ValueError: listing every missing, extra or mis-shaped path.
+  """
+  teacher = _flatten(teacher_params)
+  student = _flatten(student_params)
+  is_latent = lambda path: LATENT_MODULE in path
+  problems = []
+  for path, leaf in teacher.items():
+    name = "/".join(path)
+    if is_latent(path):
+      problems.append(f"{name}: teacher has a latent path")
+    elif path not in student:
+      problems.append(f"{name}: in teacher, missing from student")
+    elif _signature(leaf) != _signature(student[path]):
+      (t_shape, t_dtype), (s_shape, s_dtype) = (
+          _signature(leaf), _signature(student[path]))
+      problems.append(f"{name}: teacher {t_shape} {t_dtype} vs "
+                      f"student {s_shape} {s_dtype}")
+  for path in student:
+    if not is_latent(path) and path not in teacher:
+      problems.append(f"{'/'.join(path)}: in student, missing from teacher")
+  if not any(is_latent(p) for p in student):
+    problems.append(f"student has no '{LATENT_MODULE}' parameters")
+  if problems:
+    raise ValueError("teacher and student parameters are incompatible:\n  "
+                     + "\n  ".join(problems))
+  merged = {p: (student[p] if is_latent(p) else teacher[p]) for p in student}
+  return traverse_util.unflatten_dict(merged)
+
+
+def flops_per_example(model: Denoiser) -> float:
+  """Forward-pass FLOPs of one example (multiply-add = 2 FLOPs).
+
+  Counts the matmuls that scale with the sequence: qkv, attention scores,
+  attention-weighted values, attention output projection, the MLP and the
+  final projection. Per-example conditioning MLPs, embeddings, norms and
+  softmax are left out (O(width^2) vs O(length * width^2)). A training step
+  costs about 3x this.
+
+  Args:
+    model: the denoiser configuration.
+
+  Returns:
+    FLOPs as a float.
+  """
+  l, w, v = model.length, model.width, model.vocab_size
+  per_block = (
+      2 * l * w * 3 * w          # qkv
+      + 2 * l * l * w            # scores q.k over all heads
+      + 2 * l * l * w            # probs @ v
+      + 2 * l * w * w            # output projection
+      + 2 * 2 * l * w * model.mlp_ratio * w)  # MLP in + out
+  return float(model.depth * per_block + 2 * l * w * v)
+
+
+def count_params(params) -> int:
+  """Total number of scalar parameters in a pytree."""
+  return int(sum(math.prod(leaf.shape)
+                 for leaf in jax.tree_util.tree_leaves(params)))
