@@ -1,0 +1,390 @@
+"""Data-parallel training with Orbax checkpoints: the teacher, and the loop
+that the Di4C distillation reuses.
+
+The step is a jitted pure function of (state, batch, key) over a mesh of all
+devices of all hosts: the batch is sharded along "data", parameters and
+optimizer state are replicated, and XLA inserts the gradient all-reduce. The
+key of step k is fold_in(PRNGKey(seed), k), so a resumed run draws exactly
+the randomness of an uninterrupted one; the data position is the step too
+(`Batcher.batch(step)` is a pure function of it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from mixture_dd import configuration, losses, samplers, visualize
+from mixture_dd.data import pipeline
+
+log = logging.getLogger("mixture_dd")
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  ema_params: Any
+  opt_state: Any
+
+
+# ---------------------------------------------------------------------------
+# Pieces.
+# ---------------------------------------------------------------------------
+
+
+def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
+  """AdamW with linear warm-up, then constant or cosine decay; global-norm clip."""
+  warm = max(int(optim.warmup_steps), 0)
+  if optim.schedule == "cosine":
+    lr = optax.warmup_cosine_decay_schedule(0.0, optim.lr, max(warm, 1), max(num_steps, warm + 1),
+                                            end_value=0.1 * optim.lr)
+  else:
+    lr = optax.join_schedules([optax.linear_schedule(0.0, optim.lr, max(warm, 1)),
+                               optax.constant_schedule(optim.lr)], [max(warm, 1)])
+  return optax.chain(
+      optax.clip_by_global_norm(optim.clip),
+      optax.adamw(lr, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))
+
+
+def init_state(params, optimizer) -> TrainState:
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    ema_params=jax.tree.map(jnp.copy, params), opt_state=optimizer.init(params))
+
+
+def make_step(loss_fn: Callable, optimizer, ema_decay: float) -> Callable:
+  """(state, batch, key) -> (state, metrics) for `loss_fn(params, batch, key)`."""
+  def step(state: TrainState, batch, key):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    return TrainState(state.step + 1, params, ema, opt_state), metrics
+  return step
+
+
+def make_mesh():
+  # Auto axes: XLA propagates the batch sharding through the model (jax's
+  # default Explicit axes would ask for an out_sharding at every gather).
+  return jax.make_mesh((jax.device_count(),), ("data",),
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def shard_step(step_fn, mesh):
+  """jit with the batch split over "data" and everything else replicated."""
+  repl = NamedSharding(mesh, P())
+  data = NamedSharding(mesh, P("data"))
+  return jax.jit(step_fn, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+                 donate_argnums=(0,))
+
+
+def global_batch(mesh, local_batch: dict):
+  """Per-process numpy batch -> one global array sharded over "data"."""
+  sh = NamedSharding(mesh, P("data"))
+  return {k: jax.make_array_from_process_local_data(sh, np.asarray(v)) for k, v in local_batch.items()}
+
+
+def replicate(tree, mesh):
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+# ---------------------------------------------------------------------------
+# Checkpoints.
+# ---------------------------------------------------------------------------
+
+
+class IncompatibleCheckpoint(ValueError):
+  pass
+
+
+def check_signature(saved: dict, expected: dict, where: str) -> None:
+  bad = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
+  if bad:
+    lines = ", ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in sorted(bad.items()))
+    raise IncompatibleCheckpoint(
+        f"checkpoint in {where} was made with another configuration ({lines}). "
+        "Use a fresh --workdir, or set these config fields to the checkpoint's values.")
+
+
+def checkpoint_manager(directory: str, keep: int) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      os.path.abspath(directory),
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+
+
+def save(mngr, state: TrainState, meta: dict) -> None:
+  """Asynchronous save. Orbax writes to a temporary directory and renames it
+  when complete, so a crash mid-save never replaces a good checkpoint."""
+  mngr.save(int(state.step), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+
+def restore_latest(mngr, abstract_state, signature: dict, where: str):
+  """(state, meta) from the newest readable checkpoint, or (None, None).
+
+  A checkpoint that fails to read (truncated, corrupted) is skipped with a
+  warning naming its step, and the previous one is tried.
+  """
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001 - any read failure means "unusable"
+      log.warning("checkpoint step %d in %s is unreadable (%s); trying an earlier one",
+                  step, where, type(e).__name__)
+      continue
+    check_signature(meta.get("signature", {}), signature, where)
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state)))
+    except Exception as e:  # noqa: BLE001
+      log.warning("checkpoint step %d in %s is corrupted (%s: %s); trying an earlier one",
+                  step, where, type(e).__name__, str(e)[:200])
+      continue
+    return restored["state"], meta
+  return None, None
+
+
+def load_params(directory: str, abstract_params, signature: dict | None = None, ema: bool = True):
+  """Parameters (EMA by default) of the newest good checkpoint in `directory`."""
+  ckpt_dir = os.path.join(directory, "checkpoints")
+  if not os.path.isdir(ckpt_dir):
+    raise FileNotFoundError(
+        f"no checkpoints under {directory!r} (expected {ckpt_dir}); train one first with "
+        "`python -m launch.train --config=... --workdir=DIR` and point to that DIR")
+  mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir))
+  for step in sorted(mngr.all_steps(), reverse=True):
+    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    if signature is not None:
+      check_signature(meta.get("signature", {}), signature, ckpt_dir)
+    abstract = {"params": abstract_params, "ema_params": abstract_params}
+    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        item=abstract, partial_restore=True)))["state"]
+    return restored["ema_params" if ema else "params"], meta
+  raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
+
+
+# ---------------------------------------------------------------------------
+# The loop.
+# ---------------------------------------------------------------------------
+
+
+class NonFiniteError(FloatingPointError):
+  pass
+
+
+@dataclasses.dataclass
+class LoopConfig:
+  workdir: str
+  num_steps: int
+  seed: int
+  log_every: int = 50
+  ckpt_every: int = 500
+  keep: int = 3
+  sample_every: int = 0
+  desc: str = "train"
+
+
+def _bad_terms(metrics: dict) -> list[str]:
+  return sorted(k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v))))
+
+
+def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
+        signature: dict, sample_hook: Callable | None = None, extra_meta: dict | None = None):
+  """Runs (or resumes) training to `loop.num_steps`; returns the final state.
+
+  Stops with NonFiniteError naming the step and the loss terms that went
+  NaN/Inf; that state is never saved. SIGTERM (preemption) saves the
+  current step and returns early.
+  """
+  os.makedirs(loop.workdir, exist_ok=True)
+  mngr = checkpoint_manager(os.path.join(loop.workdir, "checkpoints"), loop.keep)
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  restored, meta = restore_latest(mngr, abstract, signature, loop.workdir)
+  if restored is not None:
+    state = restored
+    log.info("resumed from step %d in %s", int(state.step), loop.workdir)
+  state = replicate(state, mesh)
+  jstep = shard_step(step_fn, mesh)
+  root = jax.random.key(loop.seed)
+  meta = dict(extra_meta or {}, signature=signature, seed=loop.seed)
+  writer = _writer(loop.workdir)
+  preempted = []
+  old_handler = signal.signal(signal.SIGTERM, lambda *a: preempted.append(True)) \
+      if _main_thread() else None
+  start = int(state.step)
+  bar = _progress(start, loop.num_steps, loop.desc)
+  t0, pending = time.time(), None
+  try:
+    for step in range(start, loop.num_steps):
+      batch = global_batch(mesh, batcher.batch(step))
+      new_state, metrics = jstep(state, batch, jax.random.fold_in(root, step))
+      # Check the previous step's metrics while this one runs (no stall).
+      if pending is not None:
+        _check_finite(*pending)
+      pending = (step, metrics)
+      state = new_state
+      done = step + 1
+      bar.update(1)
+      if done % loop.log_every == 0 or done == loop.num_steps:
+        _check_finite(*pending)
+        m = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        rate = (done - start) / max(time.time() - t0, 1e-9)
+        bar.set_postfix({k: f"{v:.4g}" for k, v in m.items() if k in ("loss", "grad_norm")})
+        log.info("%s step %d/%d %s (%.2f steps/s)", loop.desc, done, loop.num_steps,
+                 " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())), rate)
+        if writer is not None:
+          for k, v in m.items():
+            writer.add_scalar(f"{loop.desc}/{k}", v, done)
+          writer.add_scalar(f"{loop.desc}/steps_per_s", rate, done)
+      if sample_hook is not None and loop.sample_every and done % loop.sample_every == 0:
+        sample_hook(state, done)
+      if done % loop.ckpt_every == 0 or done == loop.num_steps or preempted:
+        _check_finite(*pending)
+        save(mngr, state, meta)
+      if preempted:
+        log.warning("SIGTERM: saved step %d and stopping", done)
+        break
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+    bar.close()
+    if writer is not None:
+      writer.close()
+    if old_handler is not None:
+      signal.signal(signal.SIGTERM, old_handler)
+  return state
+
+
+def _check_finite(step, metrics):
+  m = jax.device_get(metrics)
+  bad = _bad_terms(m)
+  if bad:
+    raise NonFiniteError(
+        f"non-finite values at step {step + 1} in {bad} "
+        f"({', '.join(f'{k}={float(np.asarray(m[k])):.4g}' for k in bad)}); the run stopped "
+        "and this state was not saved. Lower optim.lr, check the data, or resume from the "
+        "last checkpoint.")
+
+
+def _main_thread():
+  import threading
+  return threading.current_thread() is threading.main_thread()
+
+
+def _writer(workdir):
+  if jax.process_index() != 0:
+    return None
+  from tensorboardX import SummaryWriter
+  return SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+
+def _progress(start, total, desc):
+  from tqdm.auto import tqdm
+  return tqdm(total=total, initial=start, desc=desc, disable=jax.process_index() != 0,
+              mininterval=2.0, dynamic_ncols=True)
+
+
+# ---------------------------------------------------------------------------
+# The teacher.
+# ---------------------------------------------------------------------------
+
+
+def teacher_logits_fn(model, label_dropout: float = 0.0):
+  """`(params, x_t, t, labels, key, train) -> logits`, with label dropout."""
+  def fn(params, x_t, t, labels, key, train):
+    k_drop, k_lab = jax.random.split(key)
+    kwargs = {}
+    if model.num_classes > 0 and labels is not None:
+      if train and label_dropout > 0:
+        drop = jax.random.bernoulli(k_lab, label_dropout, labels.shape)
+        labels = jnp.where(drop, model.num_classes, labels)
+      kwargs["labels"] = labels
+    return model.apply({"params": params}, x_t, t, train=train, rngs={"dropout": k_drop}, **kwargs)
+  return fn
+
+
+def product_denoiser(model, labels=None):
+  """The sampler's view of a trained teacher: `(params, x, t, key) -> logits`."""
+  def fn(params, x, t, key):
+    kw = {"labels": labels} if labels is not None and model.num_classes else {}
+    return model.apply({"params": params}, x, t, **kw)
+  return fn
+
+
+def setup_teacher(config):
+  """(spec, train source, process, model, loss_fn) from a validated config."""
+  spec, source = pipeline.load(config.data, "train")
+  configuration.validate(config, spec)
+  process = configuration.make_process(config, spec)
+  process.check_tokens(source.tokens[:1000], f"data set {spec.name} tokens")
+  model = configuration.make_model(config, spec, process)
+  logits_fn = teacher_logits_fn(model, config.model.label_dropout)
+
+  def loss_fn(params, batch, key):
+    return losses.teacher_loss(logits_fn, params, process, batch["tokens"], key,
+                               t_min=config.loss.t_min,
+                               labels=batch["labels"] if model.num_classes else None)
+  return spec, source, process, model, loss_fn
+
+
+def init_params(model, seed: int):
+  x = jnp.zeros((1, model.length), jnp.int32)
+  kw = {"lam": jnp.zeros((1,))} if model.latent else {}
+  return model.init(jax.random.key(seed), x, jnp.zeros((1,)), **kw)["params"]
+
+
+def train_and_evaluate(config, workdir: str) -> TrainState:
+  """Trains a product-denoiser teacher as configured; checkpoints in workdir."""
+  spec, source, process, model, loss_fn = setup_teacher(config)
+  t = config.train
+  mesh = make_mesh()
+  if t.batch_size % jax.device_count():
+    raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the "
+                     f"number of devices ({jax.device_count()})")
+  batcher = pipeline.Batcher(source.tokens, source.labels, t.batch_size, seed=config.seed,
+                             process_index=jax.process_index(), process_count=jax.process_count(),
+                             vocab_size=spec.vocab_size)
+  optimizer = make_optimizer(config.optim, t.num_steps)
+  state = init_state(init_params(model, config.seed), optimizer)
+  step_fn = make_step(loss_fn, optimizer, config.optim.ema_decay)
+  signature = configuration.model_signature(config, spec)
+  _write_config(workdir, config)
+  hook = _sample_hook(config, spec, process, product_denoiser(model), workdir, "teacher")
+  loop = LoopConfig(workdir=workdir, num_steps=t.num_steps, seed=config.seed,
+                    log_every=t.log_every, ckpt_every=t.ckpt_every, keep=t.keep,
+                    sample_every=t.sample_every, desc="teacher")
+  return fit(loop, state, step_fn, batcher, mesh, signature, hook,
+             extra_meta={"kind": "teacher", "data": spec.name})
+
+
+def _write_config(workdir, config):
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+
+
+def _sample_hook(config, spec, process, denoiser, workdir, tag):
+  t = config.train
+
+  def hook(state, step):
+    if jax.process_index() != 0:
+      return
+    x = samplers.sample(jax.random.key(step), process, denoiser, state.ema_params,
+                        min(t.num_samples, 64), spec.length, t.sample_steps)
+    visualize.save_samples(np.asarray(x), spec, os.path.join(workdir, "samples", f"{tag}_{step:07d}"))
+  return hook
