@@ -55,6 +55,24 @@ def data_config(name: str, **overrides) -> ml_collections.ConfigDict:
   return c
 
 
+def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
+  """Defaults of a distillation config. data/process/model come from the
+  teacher's run (config.teacher.workdir) unless the file sets them."""
+  from mixture_dd import distill
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.teacher = ml_collections.ConfigDict(dict(kind="network", workdir=None, num_latents=16))
+  c.distill = distill.preset(preset)
+  c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
+  c.optim = ml_collections.ConfigDict(dict(
+      lr=1e-4, warmup_steps=50, weight_decay=0.0, b1=0.9, b2=0.999, clip=1.0,
+      ema_decay=0.99, schedule="constant"))
+  c.train = ml_collections.ConfigDict(dict(
+      batch_size=32, num_steps=500, log_every=50, ckpt_every=250, keep=3,
+      sample_every=0, sample_steps=8, num_samples=64))
+  return c
+
+
 def _require(cond, field, msg):
   if not cond:
     raise ValueError(f"config.{field}: {msg}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from mixture_dd import exact, processes, samplers
@@ -49,3 +50,25 @@ def product_tv_report(steps, out_path=None, cases=DEFAULT_CASES):
     with open(out_path, "w") as f:
       f.write(text + "\n")
   return text
+
+
+def network_log_marginals_fn(model, params, latent: bool):
+  """Adapter: a network -> `fn(x [n, D], t, lam)` for `exact.sampler_distribution`."""
+  @jax.jit
+  def f(params, x, t, lam):
+    n = x.shape[0]
+    kw = {"lam": jnp.full((n,), lam, jnp.float32)} if latent else {}
+    return jax.nn.log_softmax(model.apply({"params": params}, x, jnp.full((n,), t, jnp.float32), **kw))
+  return lambda x, t, lam: f(params, jnp.asarray(x), t, 0.0 if lam is None else lam)
+
+
+def tv_table(process, probs, length, denoisers: dict, steps, num_latent_nodes=32):
+  """{name: [TV at each N]} for denoisers {name: (fn(x, t, lam), is_mixture)}."""
+  out = {}
+  for name, (fn, is_mix) in denoisers.items():
+    out[name] = []
+    for n in steps:
+      law, _ = exact.sampler_distribution(process, fn, length, samplers.time_grid(n),
+                                          num_latent_nodes=num_latent_nodes if is_mix else None)
+      out[name].append(exact.total_variation(probs, law))
+  return out

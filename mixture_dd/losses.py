@@ -68,3 +68,87 @@ def teacher_loss(logits_fn, params, process: Process, x0, key, t_min: float = 0.
   loss = jnp.mean(per_example)
   metrics["loss"] = loss
   return loss, metrics
+
+
+# ---------------------------------------------------------------------------
+# Di4C (method.md, sections 3-4).
+#
+# lp `[B, L, D, S]` are the student's component log-probabilities
+# log p^{theta,d}_{0|t}(a | x_t; lambda_j) for L latents per example.
+# ---------------------------------------------------------------------------
+
+
+def component_log_likelihood(lp, x0):
+  """sum_d lp[b, j, d, x0[b, m, d]] for every target m and latent j: `[B, M, L]`.
+
+  lp `[B, L, D, S]`, x0 `[B, M, D]` int.
+  """
+  chex.assert_rank(lp, 4)
+  chex.assert_rank(x0, 3)
+  picked = jnp.take_along_axis(lp[:, None], x0[:, :, None, :, None], axis=-1)[..., 0]
+  return jnp.sum(picked, axis=-1)  # [B, M, L, D] -> [B, M, L]
+
+
+def mixture_log_marginals(lp):
+  """lpbar[b, d, a] = logsumexp_j lp[b, j, d, a] - log L: averages probabilities."""
+  return jax.nn.logsumexp(lp, axis=1) - jnp.log(lp.shape[1])
+
+
+def mixture_log_likelihood(lp, x0):
+  """log p^theta(x0 | x_t) ~= logsumexp_j sum_d lp_j[d, x0^d] - log L: `[B, M]`."""
+  return jax.nn.logsumexp(component_log_likelihood(lp, x0), axis=-1) - jnp.log(lp.shape[1])
+
+
+def correlation(lp, x0, lpbar=None):
+  """C(x0) = mixture log-likelihood - sum_d lpbar[d, x0^d]: `[B, M]`.
+
+  Zero when every component is the same product; it is the part of the
+  likelihood that a product of marginals cannot express.
+  """
+  if lpbar is None:
+    lpbar = mixture_log_marginals(lp)
+  marg = jnp.take_along_axis(lpbar[:, None], x0[..., None], axis=-1)[..., 0].sum(-1)
+  return mixture_log_likelihood(lp, x0) - marg
+
+
+def kl_categorical(logp, logq):
+  """sum over the last two axes (D, S) of KL(p || q): `[...]`.
+
+  Where p is exactly 0 (logp at the -1e6 floor) the term is 0, never 0 * inf.
+  """
+  p = jnp.exp(logp)
+  return jnp.sum(jnp.where(p > 0, p * (logp - logq), 0.0), axis=(-2, -1))
+
+
+def distillation_term(teacher_logp, lp):
+  """(1/L) sum_j sum_d KL(teacher[d] || component_j[d]): `[B]`.
+
+  teacher_logp `[B, D, S]`, lp `[B, L, D, S]`. The per-component surrogate:
+  by convexity an upper bound of KL(teacher || mixture marginal).
+  """
+  return jnp.mean(kl_categorical(teacher_logp[:, None], lp), axis=1)
+
+
+def consistency_term(lp, target_logq, x0_targets):
+  """-(1/L) sum_i C(x0^(i)) + sum_d KL(pbar_u[d] || exp lpbar[d]): `[B]`.
+
+  lp `[B, L, D, S]` (the student at t, with gradient), target_logq
+  `[B, L, D, S]` the student's stop-gradient component log-probs at
+  (x_u^(i), u, lambda'_i), x0_targets `[B, L, D]` draws x0^(i) ~ q_i.
+  """
+  lpbar = mixture_log_marginals(lp)
+  corr = correlation(lp, x0_targets, lpbar)  # [B, L]
+  log_pbar_u = mixture_log_marginals(target_logq)
+  return -jnp.mean(corr, axis=1) + kl_categorical(log_pbar_u, lpbar)
+
+
+def data_term(lp, teacher_logp, x0, alpha):
+  """alpha_t * (-C(x0)) + sum_d KL(teacher[d] || exp lpbar[d]): `[B]`.
+
+  The marginal part is the control variate: its expectation is computed in
+  closed form from the teacher's marginals, the sampled part only carries
+  the correlation.
+  """
+  lpbar = mixture_log_marginals(lp)
+  corr = correlation(lp, x0[:, None], lpbar)[:, 0]
+  return -alpha * corr + kl_categorical(teacher_logp, lpbar)

@@ -66,9 +66,15 @@ def init_state(params, optimizer) -> TrainState:
 
 
 def make_step(loss_fn: Callable, optimizer, ema_decay: float) -> Callable:
-  """(state, batch, key) -> (state, metrics) for `loss_fn(params, batch, key)`."""
-  def step(state: TrainState, batch, key):
-    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, key)
+  """(state, batch, key, frozen) -> (state, metrics).
+
+  `loss_fn(params, batch, key, frozen)`; `frozen` holds what the loss reads
+  but never trains (the distillation teacher's parameters), replicated and
+  passed as an argument so that it is never baked into the program.
+  """
+  def step(state: TrainState, batch, key, frozen=None):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, batch, key, frozen)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
@@ -88,7 +94,7 @@ def shard_step(step_fn, mesh):
   """jit with the batch split over "data" and everything else replicated."""
   repl = NamedSharding(mesh, P())
   data = NamedSharding(mesh, P("data"))
-  return jax.jit(step_fn, in_shardings=(repl, data, repl), out_shardings=(repl, repl),
+  return jax.jit(step_fn, in_shardings=(repl, data, repl, repl), out_shardings=(repl, repl),
                  donate_argnums=(0,))
 
 
@@ -203,7 +209,8 @@ def _bad_terms(metrics: dict) -> list[str]:
 
 
 def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
-        signature: dict, sample_hook: Callable | None = None, extra_meta: dict | None = None):
+        signature: dict, sample_hook: Callable | None = None, extra_meta: dict | None = None,
+        frozen=None):
   """Runs (or resumes) training to `loop.num_steps`; returns the final state.
 
   Stops with NonFiniteError naming the step and the loss terms that went
@@ -219,6 +226,7 @@ def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
     log.info("resumed from step %d in %s", int(state.step), loop.workdir)
   state = replicate(state, mesh)
   jstep = shard_step(step_fn, mesh)
+  frozen = replicate(frozen, mesh) if frozen is not None else None
   root = jax.random.key(loop.seed)
   meta = dict(extra_meta or {}, signature=signature, seed=loop.seed)
   writer = _writer(loop.workdir)
@@ -231,7 +239,7 @@ def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
   try:
     for step in range(start, loop.num_steps):
       batch = global_batch(mesh, batcher.batch(step))
-      new_state, metrics = jstep(state, batch, jax.random.fold_in(root, step))
+      new_state, metrics = jstep(state, batch, jax.random.fold_in(root, step), frozen)
       # Check the previous step's metrics while this one runs (no stall).
       if pending is not None:
         _check_finite(*pending)
@@ -334,7 +342,8 @@ def setup_teacher(config):
   model = configuration.make_model(config, spec, process)
   logits_fn = teacher_logits_fn(model, config.model.label_dropout)
 
-  def loss_fn(params, batch, key):
+  def loss_fn(params, batch, key, frozen=None):
+    del frozen
     return losses.teacher_loss(logits_fn, params, process, batch["tokens"], key,
                                t_min=config.loss.t_min,
                                labels=batch["labels"] if model.num_classes else None)

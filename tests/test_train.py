@@ -41,7 +41,7 @@ def test_sharded_step_matches_single_device(tmp_path):
     jstep = train.shard_step(step_fn, mesh)
     losses_seen = []
     for i in range(3):
-      state, m = jstep(state, train.global_batch(mesh, batcher.batch(i)), jax.random.key(i))
+      state, m = jstep(state, train.global_batch(mesh, batcher.batch(i)), jax.random.key(i), None)
       losses_seen.append(float(m["loss"]))
     results.append((losses_seen, jax.device_get(state.params)))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
@@ -73,7 +73,7 @@ def test_nan_stops_with_step_and_term_and_is_not_saved(tmp_path):
   c = small_config(tmp_path, num_steps=8, ckpt_every=2, log_every=8)
   spec, source, process, model, loss_fn = train.setup_teacher(c)
 
-  def bad_loss(params, batch, key):
+  def bad_loss(params, batch, key, frozen=None):
     loss, m = loss_fn(params, batch, key)
     poison = jnp.where(m["loss"] > -1, jnp.nan, 0.0)  # always NaN, traced
     return loss, dict(m, consistency=poison)

@@ -1,0 +1,154 @@
+r"""Teacher train-step throughput and model FLOP utilisation (MFU).
+
+For each config: build the teacher as `launch.train` would, time the jitted,
+sharded train step (compile and warm-up excluded), and compare the model's
+FLOP rate (3 x forward FLOPs per example x examples/s) with what a jitted
+float32 2048x2048 matmul reaches on the same devices in the same run.
+
+  python -m benchmarks.train_throughput [--configs=tiny,markov,digits,pydoc_text] \
+      [--steps=10] [--out=reports/train_throughput.md]
+
+A config is a name in configs/ (`markov`), a path (`configs/markov.py`), and
+either may carry a parameter string (`configs/cifar10_gaussian.py:tiny`).
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import os
+import platform
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+
+from mixture_dd import networks, train
+from mixture_dd.data import pipeline
+
+_CONFIGS = flags.DEFINE_list("configs", ["tiny", "markov", "digits", "pydoc_text"],
+                             "Config names in configs/ or paths, optionally with ':param'.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per config.")
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+_BATCH = flags.DEFINE_integer("batch_size", None,
+                              "Override train.batch_size (default: the config's).")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "Override data.data_dir for generated data.")
+_OUT = flags.DEFINE_string("out", "reports/train_throughput.md", "Markdown report path.")
+
+_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+
+
+def load_config(name: str):
+  """`get_config()` of configs/<name>.py, a path, or either with ':param'."""
+  path, _, param = name.partition(":")
+  if not path.endswith(".py"):
+    path = os.path.join(_CONFIG_DIR, path + ".py")
+  spec = importlib.util.spec_from_file_location(f"_bench_cfg_{abs(hash(path))}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(param) if param else module.get_config()
+
+
+def _time(fn, reps: int) -> float:
+  """Seconds per call of `fn` (which returns something to block on)."""
+  t0 = time.perf_counter()
+  for _ in range(reps):
+    out = fn()
+  jax.block_until_ready(out)
+  return (time.perf_counter() - t0) / reps
+
+
+def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
+  """float32 n x n matmul rate (GFLOP/s): the device's attainable peak here."""
+  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
+  f = jax.jit(jnp.matmul)
+  jax.block_until_ready(f(a, b))
+  return 2.0 * n ** 3 / _time(lambda: f(a, b), reps) / 1e9
+
+
+def bench_config(config, steps: int, warmup: int) -> dict:
+  """Examples/s and model GFLOP/s of the config's teacher train step."""
+  spec, source, process, model, loss_fn = train.setup_teacher(config)
+  batch_size = config.train.batch_size
+  mesh = train.make_mesh()
+  optimizer = train.make_optimizer(config.optim, config.train.num_steps)
+  params = train.init_params(model, config.seed)
+  state = train.replicate(train.init_state(params, optimizer), mesh)
+  jstep = train.shard_step(train.make_step(loss_fn, optimizer, config.optim.ema_decay), mesh)
+  batcher = pipeline.Batcher(source.tokens, source.labels, batch_size, seed=0,
+                             vocab_size=spec.vocab_size)
+  # Batches go to the devices before timing: this measures the step, not the
+  # host-side batching (which `fit` overlaps with the previous step anyway).
+  batches = [train.global_batch(mesh, batcher.batch(i)) for i in range(min(steps, 4))]
+  # The step's last argument is `frozen` (a distillation teacher's
+  # parameters); a teacher has none.
+  t0 = time.perf_counter()
+  state, m = jstep(state, batches[0], jax.random.key(0), None)
+  jax.block_until_ready(m)
+  compile_s = time.perf_counter() - t0
+  for i in range(warmup):
+    state, m = jstep(state, batches[i % len(batches)], jax.random.key(i), None)
+  jax.block_until_ready(state)
+  t0 = time.perf_counter()
+  for i in range(steps):
+    state, m = jstep(state, batches[i % len(batches)], jax.random.key(100 + i), None)
+  jax.block_until_ready((state, m))
+  step_s = (time.perf_counter() - t0) / steps
+  examples_s = batch_size / step_s
+  flops = networks.flops_per_example(model)
+  return dict(params=networks.count_params(params), batch=batch_size, step_s=step_s,
+              examples_s=examples_s, model_gflops=3.0 * flops * examples_s / 1e9,
+              compile_s=compile_s, loss=float(m["loss"]))
+
+
+def device_description() -> str:
+  devs = jax.devices()
+  kinds = sorted({d.device_kind for d in devs})
+  return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+          f"jax {jax.__version__}, {len(devs)} x {'/'.join(kinds)} ({jax.default_backend()})")
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  peak = matmul_gflops()
+  rows = []
+  for name in _CONFIGS.value:
+    config = load_config(name)
+    if _BATCH.value:
+      config.train.batch_size = _BATCH.value
+    if _DATA_DIR.value and "data_dir" in config.data:
+      config.data.data_dir = _DATA_DIR.value
+    r = bench_config(config, _STEPS.value, _WARMUP.value)
+    print(f"{name}: {r['step_s']:.3f} s/step, {r['examples_s']:.1f} ex/s, "
+          f"{r['model_gflops']:.1f} GFLOP/s (compile {r['compile_s']:.1f} s)", flush=True)
+    rows.append((name, r))
+  # Re-measure the matmul after the models too: the ratio uses the better of
+  # the two so a noisy first measurement cannot inflate MFU.
+  peak = max(peak, matmul_gflops())
+  lines = [
+      "# Teacher train-step throughput",
+      "",
+      f"{datetime.datetime.now().isoformat(timespec='seconds')} on {device_description()}.",
+      f"Timed {_STEPS.value} steps after {_WARMUP.value} warm-up steps (compilation excluded). "
+      "Model GFLOP/s = 3 x `networks.flops_per_example` x examples/s (matmuls only); "
+      "MFU = model GFLOP/s / float32 2048x2048 matmul GFLOP/s.",
+      "",
+      "| config | params | batch | s/step | examples/s | model GFLOP/s | matmul GFLOP/s | MFU |",
+      "|---|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for name, r in rows:
+    lines.append(f"| {name} | {r['params']:,} | {r['batch']} | {r['step_s']:.3f} | "
+                 f"{r['examples_s']:.1f} | {r['model_gflops']:.1f} | {peak:.1f} | "
+                 f"{r['model_gflops'] / peak:.1%} |")
+  text = "\n".join(lines) + "\n"
+  print(text)
+  if _OUT.value:
+    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    with open(_OUT.value, "w") as f:
+      f.write(text)
+
+
+if __name__ == "__main__":
+  app.run(main)

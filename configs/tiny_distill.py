@@ -1,0 +1,24 @@
+"""Di4C on a tiny family with the EXACT ideal product denoiser as teacher.
+
+Exact TV of student and teacher samplers is computable (S=3, D=3).
+  python -m launch.distill --config=configs/tiny_distill.py --workdir=workdirs/tiny_student
+"""
+import ml_collections
+
+from mixture_dd import configuration
+
+
+def get_config():
+  c = configuration.distill_base_config("sdtt")
+  c.teacher.kind = "ideal"
+  c.data = configuration.data_config("tiny", family="dirichlet", vocab_size=3, length=3, seed=0,
+                                     num_train=20000, num_test=2000)
+  c.process = ml_collections.ConfigDict(dict(name="masked", vocab_size=None, schedule="linear"))
+  base = configuration.base_config()
+  c.model = base.model
+  c.model.update(width=64, depth=2, heads=4, positions="learned")
+  c.distill.update(num_latents=16, t_sampling="uniform", delta="const", delta_lo=0.5,
+                   delta_hi=0.5, distil_threshold=0.02)
+  c.optim.update(lr=1e-3, warmup_steps=20, ema_decay=0.0)
+  c.train.update(batch_size=64, num_steps=300, log_every=50, ckpt_every=300)
+  return c

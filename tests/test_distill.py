@@ -1,0 +1,188 @@
+"""Di4C: the mixture likelihood, C, each loss term against slow references,
+stop-gradients, the student-equals-teacher start and the time presets."""
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mixture_dd import distill, exact, losses, networks, processes
+
+
+def _rand_lp(key, b, l, d, s):
+  return jax.nn.log_softmax(2.0 * jax.random.normal(key, (b, l, d, s)), -1)
+
+
+def test_mixture_likelihood_and_correlation_against_brute_force():
+  b, l, d, s = 2, 4, 3, 3
+  lp = np.asarray(_rand_lp(jax.random.key(0), b, l, d, s), np.float64)
+  states = exact.enumerate_states(s, d)
+  x0 = jnp.asarray(np.stack([states, states]))  # every x0 for each example: [B, 27, D]
+  got_ll = np.asarray(losses.mixture_log_likelihood(jnp.asarray(lp, jnp.float32), x0))
+  got_c = np.asarray(losses.correlation(jnp.asarray(lp, jnp.float32), x0))
+  p = np.exp(lp)
+  for bi in range(b):
+    total = 0.0
+    for m, x in enumerate(states):
+      mix = np.mean([np.prod([p[bi, j, dd, x[dd]] for dd in range(d)]) for j in range(l)])
+      marg = np.prod([np.mean(p[bi, :, dd, x[dd]]) for dd in range(d)])
+      total += mix
+      np.testing.assert_allclose(got_ll[bi, m], np.log(mix), rtol=1e-5, atol=1e-5)
+      np.testing.assert_allclose(got_c[bi, m], np.log(mix) - np.log(marg), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(total, 1.0, atol=1e-9)  # the mixture is a distribution
+
+
+def test_correlation_is_zero_when_components_agree():
+  lp = jnp.repeat(_rand_lp(jax.random.key(1), 3, 1, 4, 5), 6, axis=1)
+  x0 = jax.random.randint(jax.random.key(2), (3, 7, 4), 0, 5)
+  np.testing.assert_allclose(losses.correlation(lp, x0), 0.0, atol=1e-5)
+
+
+def _kl(p_log, q_log):
+  p = np.exp(p_log)
+  return float(np.sum(np.where(p > 0, p * (p_log - q_log), 0.0)))
+
+
+def test_loss_terms_against_slow_reference():
+  b, l, d, s = 3, 5, 4, 3
+  k = jax.random.split(jax.random.key(3), 5)
+  lp = _rand_lp(k[0], b, l, d, s)
+  q = _rand_lp(k[1], b, l, d, s)
+  teacher = jax.nn.log_softmax(jax.random.normal(k[2], (b, d, s)), -1)
+  x0_i = jax.random.randint(k[3], (b, l, d), 0, s)
+  x0 = jax.random.randint(k[4], (b, d), 0, s)
+  alpha = jnp.array([0.1, 0.5, 1.0])
+  got_c = np.asarray(losses.consistency_term(lp, q, x0_i))
+  got_d = np.asarray(losses.distillation_term(teacher, lp))
+  got_data = np.asarray(losses.data_term(lp, teacher, x0, alpha))
+  lp64, q64, t64 = (np.asarray(a, np.float64) for a in (lp, q, teacher))
+  for bi in range(b):
+    lpbar = np.log(np.mean(np.exp(lp64[bi]), 0))  # [D, S]
+    def c_of(x):
+      comps = [np.sum([lp64[bi, j, dd, x[dd]] for dd in range(d)]) for j in range(l)]
+      return np.log(np.mean(np.exp(comps))) - np.sum([lpbar[dd, x[dd]] for dd in range(d)])
+    pbar_u = np.log(np.mean(np.exp(q64[bi]), 0))
+    ref_c = -np.mean([c_of(np.asarray(x0_i[bi, i])) for i in range(l)]) + _kl(pbar_u, lpbar)
+    ref_d = np.mean([_kl(t64[bi], lp64[bi, j]) for j in range(l)])
+    ref_data = -float(alpha[bi]) * c_of(np.asarray(x0[bi])) + _kl(t64[bi], lpbar)
+    np.testing.assert_allclose(got_c[bi], ref_c, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_d[bi], ref_d, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(got_data[bi], ref_data, rtol=1e-4, atol=1e-5)
+
+
+def test_kl_ignores_zero_probability_entries():
+  p = jnp.array([[0.0, -1e6]])
+  q = jnp.array([[-1e6, 0.0]])
+  assert np.isfinite(float(losses.kl_categorical(p, q)))
+  assert float(losses.kl_categorical(p, q)) == pytest.approx(1e6)
+
+
+def _tiny_setup(num_latents=4, mode="same"):
+  proc = processes.Masked(3, "linear")
+  probs = exact.make_family("dirichlet", 3, 3, seed=0)
+  teacher = distill.ideal_teacher(proc, probs, 3)
+  model = networks.Denoiser(num_states=4, vocab_size=3, length=3, width=16, depth=1, heads=2,
+                            latent=True, mask_id=3, positions="learned")
+  params = model.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32), jnp.zeros(1),
+                      lam=jnp.zeros(1))["params"]
+  # Non-zero latent path, so components differ and C is non-trivial.
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(1), a.shape), params)
+  d = distill.preset("sdtt", num_latents=num_latents, distil_mode=mode, data_weight=1.0,
+                     t_sampling="uniform", distil_lo=0.01, distil_hi=0.02)
+  return proc, probs, teacher, model, params, d
+
+
+@pytest.mark.parametrize("mode", ["same", "separate"])
+def test_no_gradient_reaches_teacher_or_the_targets(mode):
+  proc, probs, teacher, model, params, d = _tiny_setup(mode=mode)
+  base = distill.student_fn(model)
+
+  def student(p, x, t, lam, labels, key, train):
+    out = base(p["net"], x, t, lam, labels, key, train)
+    # The probe only touches the eval-mode pass at u (the consistency
+    # target): its gradient is zero iff that pass is stop-gradient.
+    return out if train else out * p["probe"]
+  loss_fn = distill.di4c_loss(student, teacher, proc, d)
+  batch = {"tokens": jnp.asarray(exact.enumerate_states(3, 3)[:16], jnp.int32),
+           "labels": jnp.zeros(16, jnp.int32)}
+  full = {"net": params, "probe": jnp.ones(())}
+  g_params, g_frozen = jax.grad(lambda p, f: loss_fn(p, batch, jax.random.key(0), f)[0],
+                                argnums=(0, 1))(full, teacher.frozen)
+  assert float(g_params["probe"]) == 0.0
+  assert float(jnp.abs(g_frozen).max()) == 0.0
+  assert float(optax_norm(g_params["net"])) > 0.0
+
+
+def optax_norm(tree):
+  return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
+
+
+def test_loss_is_finite_and_reports_every_term():
+  proc, probs, teacher, model, params, d = _tiny_setup(mode="separate")
+  loss_fn = distill.di4c_loss(distill.student_fn(model), teacher, proc, d)
+  batch = {"tokens": jnp.zeros((8, 3), jnp.int32), "labels": jnp.zeros(8, jnp.int32)}
+  loss, m = jax.jit(lambda p: loss_fn(p, batch, jax.random.key(0), teacher.frozen))(params)
+  assert np.isfinite(float(loss))
+  assert {"distillation", "consistency", "data", "frac_distil"} <= set(m)
+
+
+@pytest.mark.parametrize("name", sorted(distill.PRESETS))
+def test_presets_time_sampling_and_gates(name):
+  d = distill.preset(name)
+  tm = jax.jit(lambda k: distill.sample_times(k, 4096, d))(jax.random.key(0))
+  t, u = np.asarray(tm["t"]), np.asarray(tm["u"])
+  assert (u <= t).all() and (u >= 0).all() and (t <= 1).all()
+  delta = t - u
+  if name == "tauldr":
+    assert (delta >= 1e-3 - 1e-7).all() and (delta <= 1e-2 + 1e-7).all()
+    assert (t >= 0.01 + delta - 1e-6).all()
+    assert (np.asarray(tm["w_distil"]) == 1).all() and (np.asarray(tm["w_consis"]) == 1).all()
+    dt = np.asarray(tm["distil_t"])
+    assert (dt >= 0.01).all() and (dt <= 0.02).all()
+  elif name == "maskgit":
+    np.testing.assert_allclose(delta[t > 0.05], 0.05, atol=1e-6)
+    np.testing.assert_array_equal(np.asarray(tm["w_distil"]), (t < 0.05).astype(np.float32))
+    # r = 1 - t ~ U[0, 1]: about 5 % of examples distil.
+    assert abs(np.mean(t < 0.05) - 0.05) < 4 * np.sqrt(0.05 * 0.95 / len(t))
+  else:
+    assert len(np.unique(t)) == 1  # one t per batch
+    np.testing.assert_allclose(delta, np.minimum(1 / 1024, t / 2), rtol=1e-4)
+  np.testing.assert_allclose(np.asarray(tm["w_distil"]) + np.asarray(tm["w_consis"]),
+                             2.0 if name == "tauldr" else 1.0)
+  np.testing.assert_allclose(tm["alpha"], d.alpha_scale / (1 + np.exp(-20 * (t - 0.5))), rtol=1e-5)
+
+
+def test_sdtt_small_t_fraction():
+  d = distill.preset("sdtt")
+  ts = np.array([float(distill.sample_times(jax.random.key(i), 2, d)["t"][0]) for i in range(2000)])
+  frac = np.mean(ts < 0.02)
+  assert abs(frac - 0.3) < 4 * np.sqrt(0.3 * 0.7 / len(ts))
+
+
+def test_preset_errors():
+  with pytest.raises(ValueError, match="preset"):
+    distill.preset("mdlm")
+  with pytest.raises(ValueError, match="num_latent"):
+    distill.preset("sdtt", num_latent=3)
+  with pytest.raises(ValueError, match="latent_chunks"):
+    distill.validate_distill(distill.preset("sdtt", num_latents=16, latent_chunks=3))
+
+
+def test_mixture_teacher_averages_component_probabilities():
+  model = networks.Denoiser(num_states=4, vocab_size=3, length=3, width=16, depth=1, heads=2,
+                            latent=True, mask_id=3)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32), jnp.zeros(1),
+                      lam=jnp.zeros(1))["params"]
+  params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(1), a.shape), params)
+  teacher = distill.network_teacher(model, params, num_latents=8)
+  x = jnp.full((2, 3), 3, jnp.int32)
+  t = jnp.array([0.5, 0.9])
+  key = jax.random.key(4)
+  got = teacher.fn(params, x, t, None, key)
+  offs = jax.random.uniform(key, (2, 1))
+  lam = np.mod(np.asarray(offs) + np.arange(8) / 8, 1.0)
+  for b in range(2):
+    probs = [np.asarray(jax.nn.softmax(model.apply({"params": params}, x[b:b + 1], t[b:b + 1],
+                                                   lam=jnp.array([lam[b, j]]))))[0] for j in range(8)]
+    np.testing.assert_allclose(np.exp(np.asarray(got[b])), np.mean(probs, 0), atol=1e-5)
