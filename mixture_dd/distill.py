@@ -387,3 +387,33 @@ def mixture_denoiser(model, labels=None):
     kw = {"labels": labels} if labels is not None and model.num_classes else {}
     return model.apply({"params": params}, x, t, lam=lam, **kw)
   return fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A finished teacher or student run, loaded for sampling or evaluation."""
+  config: ml_collections.ConfigDict
+  spec: pipeline.DataSpec
+  process: Any
+  model: networks.Denoiser
+  params: Any
+  is_student: bool
+
+  def denoiser(self, labels=None) -> Callable:
+    """The sampler's `(params, x, t, key) -> logits`: product or mixture."""
+    if self.is_student:
+      return samplers.mixture(mixture_denoiser(self.model, labels))
+    return train.product_denoiser(self.model, labels)
+
+
+def load_run(workdir: str, ema: bool = True) -> Run:
+  """Loads the config and newest good parameters of a train/distill workdir."""
+  config = read_run_config(workdir)
+  spec, _ = pipeline.load(config.data, "train")
+  process = configuration.make_process(config, spec)
+  is_student = bool(config.get("is_student", False))
+  model = configuration.make_model(config, spec, process, latent=is_student)
+  abstract = jax.eval_shape(lambda: train.init_params(model, 0))
+  sig = student_signature(config, spec) if is_student else configuration.model_signature(config, spec)
+  params, _ = train.load_params(workdir, abstract, sig, ema=ema)
+  return Run(config, spec, process, model, params, is_student)
