@@ -198,12 +198,51 @@ def di4c_loss(student: Callable, teacher: Teacher, process, d, label_dropout: fl
   def rep(a):
     return None if a is None else jnp.repeat(a, num_l, axis=0)
 
-  def student_lp(params, x, t, lam, labels, key, train):
-    """Component log-probs `[B, L, D, S]` for L latents `lam [B, L]`."""
-    b = x.shape[0]
-    logits = student(params, rep(x), rep(t), lam.reshape(-1), rep(labels), key, train)
-    lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    return lp.reshape((b, num_l) + lp.shape[1:])
+  chunks = d.latent_chunks
+
+  def student_lp(params, x, t, lam, labels, key, train, remat=True):
+    """Component log-probs `[B, L, D, S]` for L latents `lam [B, L]`.
+
+    With latent_chunks = c > 1 the L latents run as c sequential
+    micro-batches of L / c (lax.map), each rematerialised in the backward
+    pass, so activation memory scales with B x L / c instead of B x L. The
+    values, and so the gradients, are those of the unchunked pass.
+    """
+    b, per = x.shape[0], num_l // chunks
+
+    def one(lam_c, key_c):
+      r = lambda a: None if a is None else jnp.repeat(a, per, axis=0)
+      logits = student(params, r(x), r(t), lam_c.reshape(-1), r(labels), key_c, train)
+      lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+      return lp.reshape((b, per) + lp.shape[1:])
+
+    if chunks == 1:
+      return one(lam, key)
+    fn = jax.checkpoint(one) if remat else one
+    lam_c = jnp.moveaxis(lam.reshape(b, chunks, per), 1, 0)  # [c, B, L/c]
+    out = jax.lax.map(lambda a: fn(*a), (lam_c, jax.random.split(key, chunks)))
+    return jnp.moveaxis(out, 0, 1).reshape((b, num_l) + out.shape[3:])
+
+  def student_lp_at(params, x_rep, t, lam, labels, key):
+    """Eval-mode component log-probs at per-latent inputs x_rep `[B * L, D]`."""
+    b = lam.shape[0]
+    if chunks == 1:
+      logits = student(params, x_rep, rep(t), lam.reshape(-1), rep(labels), key, False)
+      lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+      return lp.reshape((b, num_l) + lp.shape[1:])
+    per = num_l // chunks
+    xs = jnp.moveaxis(x_rep.reshape((b, chunks, per) + x_rep.shape[1:]), 1, 0)
+    lam_c = jnp.moveaxis(lam.reshape(b, chunks, per), 1, 0)
+
+    def one(a):
+      x_c, lam_c1 = a
+      r = lambda v: None if v is None else jnp.repeat(v, per, axis=0)
+      logits = student(params, x_c.reshape((b * per,) + x_c.shape[2:]), r(t), lam_c1.reshape(-1),
+                       r(labels), key, False)
+      lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+      return lp.reshape((b, per) + lp.shape[1:])
+    out = jax.lax.map(one, (xs, lam_c))
+    return jnp.moveaxis(out, 0, 1).reshape((b, num_l) + out.shape[3:])
 
   def loss_fn(params, batch, key, frozen):
     x0 = batch["tokens"]
@@ -227,10 +266,8 @@ def di4c_loss(student: Callable, teacher: Teacher, process, d, label_dropout: fl
     # Consistency: one teacher step t -> u, then the student at u as target.
     x_u = samplers.analytic_step(keys["step"], process, rep(x_t), rep(t), rep(u), rep(teacher_logits))
     lam_u = jax.random.uniform(keys["lam_u"], (b, num_l))
-    sg = jax.lax.stop_gradient(params)
-    logits_u = student(sg, x_u, rep(u), lam_u.reshape(-1), rep(labels), keys["drop_t"], False)
-    q = jax.lax.stop_gradient(jax.nn.log_softmax(logits_u.astype(jnp.float32), -1))
-    q = q.reshape((b, num_l) + q.shape[1:])  # q_i, one per latent lambda'_i
+    q = jax.lax.stop_gradient(student_lp_at(jax.lax.stop_gradient(params), x_u, u, lam_u, labels,
+                                            keys["drop_t"]))  # q_i, one per latent lambda'_i
     x0_i = categorical.sample(keys["draw"], q)  # [B, L, D]
     consis = losses.consistency_term(lp, q, x0_i)
 

@@ -186,3 +186,20 @@ def test_mixture_teacher_averages_component_probabilities():
     probs = [np.asarray(jax.nn.softmax(model.apply({"params": params}, x[b:b + 1], t[b:b + 1],
                                                    lam=jnp.array([lam[b, j]]))))[0] for j in range(8)]
     np.testing.assert_allclose(np.exp(np.asarray(got[b])), np.mean(probs, 0), atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["same", "separate"])
+def test_latent_micro_batching_gives_the_same_loss_and_gradients(mode):
+  proc, probs, teacher, model, params, d = _tiny_setup(num_latents=8, mode=mode)
+  batch = {"tokens": jnp.asarray(exact.enumerate_states(3, 3)[:12], jnp.int32),
+           "labels": jnp.zeros(12, jnp.int32)}
+  out = []
+  for chunks in (1, 4):
+    d.latent_chunks = chunks
+    loss_fn = distill.di4c_loss(distill.student_fn(model), teacher, proc, d)
+    (loss, m), g = jax.jit(jax.value_and_grad(
+        lambda p: loss_fn(p, batch, jax.random.key(7), teacher.frozen), has_aux=True))(params)
+    out.append((float(loss), g))
+  np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[1][1])):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
