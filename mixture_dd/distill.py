@@ -357,10 +357,14 @@ def setup_distillation(config):
     sig = student_signature(tconf, spec) if latent else configuration.model_signature(tconf, spec)
     t_params, _ = train.load_params(config.teacher.workdir, abstract, sig)
     teacher = network_teacher(t_model, t_params, config.teacher.num_latents)
-    if latent:
-      return config, spec, source, process, student_model, teacher, t_params  # next round
+    if latent:  # next round: a student of ours starts from itself
+      return (config, spec, source, process, student_model, teacher,
+              jax.tree.map(jnp.copy, t_params))
     params = networks.student_params_from_teacher(t_params, params)
   params = break_symmetry(params, jax.random.key(config.seed + 1), config.distill.latent_init_scale)
+  # Own buffers: the train step donates the student's state, and the teacher
+  # (frozen) must not lose the arrays they would otherwise share.
+  params = jax.tree.map(jnp.copy, params)
   return config, spec, source, process, student_model, teacher, params
 
 

@@ -17,6 +17,7 @@ import math
 import os
 import signal
 import time
+import zlib
 from typing import Any, Callable
 
 import flax
@@ -61,8 +62,16 @@ def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
 
 
 def init_state(params, optimizer) -> TrainState:
-  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                    ema_params=jax.tree.map(jnp.copy, params), opt_state=optimizer.init(params))
+  """Step 0: the parameters, their EMA copy and the optimizer's state (jitted:
+  eager op-by-op dispatch would compile every small op separately)."""
+  @jax.jit
+  def init(params):
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      ema_params=jax.tree.map(jnp.copy, params), opt_state=optimizer.init(params))
+  return init(params)
+
+
+NONFINITE_PARAMS = "nonfinite_params"  # a metric: count of NaN/Inf parameter entries
 
 
 def make_step(loss_fn: Callable, optimizer, ema_decay: float) -> Callable:
@@ -78,7 +87,10 @@ def make_step(loss_fn: Callable, optimizer, ema_decay: float) -> Callable:
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads))
+    # Finite loss and gradients can still overflow the parameters (a huge
+    # learning rate): count the non-finite entries of the updated state.
+    bad = sum(jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves((params, ema)))
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), **{NONFINITE_PARAMS: bad})
     return TrainState(state.step + 1, params, ema, opt_state), metrics
   return step
 
@@ -127,41 +139,109 @@ def check_signature(saved: dict, expected: dict, where: str) -> None:
 
 
 def checkpoint_manager(directory: str, keep: int) -> ocp.CheckpointManager:
+  """Keeps the newest `keep` steps. Leftovers of an interrupted save
+  (`*.orbax-checkpoint-tmp*` directories) are never listed as steps and are
+  deleted when the manager opens."""
   return ocp.CheckpointManager(
       os.path.abspath(directory),
-      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True))
+      options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                           cleanup_tmp_directories=True))
+
+
+def fingerprint(state) -> str:
+  """CRC32 of every leaf's bytes: detects a checkpoint whose files were
+  damaged in a way the storage format does not notice (flipped bytes)."""
+  crc = 0
+  for x in jax.tree.leaves(state):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      x = x.addressable_data(0)  # replicated: every process holds the whole array
+    crc = zlib.crc32(np.ascontiguousarray(np.asarray(x)).tobytes(), crc)
+  return f"{crc:08x}"
 
 
 def save(mngr, state: TrainState, meta: dict) -> None:
   """Asynchronous save. Orbax writes to a temporary directory and renames it
   when complete, so a crash mid-save never replaces a good checkpoint."""
+  meta = dict(meta, fingerprint=fingerprint(state))
   mngr.save(int(state.step), args=ocp.args.Composite(
       state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
 
 
-def restore_latest(mngr, abstract_state, signature: dict, where: str):
-  """(state, meta) from the newest readable checkpoint, or (None, None).
+CORRUPT_SUFFIX = ".corrupt"
 
-  A checkpoint that fails to read (truncated, corrupted) is skipped with a
-  warning naming its step, and the previous one is tried.
+
+def restore_latest(mngr, abstract_state, signature: dict, where: str):
+  """(state, meta) from the newest readable checkpoint, or (None, None) if none.
+
+  A checkpoint that fails to read (truncated, corrupted, no metadata) is
+  skipped with a warning naming its step, and the previous one is tried; the
+  bad ones are then renamed to `<step>.corrupt` (kept for inspection, never
+  listed again) so that training can save those steps afresh. A checkpoint
+  of another configuration raises IncompatibleCheckpoint naming the fields.
+  Raises RuntimeError if checkpoints exist but none is readable.
   """
-  for step in sorted(mngr.all_steps(), reverse=True):
+  steps = sorted(mngr.all_steps(), reverse=True)
+  bad = []
+  for step in steps:
     try:
       meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+      if not isinstance(meta, dict):
+        raise ValueError(f"metadata is {type(meta).__name__}, not a dict")
     except Exception as e:  # noqa: BLE001 - any read failure means "unusable"
-      log.warning("checkpoint step %d in %s is unreadable (%s); trying an earlier one",
-                  step, where, type(e).__name__)
+      log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying an earlier one",
+                  step, where, type(e).__name__, str(e)[:200])
+      bad.append(step)
       continue
     check_signature(meta.get("signature", {}), signature, where)
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state)))
+      state = restored["state"]
+      if "fingerprint" in meta and fingerprint(state) != meta["fingerprint"]:
+        raise ValueError("its contents do not match the fingerprint saved with it")
     except Exception as e:  # noqa: BLE001
       log.warning("checkpoint step %d in %s is corrupted (%s: %s); trying an earlier one",
                   step, where, type(e).__name__, str(e)[:200])
+      bad.append(step)
       continue
-    return restored["state"], meta
+    if bad:
+      log.warning("resuming %s from step %d; set aside bad checkpoint step(s) %s as "
+                  "<step>%s", where, step, bad, CORRUPT_SUFFIX)
+      _set_aside(mngr, bad)
+    return state, meta
+  if bad:
+    raise RuntimeError(
+        f"none of the checkpoints in {where} (steps {bad}) is readable; see the warnings "
+        f"above. Move {mngr.directory} away to start from scratch, or use a fresh --workdir.")
   return None, None
+
+
+def _set_aside(mngr, steps) -> None:
+  """Renames step directories to `<step>.corrupt` (process 0; all wait)."""
+  if jax.process_index() == 0:
+    for step in steps:
+      src = os.path.join(str(mngr.directory), str(step))
+      dst = src + CORRUPT_SUFFIX
+      n = 0
+      while os.path.exists(dst):
+        n += 1
+        dst = f"{src}{CORRUPT_SUFFIX}{n}"
+      if os.path.exists(src):
+        os.rename(src, dst)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices("mixture_dd_set_aside_checkpoints")
+  mngr.reload()
+
+
+def _on_this_host(x):
+  """A restore target on this host's first device: without one, Orbax reuses
+  the saved sharding, which names the devices of the machine(s) that saved it
+  (a checkpoint from a 2-process run fails to load in 1 process)."""
+  sharding = getattr(x, "sharding", None)
+  if sharding is None:
+    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
 
 def load_params(directory: str, abstract_params, signature: dict | None = None, ema: bool = True):
@@ -171,16 +251,34 @@ def load_params(directory: str, abstract_params, signature: dict | None = None, 
     raise FileNotFoundError(
         f"no checkpoints under {directory!r} (expected {ckpt_dir}); train one first with "
         "`python -m launch.train --config=... --workdir=DIR` and point to that DIR")
-  mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir))
+  mngr = ocp.CheckpointManager(os.path.abspath(ckpt_dir),
+                               options=ocp.CheckpointManagerOptions(read_only=True))
   for step in sorted(mngr.all_steps(), reverse=True):
-    meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    try:
+      meta = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    except Exception as e:  # noqa: BLE001
+      log.warning("checkpoint step %d in %s is unreadable (%s); trying an earlier one",
+                  step, ckpt_dir, type(e).__name__)
+      continue
     if signature is not None:
       check_signature(meta.get("signature", {}), signature, ckpt_dir)
-    abstract = {"params": abstract_params, "ema_params": abstract_params}
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=abstract, partial_restore=True)))["state"]
+    # Restore onto this process's first device whatever mesh saved it, so a
+    # checkpoint written by 8 devices loads in a 1-device notebook.
+    one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    placed = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
+                          abstract_params)
+    abstract = {"params": placed, "ema_params": placed}
+    abstract = jax.tree.map(_on_this_host, abstract)
+    try:
+      restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+          item=abstract, partial_restore=True)))["state"]
+    except Exception as e:  # noqa: BLE001
+      log.warning("checkpoint step %d in %s is corrupted (%s: %s); trying an earlier one",
+                  step, ckpt_dir, type(e).__name__, str(e)[:200])
+      continue
     return restored["ema_params" if ema else "params"], meta
-  raise FileNotFoundError(f"no complete checkpoint in {ckpt_dir}")
+  raise FileNotFoundError(f"no complete, readable checkpoint in {ckpt_dir}; train (or finish "
+                          "training) the run in that workdir first")
 
 
 # ---------------------------------------------------------------------------
@@ -204,8 +302,28 @@ class LoopConfig:
   desc: str = "train"
 
 
+  def validate(self) -> None:
+    if not self.workdir or not str(self.workdir).strip():
+      raise ValueError("LoopConfig.workdir is empty; give the directory for checkpoints and logs")
+    for f in ("num_steps", "log_every", "ckpt_every", "keep"):
+      v = getattr(self, f)
+      if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"LoopConfig.{f} (config.train.{f}) must be a positive integer, "
+                         f"got {v!r}")
+    if self.sample_every < 0:
+      raise ValueError(f"LoopConfig.sample_every (config.train.sample_every) must be >= 0 "
+                       f"(0 = never), got {self.sample_every!r}")
+
+
 def _bad_terms(metrics: dict) -> list[str]:
-  return sorted(k for k, v in metrics.items() if not np.all(np.isfinite(np.asarray(v))))
+  bad = [k for k, v in metrics.items() if k != NONFINITE_PARAMS
+         and not np.all(np.isfinite(np.asarray(v, np.float64)))]
+  # Loss terms first (the cause), then the derived loss / grad_norm.
+  derived = ("loss", "grad_norm")
+  bad = sorted(k for k in bad if k not in derived) + [k for k in derived if k in bad]
+  if int(np.asarray(metrics.get(NONFINITE_PARAMS, 0))) > 0:
+    bad.append("parameters")
+  return bad
 
 
 def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
@@ -217,6 +335,7 @@ def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
   NaN/Inf; that state is never saved. SIGTERM (preemption) saves the
   current step and returns early.
   """
+  loop.validate()
   os.makedirs(loop.workdir, exist_ok=True)
   mngr = checkpoint_manager(os.path.join(loop.workdir, "checkpoints"), loop.keep)
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
@@ -230,9 +349,7 @@ def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
   root = jax.random.key(loop.seed)
   meta = dict(extra_meta or {}, signature=signature, seed=loop.seed)
   writer = _writer(loop.workdir)
-  preempted = []
-  old_handler = signal.signal(signal.SIGTERM, lambda *a: preempted.append(True)) \
-      if _main_thread() else None
+  preemption = _Preemption()
   start = int(state.step)
   bar = _progress(start, loop.num_steps, loop.desc)
   t0, pending = time.time(), None
@@ -249,7 +366,8 @@ def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
       bar.update(1)
       if done % loop.log_every == 0 or done == loop.num_steps:
         _check_finite(*pending)
-        m = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        m = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()
+             if k != NONFINITE_PARAMS}
         rate = (done - start) / max(time.time() - t0, 1e-9)
         bar.set_postfix({k: f"{v:.4g}" for k, v in m.items() if k in ("loss", "grad_norm")})
         log.info("%s step %d/%d %s (%.2f steps/s)", loop.desc, done, loop.num_steps,
@@ -260,11 +378,13 @@ def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
           writer.add_scalar(f"{loop.desc}/steps_per_s", rate, done)
       if sample_hook is not None and loop.sample_every and done % loop.sample_every == 0:
         sample_hook(state, done)
+      preempted = preemption.reached(done)
       if done % loop.ckpt_every == 0 or done == loop.num_steps or preempted:
         _check_finite(*pending)
         save(mngr, state, meta)
       if preempted:
-        log.warning("SIGTERM: saved step %d and stopping", done)
+        log.warning("%s: preempted (SIGTERM); saved step %d and stopping. Run the same "
+                    "command again to resume.", loop.desc, done)
         break
   finally:
     mngr.wait_until_finished()
@@ -272,20 +392,47 @@ def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
     bar.close()
     if writer is not None:
       writer.close()
-    if old_handler is not None:
-      signal.signal(signal.SIGTERM, old_handler)
+    preemption.close()
   return state
+
+
+class _Preemption:
+  """Has a SIGTERM arrived? One process: our own signal handler. Several:
+  JAX's preemption service (jax.distributed), which propagates a notice to
+  every process and agrees on one step at which all of them save, so no
+  process leaves the collectives while the others wait in them."""
+
+  def __init__(self):
+    self._flag = []
+    self._old = None
+    from jax._src import distributed
+    self._sync = (distributed.global_state.preemption_sync_manager
+                  if jax.process_count() > 1 else None)
+    if self._sync is None and _main_thread():
+      self._old = signal.signal(signal.SIGTERM, lambda *a: self._flag.append(True))
+
+  def reached(self, step: int) -> bool:
+    if self._sync is not None:
+      from jax.experimental import multihost_utils
+      return multihost_utils.reached_preemption_sync_point(step)
+    return bool(self._flag)
+
+  def close(self):
+    if self._old is not None:
+      signal.signal(signal.SIGTERM, self._old)
+      self._old = None
 
 
 def _check_finite(step, metrics):
   m = jax.device_get(metrics)
   bad = _bad_terms(m)
   if bad:
+    vals = ", ".join(f"{k}={float(np.asarray(m[k])):.4g}" if k in m else
+                     f"{int(np.asarray(m[NONFINITE_PARAMS]))} non-finite entries" for k in bad)
     raise NonFiniteError(
-        f"non-finite values at step {step + 1} in {bad} "
-        f"({', '.join(f'{k}={float(np.asarray(m[k])):.4g}' for k in bad)}); the run stopped "
-        "and this state was not saved. Lower optim.lr, check the data, or resume from the "
-        "last checkpoint.")
+        f"non-finite values at step {step + 1} in {bad} ({vals}); the run stopped and this "
+        "state was not saved. Lower optim.lr, check the data and the teacher, or resume from "
+        "the last checkpoint.")
 
 
 def _main_thread():
@@ -351,9 +498,14 @@ def setup_teacher(config):
 
 
 def init_params(model, seed: int):
-  x = jnp.zeros((1, model.length), jnp.int32)
-  kw = {"lam": jnp.zeros((1,))} if model.latent else {}
-  return model.init(jax.random.key(seed), x, jnp.zeros((1,)), **kw)["params"]
+  """The model's initial parameters, one jitted program (eager flax init
+  compiles every op separately: seconds on a CPU)."""
+  @jax.jit
+  def init(key):
+    x = jnp.zeros((1, model.length), jnp.int32)
+    kw = {"lam": jnp.zeros((1,))} if model.latent else {}
+    return model.init(key, x, jnp.zeros((1,)), **kw)["params"]
+  return init(jax.random.key(seed))
 
 
 def train_and_evaluate(config, workdir: str) -> TrainState:

@@ -1,0 +1,24 @@
+"""Di4C student of the digits teacher (the demo's second stage).
+
+  python -m launch.distill --config=configs/digits_distill.py \
+      --workdir=workdirs/demo/student --config.teacher.workdir=workdirs/demo/teacher
+di4c-d (data term on, alpha as tauLDR's) with MaskGIT-like fixed Delta;
+L = 16 latents. `:ci` is the seconds-long variant the tests run.
+"""
+from mixture_dd import configuration
+
+
+def get_config(scale: str = "full"):
+  c = configuration.distill_base_config("sdtt")
+  c.teacher.update(kind="network", workdir="workdirs/demo/teacher")
+  c.distill.update(num_latents=16, t_sampling="uniform", delta="const", delta_lo=0.05,
+                   delta_hi=0.05, distil_threshold=0.05, distil_weight=1.0, data_weight=1.0,
+                   alpha_scale=1.0, latent_init_scale=0.1)
+  c.optim.update(lr=3e-4, warmup_steps=20, ema_decay=0.99, schedule="cosine")
+  c.train.update(batch_size=16, num_steps=400, log_every=50, ckpt_every=200, sample_every=0)
+  if scale == "ci":
+    c.distill.num_latents = 4
+    c.train.update(batch_size=8, num_steps=6, log_every=3, ckpt_every=6)
+  elif scale != "full":
+    raise ValueError(f"configs/digits_distill.py:{scale}: choose full or ci")
+  return c

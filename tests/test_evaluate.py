@@ -1,0 +1,152 @@
+"""Evaluation: exact laws of hybrids, the tiny and markov reports end to end."""
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import markov as markov_cfg
+from configs import tiny as tiny_cfg
+from mixture_dd import configuration, distill, evaluate, exact, networks, processes, train
+from mixture_dd.data import markov, pipeline
+from tests.conftest import assert_chi2
+
+
+def _ideal_fn(proc, probs, length):
+  f = jax.jit(lambda x, t: exact.ideal_log_marginals(proc, probs, length, x, t))
+  return evaluate.padded(lambda x, t, lam: f(x, t), proc.num_states ** length)
+
+
+def test_one_step_ideal_sampler_is_the_product_of_marginals():
+  """A perfect product denoiser in one masked step draws each token from its
+  data marginal: the law is the product of marginals, computed here directly."""
+  s, d = 3, 3
+  proc = processes.Masked(s, "linear")
+  probs = exact.make_family("dirichlet", s, d, seed=0)
+  ideal = (_ideal_fn(proc, probs, d), False)
+  law = evaluate.exact_law(proc, d, 1, ideal)
+  states = exact.enumerate_states(s, d)
+  marg = [np.bincount(states[:, i], weights=probs, minlength=s) for i in range(d)]
+  product = np.prod([marg[i][states[:, i]] for i in range(d)], axis=0)
+  np.testing.assert_allclose(law, product, atol=1e-6)
+  # More steps of the perfect denoiser only get closer to the data.
+  tvs = [exact.total_variation(probs, evaluate.exact_law(proc, d, n, ideal)) for n in (1, 4, 16)]
+  assert tvs[0] > tvs[1] > tvs[2], tvs
+
+
+def test_hybrid_exact_law_switches_denoiser_at_the_right_step():
+  s, d = 3, 2
+  proc = processes.Masked(s, "linear")
+  probs = exact.make_family("dirichlet", s, d, seed=1)
+  ideal = (_ideal_fn(proc, probs, d), False)
+  flat = (lambda x, t, lam: np.zeros(x.shape + (s,)), False)
+  for n in (1, 3):
+    all_ideal = evaluate.exact_law(proc, d, n, ideal)
+    all_flat = evaluate.exact_law(proc, d, n, flat)
+    np.testing.assert_allclose(evaluate.exact_law(proc, d, n, flat, ideal, 0), all_ideal, atol=1e-9)
+    np.testing.assert_allclose(evaluate.exact_law(proc, d, n, flat, ideal, n), all_flat, atol=1e-9)
+  # One flat step then two ideal ones lies strictly between the two.
+  mixed = evaluate.exact_law(proc, d, 3, flat, ideal, 1)
+  tv = lambda q: exact.total_variation(probs, q)
+  assert tv(all_ideal) < tv(mixed) < tv(all_flat)
+
+
+def _student_like(teacher_run, scale=0.3):
+  """A mixture student made from the teacher without training (fast)."""
+  model = configuration.make_model(teacher_run.config, teacher_run.spec, teacher_run.process,
+                                   latent=True)
+  params = networks.student_params_from_teacher(teacher_run.params, train.init_params(model, 0))
+  params = distill.break_symmetry(params, jax.random.key(1), scale)
+  config = ml_collections.ConfigDict(teacher_run.config.to_dict())
+  config.is_student = True
+  return distill.Run(config, teacher_run.spec, teacher_run.process, model, params, True)
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp("tiny")
+  c = tiny_cfg.get_config()
+  c.data.data_dir = str(tmp / "tfds")
+  c.data.num_train, c.data.num_test = 2000, 500
+  c.model.update(width=32, depth=1, heads=2)
+  c.train.update(batch_size=64, num_steps=20, log_every=20, ckpt_every=20, sample_every=0)
+  train.train_and_evaluate(c, str(tmp / "teacher"))
+  return distill.load_run(str(tmp / "teacher"))
+
+
+def test_tiny_evaluation_end_to_end(tiny_teacher, tmp_path):
+  student = _student_like(tiny_teacher)
+  out = str(tmp_path / "eval")
+  res = evaluate.evaluate(tiny_teacher, student, [1, 2], num_samples=3000, seed=0, out_dir=out,
+                          hybrid_teacher_steps=1, batch_size=1000, latency_reps=3)
+  for name in ("results.json", "results.md", "quality_vs_steps.png"):
+    assert os.path.getsize(os.path.join(out, name)) > 0, name
+  with open(os.path.join(out, "results.json")) as f:
+    assert json.load(f)["rows"] == json.loads(json.dumps(res["rows"]))
+  got = {(r["sampler"], r["steps"]) for r in res["rows"]}
+  assert got == {("teacher", 1), ("student", 1), ("teacher", 2), ("student", 2), ("hybrid", 2)}
+  for r in res["rows"]:
+    assert 0.0 <= r["tv"] <= 1.0 and 0.0 <= r["tv_empirical"] <= 1.0
+    assert r["kl"] >= 0 and r["sample_time_s"] > 0
+  assert res["latency"]["ratio_student_over_teacher"] > 0
+  md = open(os.path.join(out, "results.md")).read()
+  assert "| hybrid | 2 |" in md and "| data | - |" in md
+  # The exact law is the law of the real sampler: chi-square of the samples.
+  s, d = tiny_teacher.spec.vocab_size, tiny_teacher.spec.length
+  for sampler in ("teacher", "hybrid"):
+    tokens = np.load(os.path.join(out, "samples", f"{sampler}_N2_all.npz"))["tokens"]
+    fn = evaluate.run_log_marginals_fn(tiny_teacher)
+    if sampler == "teacher":
+      law = evaluate.exact_law(tiny_teacher.process, d, 2, (fn, False))
+    else:
+      law = evaluate.exact_law(tiny_teacher.process, d, 2,
+                               (evaluate.run_log_marginals_fn(student), True), (fn, False), 1)
+    counts = np.bincount(exact.state_index(tokens, s), minlength=s ** d)
+    assert_chi2(counts, law)
+
+
+def test_markov_data_nll_is_the_entropy_rate(tmp_path):
+  c = markov_cfg.get_config()
+  c.data.update(vocab_size=4, length=8, num_train=200, num_test=2000, data_dir=str(tmp_path / "tfds"))
+  c.model.update(width=32, depth=1, heads=2)
+  spec, _ = pipeline.load(c.data, "train")
+  process = configuration.make_process(c, spec)
+  model = configuration.make_model(c, spec, process)
+  teacher = distill.Run(c, spec, process, model, train.init_params(model, 0), False)
+  res = evaluate.evaluate(teacher, None, [2], num_samples=200, seed=0,
+                          out_dir=str(tmp_path / "eval"), batch_size=200, latency_reps=2)
+  ref = res["data_reference"]
+  init, trans = markov.make_chain(4, c.data.seed)
+  rate = markov.entropy_rate(init, trans, 8)
+  assert res["extras"]["entropy_rate"] == pytest.approx(rate)
+  # The test split's mean NLL is an unbiased estimate of the entropy rate.
+  assert abs(ref["nll_per_token"] - rate) < 4 * ref["nll_se"], (ref, rate)
+  row, = res["rows"]
+  assert np.isfinite(row["nll_per_token"]) and 0 < row["entropy_per_token"] <= np.log(4) + 1e-9
+  assert os.path.exists(tmp_path / "eval" / "quality_vs_steps.png")
+
+
+def test_write_report_table_and_plot(tmp_path):
+  res = {"data": "markov", "num_samples": 10, "seed": 0, "primary_metric": "nll_per_token",
+         "hybrid_teacher_steps": 0, "extras": {"entropy_rate": 1.0},
+         "latency": {"batch_size": 4, "reps": 2, "teacher_s": 0.01},
+         "data_reference": {"nll_per_token": 1.0, "entropy_per_token": 1.2},
+         "rows": [{"sampler": "teacher", "steps": n, "nll_per_token": 1.0 + 1 / n,
+                   "entropy_per_token": 1.1, "sample_time_s": 0.1 * n} for n in (1, 2, 4)]}
+  evaluate.write_report(res, str(tmp_path))
+  md = (tmp_path / "results.md").read_text().splitlines()
+  assert md[2].startswith("| sampler | N | nll_per_token | entropy_per_token | sample_time_s")
+  assert sum(line.startswith("| teacher |") for line in md) == 3
+  assert (tmp_path / "quality_vs_steps.png").stat().st_size > 0
+
+
+def test_text_metrics_smoke():
+  from mixture_dd import reference_models
+  lm = reference_models.CharLM(4, 16, width=16, num_layers=1, num_heads=2)
+  params = lm.init(jax.random.key(0), np.zeros((1, 16), np.int32))  # untrained: ppl near 4
+  tokens = np.random.default_rng(0).integers(0, 4, (50, 16))
+  out = evaluate.text_metrics(tokens, params, 4)
+  assert 1 < out["gen_ppl"] < 8 and 0 <= out["self_bleu"] <= 100
+  assert out["unigram_entropy"] == pytest.approx(np.log(4), abs=0.05)
