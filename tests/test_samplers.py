@@ -147,3 +147,45 @@ def test_final_step_fills_only_masks():
   np.testing.assert_allclose(law.sum(), 1.0, atol=1e-9)
   with pytest.raises(ValueError, match="final"):
     samplers.finalize(jax.random.key(0), proc, samplers.product(ideal), p, out, 0.0, "mode")
+
+
+def test_maskgit_reveal_schedule():
+  assert samplers.reveal_schedule(256, 4) == [41, 44, 53, 118]
+  for n in (1, 3, 8):
+    assert sum(samplers.reveal_schedule(64, n)) == 64
+    assert all(c >= 1 for c in samplers.reveal_schedule(64, n))
+
+
+def test_confidence_sampler_reveals_the_most_confident_first():
+  """Temperature 0: step 1 of 4 reveals exactly the scheduled count, at the
+  most confident positions. The denoiser predicts token 0 while everything is
+  masked and token 1 afterwards, so the output records what step 1 revealed."""
+  proc = processes.Masked(4, "arccos")
+  length = 16
+  sharp = jnp.linspace(4.0, 9.0, length)  # confidence grows with position
+
+  def fn(p, x, t):
+    # Token 0 (first step) or 1 (later) with logit sharp[d], token 2 with 0,
+    # token 3 never: log p(draw) orders the positions by sharp.
+    first = jnp.all(x == 4, axis=-1)[:, None, None]
+    s = sharp[None, :, None]
+    zero = jnp.zeros_like(s)
+    step1 = jnp.concatenate([s, zero - 1e6, zero, zero - 1e6], -1)
+    later = jnp.concatenate([zero - 1e6, s, zero, zero - 1e6], -1)
+    return jnp.where(first, step1, later)
+  out = np.asarray(samplers.confidence_sample(jax.random.key(0), proc, samplers.product(fn), None,
+                                              8, length, 4, choice_temperature=0.0))
+  first_count = samplers.reveal_schedule(length, 4)[0]
+  assert (out != 4).all()
+  np.testing.assert_array_equal(out == 0, np.tile(np.arange(length) >= length - first_count, (8, 1)))
+
+
+def test_guidance_uses_the_same_lambda_for_both_passes():
+  proc = processes.Masked(3, "arccos")
+  def comp(p, x, t, lam):  # labels ignored: cond == uncond when lambda is shared
+    return jnp.stack([jnp.sin(7 * lam), jnp.cos(5 * lam), lam], -1)[:, None, :] + 0.0 * x[..., None]
+  mix = samplers.mixture(comp)
+  plain = samplers.confidence_sample(jax.random.key(2), proc, mix, None, 64, 5, 3)
+  cfg = samplers.confidence_sample(jax.random.key(2), proc, samplers.guided(mix, mix, 3.0), None,
+                                   64, 5, 3)
+  np.testing.assert_array_equal(plain, cfg)

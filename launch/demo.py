@@ -1,0 +1,52 @@
+r"""The main job: teacher -> Di4C student -> evaluation on the embedded digits.
+
+  python -m launch.demo --workdir=workdirs/demo --out_dir=reports/demo      # ~15 min, 2 CPU cores
+  python -m launch.demo --scale=ci --workdir=/tmp/d --out_dir=/tmp/r          # seconds (tests)
+
+Each stage resumes from its checkpoints, so a second run reuses the teacher
+(and student) of the first and only re-evaluates.
+"""
+import os
+import time
+
+from absl import app, flags
+
+from configs import digits, digits_distill
+from launch import common
+from mixture_dd import distill, evaluate, train
+
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "teacher/ and student/ go here.")
+_OUT = flags.DEFINE_string("out_dir", "reports/demo", "The report folder.")
+_SCALE = flags.DEFINE_enum("scale", "full", ["full", "ci"], "ci: a seconds-long smoke run.")
+_STEPS = flags.DEFINE_list("steps", ["1", "2", "4", "8", "16", "32"], "Sampling steps N.")
+_NUM = flags.DEFINE_integer("num_samples", 512, "Samples per sampler and N.")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS cache (default ~/.cache/mixture_dd/tfds).")
+
+
+def main(argv):
+  common.setup(argv)
+  t0 = time.time()
+  teacher_dir = os.path.join(_WORKDIR.value, "teacher")
+  student_dir = os.path.join(_WORKDIR.value, "student")
+  tconf = digits.get_config(_SCALE.value)
+  dconf = digits_distill.get_config(_SCALE.value)
+  dconf.teacher.workdir = teacher_dir
+  if _DATA_DIR.value:
+    tconf.data.data_dir = _DATA_DIR.value
+    dconf.data = {"data_dir": _DATA_DIR.value}
+  print(f"[1/3] teacher -> {teacher_dir}", flush=True)
+  train.train_and_evaluate(tconf, teacher_dir)
+  print(f"[2/3] Di4C student -> {student_dir} ({time.time() - t0:.0f} s so far)", flush=True)
+  distill.distill_and_evaluate(dconf, student_dir)
+  print(f"[3/3] evaluation -> {_OUT.value} ({time.time() - t0:.0f} s so far)", flush=True)
+  steps = [int(s) for s in _STEPS.value]
+  num = _NUM.value if _SCALE.value == "full" else min(_NUM.value, 32)
+  evaluate.evaluate(distill.load_run(teacher_dir), distill.load_run(student_dir), steps,
+                              num, seed=0, out_dir=_OUT.value,
+                              batch_size=min(256, num))
+  print(open(os.path.join(_OUT.value, "results.md")).read())
+  print(f"done in {time.time() - t0:.0f} s; report in {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
