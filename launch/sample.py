@@ -1,0 +1,82 @@
+r"""Draws samples from a teacher, a student, or a hybrid of the two.
+
+  python -m launch.sample --workdir=workdirs/demo/student --steps=4 --num_samples=64 \
+      --out=reports/samples/student_N4
+  # hybrid: the student for the first --num_first steps, then the teacher:
+  python -m launch.sample --workdir=workdirs/demo/student --second_workdir=workdirs/demo/teacher \
+      --steps=8 --num_first=6 --out=reports/samples/hybrid_N8
+  # MaskGIT confidence sampler with classifier-free guidance (class-conditional runs):
+  python -m launch.sample --workdir=... --sampler=confidence --label=3 --guidance=2.0 --steps=4 ...
+Writes OUT.npz plus OUT.png (images) or OUT.txt (text).
+"""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+
+from launch import common
+from mixture_dd import distill, samplers, visualize
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A launch.train or launch.distill workdir.")
+_SECOND = flags.DEFINE_string("second_workdir", None, "Hybrid: this run takes the last steps.")
+_NUM_FIRST = flags.DEFINE_integer("num_first", None, "Hybrid: steps taken by --workdir's model.")
+_STEPS = flags.DEFINE_integer("steps", 8, "Number of sampling steps N.")
+_NUM = flags.DEFINE_integer("num_samples", 64, "How many samples.")
+_SAMPLER = flags.DEFINE_enum("sampler", "analytic", ["analytic", "confidence"],
+                             "analytic x0 sampler or MaskGIT's confidence sampler.")
+_GRID = flags.DEFINE_enum("grid", "uniform", list(samplers.GRIDS), "Time grid of the analytic sampler.")
+_FINAL = flags.DEFINE_enum("final", "argmax", list(samplers.FINALS), "Last denoise at t_min.")
+_LABEL = flags.DEFINE_integer("label", None, "Class label for class-conditional runs.")
+_GUIDANCE = flags.DEFINE_float("guidance", 0.0, "Classifier-free guidance scale w (0 = off).")
+_TEMP = flags.DEFINE_float("choice_temperature", 4.5, "Confidence sampler's Gumbel scale.")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_OUT = flags.DEFINE_string("out", None, "Output prefix (OUT.npz, OUT.png / OUT.txt).")
+flags.mark_flags_as_required(["workdir", "out"])
+
+
+def main(argv):
+  common.setup(argv)
+  if _STEPS.value < 1 or _NUM.value < 1:
+    raise ValueError(f"--steps and --num_samples must be >= 1, got {_STEPS.value}, {_NUM.value}")
+  run = distill.load_run(_WORKDIR.value)
+  labels = None
+  if _LABEL.value is not None:
+    if not run.model.num_classes:
+      raise ValueError(f"--label given but {_WORKDIR.value} is not class-conditional")
+    if not 0 <= _LABEL.value < run.model.num_classes:
+      raise ValueError(f"--label must be in [0, {run.model.num_classes}), got {_LABEL.value}")
+    labels = jnp.full((_NUM.value,), _LABEL.value, jnp.int32)
+  den = run.denoiser(labels)
+  if _GUIDANCE.value:
+    if labels is None:
+      raise ValueError("--guidance needs --label")
+    null = jnp.full((_NUM.value,), run.model.num_classes, jnp.int32)
+    den = samplers.guided(den, run.denoiser(null), _GUIDANCE.value)
+  key = jax.random.key(_SEED.value)
+  t0 = time.time()
+  if _SAMPLER.value == "confidence":
+    if _SECOND.value:
+      raise ValueError("--second_workdir (hybrid) works with --sampler=analytic only")
+    x = samplers.confidence_sample(key, run.process, den, run.params, _NUM.value,
+                                   run.spec.length, _STEPS.value, _TEMP.value)
+  elif _SECOND.value:
+    second = distill.load_run(_SECOND.value)
+    if _NUM_FIRST.value is None:
+      raise ValueError("--second_workdir needs --num_first")
+    x = samplers.sample(key, run.process, den, run.params, _NUM.value, run.spec.length,
+                        _STEPS.value, grid=_GRID.value, final=_FINAL.value,
+                        second=second.denoiser(labels), second_params=second.params,
+                        num_first=_NUM_FIRST.value)
+  else:
+    x = samplers.sample(key, run.process, den, run.params, _NUM.value, run.spec.length,
+                        _STEPS.value, grid=_GRID.value, final=_FINAL.value)
+  x = np.asarray(x)
+  print(f"{_NUM.value} samples in {time.time() - t0:.2f} s (incl. compile)")
+  for path in visualize.save_samples(x, run.spec, _OUT.value, title=f"N={_STEPS.value}"):
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+  app.run(main)
