@@ -1,0 +1,20 @@
+"""Di4C student of the Markov-chain teacher (configs/markov.py).
+
+  python -m launch.train --config=configs/markov.py --workdir=workdirs/markov_teacher
+  python -m launch.distill --config=configs/markov_distill.py --workdir=workdirs/markov_student
+  python -m launch.evaluate --teacher_workdir=workdirs/markov_teacher \
+      --student_workdir=workdirs/markov_student --steps=2,4,8,16,32 --out_dir=reports/markov
+About 10 minutes on 2 CPU cores.
+"""
+from mixture_dd import configuration
+
+
+def get_config():
+  c = configuration.distill_base_config("sdtt")
+  c.teacher.update(kind="network", workdir="workdirs/markov_teacher")
+  c.distill.update(num_latents=16, t_sampling="uniform", delta="const", delta_lo=0.05,
+                   delta_hi=0.05, distil_threshold=0.05, data_weight=1.0, alpha_scale=1.0,
+                   latent_init_scale=0.1)
+  c.optim.update(lr=3e-4, warmup_steps=20, ema_decay=0.99, schedule="cosine")
+  c.train.update(batch_size=16, num_steps=400, log_every=50, ckpt_every=200)
+  return c
