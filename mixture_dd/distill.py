@@ -458,3 +458,46 @@ def load_run(workdir: str, ema: bool = True) -> Run:
   sig = student_signature(config, spec) if is_student else configuration.model_signature(config, spec)
   params, _ = train.load_params(workdir, abstract, sig, ema=ema)
   return Run(config, spec, process, model, params, is_student)
+
+
+def quick_distill(config, num_steps: int | None = None, chunk: int = 100, log_every: int = 0):
+  """Distillation without checkpoints: `chunk` steps per jitted lax.scan.
+
+  For small experiments, notebooks and tests, where the Python loop of
+  `distill_and_evaluate` (logging, checkpointing) would dominate the run
+  time. Single device. Returns (setup, params, losses [num_steps]) where
+  setup = (config, spec, source, process, model, teacher).
+  """
+  config, spec, source, process, model, teacher, params = setup_distillation(config)
+  num_steps = num_steps or config.train.num_steps
+  loss_fn = di4c_loss(student_fn(model), teacher, process, config.distill,
+                      config.model.label_dropout, model.num_classes)
+  opt = train.make_optimizer(config.optim, num_steps)
+  step = train.make_step(loss_fn, opt, config.optim.ema_decay)
+  state = train.init_state(params, opt)
+  batcher = pipeline.Batcher(source.tokens, source.labels, config.train.batch_size,
+                             seed=config.seed, vocab_size=spec.vocab_size)
+
+  @jax.jit
+  def run(state, tokens, labels, keys):
+    def body(s, xs):
+      tok, lab, key = xs
+      s, m = step(s, {"tokens": tok, "labels": lab}, key, teacher.frozen)
+      return s, m["loss"]
+    return jax.lax.scan(body, state, (tokens, labels, keys))
+
+  root, seen = jax.random.key(config.seed), []
+  for lo in range(0, num_steps, chunk):
+    n = min(chunk, num_steps - lo)
+    batches = [batcher.batch(j) for j in range(lo, lo + n)]
+    tokens = jnp.stack([b["tokens"] for b in batches])
+    labels = jnp.stack([b["labels"] for b in batches])
+    keys = jax.vmap(lambda j: jax.random.fold_in(root, j))(jnp.arange(lo, lo + n))
+    state, losses_seen = run(state, tokens, labels, keys)
+    losses_seen = np.asarray(losses_seen)
+    if not np.isfinite(losses_seen).all():
+      raise train.NonFiniteError(f"non-finite Di4C loss between steps {lo + 1} and {lo + n}")
+    seen.append(losses_seen)
+    if log_every and (lo + n) % log_every == 0:
+      log.info("quick_distill step %d/%d loss=%.4g", lo + n, num_steps, losses_seen[-1])
+  return (config, spec, source, process, model, teacher), state.params, np.concatenate(seen)
