@@ -7,7 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 WORKDIR ?= workdirs/demo
 
-.PHONY: demo test exact-demo install clean
+.PHONY: demo test exact-demo results install clean
 
 $(VENV)/.installed: setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,13 @@ test: $(VENV)/.installed
 exact-demo: $(VENV)/.installed
 	JAX_PLATFORMS=cpu $(PY) -m launch.exact_demo --out=reports/exact_tv.md
 
-demo: exact-demo
+# The main job: digits teacher -> Di4C student -> evaluation report in reports/demo.
+demo: $(VENV)/.installed
+	JAX_PLATFORMS=cpu $(PY) -m launch.demo --workdir=$(WORKDIR) --out_dir=reports/demo
+
+results: $(VENV)/.installed
+	JAX_PLATFORMS=cpu $(PY) -m benchmarks.exact_tv --out=reports/exact_tv_student.md
+	JAX_PLATFORMS=cpu $(PY) -m benchmarks.train_throughput --out=reports/train_throughput.md
 
 clean:
 	rm -rf $(VENV) workdirs reports

@@ -1,22 +1,24 @@
 r"""Trains a product-denoiser teacher.
 
   python -m launch.train --config=configs/digits.py --workdir=workdirs/digits_teacher \
-      [--config.train.num_steps=500]
+      [--config.train.num_steps=500] [--config.data.data_dir=DIR]
+
+Multi-process: add --num_processes=N --process_id=I --coordinator_address=host:port
+(see launch/common.py); every process gets the same --workdir.
 """
 from absl import app, flags
-from ml_collections import config_flags
 
 from launch import common
 from mixture_dd import train
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Teacher config file.", lock_config=True)
+_CONFIG = common.define_config_flag("Teacher config file.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples go here.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   common.setup(argv)
-  train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  train.train_and_evaluate(_CONFIG.value, common.check_workdir(_WORKDIR.value))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,7 @@ def validate_distill(d) -> None:
   def req(cond, field, msg):
     if not cond:
       raise ValueError(f"config.distill.{field}: {msg}")
+  req(d.preset in PRESETS, "preset", f"{d.preset!r} is unknown; choose one of {sorted(PRESETS)}")
   req(d.num_latents >= 1, "num_latents", f"must be >= 1, got {d.num_latents}")
   req(d.latent_chunks >= 1 and d.num_latents % d.latent_chunks == 0, "latent_chunks",
       f"must divide num_latents={d.num_latents}, got {d.latent_chunks}")
@@ -292,6 +293,9 @@ def di4c_loss(student: Callable, teacher: Teacher, process, d, label_dropout: fl
         "consistency": gate_mean(consis, tm["w_consis"]),
         "data": jnp.mean(data),
         "frac_distil": jnp.mean(tm["w_distil"]),
+        # NaN here names the teacher when its outputs go bad (the KLs mask
+        # NaN probabilities, so the loss alone would stay finite).
+        "teacher_check": jnp.where(jnp.all(jnp.isfinite(teacher_lp)), 0.0, jnp.nan),
     }
     return loss, metrics
   return loss_fn
@@ -318,6 +322,9 @@ def resolve(config) -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict(config.to_dict())
   kind = config.teacher.kind
   if kind == "network":
+    if not config.teacher.workdir:
+      raise ValueError("config.teacher.workdir is not set: give the --workdir of a finished "
+                       "launch.train run (e.g. --config.teacher.workdir=workdirs/digits_teacher)")
     tconf = read_run_config(config.teacher.workdir)
     for sec in ("data", "process", "model"):
       merged = ml_collections.ConfigDict(tconf[sec].to_dict())

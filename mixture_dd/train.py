@@ -238,10 +238,8 @@ def _on_this_host(x):
   """A restore target on this host's first device: without one, Orbax reuses
   the saved sharding, which names the devices of the machine(s) that saved it
   (a checkpoint from a 2-process run fails to load in 1 process)."""
-  sharding = getattr(x, "sharding", None)
-  if sharding is None:
-    sharding = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+  return jax.ShapeDtypeStruct(x.shape, x.dtype,
+                              sharding=jax.sharding.SingleDeviceSharding(jax.local_devices()[0]))
 
 
 def load_params(directory: str, abstract_params, signature: dict | None = None, ema: bool = True):
@@ -271,7 +269,8 @@ def load_params(directory: str, abstract_params, signature: dict | None = None, 
     abstract = jax.tree.map(_on_this_host, abstract)
     try:
       restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-          item=abstract, partial_restore=True)))["state"]
+          item=abstract, partial_restore=True,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))["state"]
     except Exception as e:  # noqa: BLE001
       log.warning("checkpoint step %d in %s is corrupted (%s: %s); trying an earlier one",
                   step, ckpt_dir, type(e).__name__, str(e)[:200])
