@@ -18,8 +18,8 @@ from mixture_dd import distill, evaluate, train
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "teacher/ and student/ go here.")
 _OUT = flags.DEFINE_string("out_dir", "reports/demo", "The report folder.")
 _SCALE = flags.DEFINE_enum("scale", "full", ["full", "ci"], "ci: a seconds-long smoke run.")
-_STEPS = flags.DEFINE_list("steps", ["1", "2", "4", "8", "16", "32"], "Sampling steps N.")
-_NUM = flags.DEFINE_integer("num_samples", 512, "Samples per sampler and N.")
+_STEPS = flags.DEFINE_list("steps", ["1", "2", "4", "8", "16"], "Sampling steps N.")
+_NUM = flags.DEFINE_integer("num_samples", 256, "Samples per sampler and N.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS cache (default ~/.cache/mixture_dd/tfds).")
 
 
