@@ -406,12 +406,7 @@ def distill_and_evaluate(config, workdir: str):
   config, spec, source, process, model, teacher, params = setup_distillation(config)
   t = config.train
   mesh = train.make_mesh()
-  if t.batch_size % jax.device_count():
-    raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the "
-                     f"number of devices ({jax.device_count()})")
-  batcher = pipeline.Batcher(source.tokens, source.labels, t.batch_size, seed=config.seed,
-                             process_index=jax.process_index(), process_count=jax.process_count(),
-                             vocab_size=spec.vocab_size)
+  batcher = train.make_batcher(config, spec, source)
   loss_fn = di4c_loss(student_fn(model), teacher, process, config.distill,
                       config.model.label_dropout, model.num_classes)
   optimizer = train.make_optimizer(config.optim, t.num_steps)

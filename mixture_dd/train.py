@@ -507,17 +507,23 @@ def init_params(model, seed: int):
   return init(jax.random.key(seed))
 
 
+def make_batcher(config, spec, source) -> pipeline.Batcher:
+  """This process's Batcher over the global batch, after checking it splits over the devices."""
+  t = config.train
+  if t.batch_size % jax.device_count():
+    raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the "
+                     f"number of devices ({jax.device_count()})")
+  return pipeline.Batcher(source.tokens, source.labels, t.batch_size, seed=config.seed,
+                          process_index=jax.process_index(), process_count=jax.process_count(),
+                          vocab_size=spec.vocab_size)
+
+
 def train_and_evaluate(config, workdir: str) -> TrainState:
   """Trains a product-denoiser teacher as configured; checkpoints in workdir."""
   spec, source, process, model, loss_fn = setup_teacher(config)
   t = config.train
   mesh = make_mesh()
-  if t.batch_size % jax.device_count():
-    raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the "
-                     f"number of devices ({jax.device_count()})")
-  batcher = pipeline.Batcher(source.tokens, source.labels, t.batch_size, seed=config.seed,
-                             process_index=jax.process_index(), process_count=jax.process_count(),
-                             vocab_size=spec.vocab_size)
+  batcher = make_batcher(config, spec, source)
   optimizer = make_optimizer(config.optim, t.num_steps)
   state = init_state(init_params(model, config.seed), optimizer)
   step_fn = make_step(loss_fn, optimizer, config.optim.ema_decay)
