@@ -6,6 +6,8 @@ L = 32, AdamW 1e-5, betas (0.9, 0.96), weight decay 1e-5, clip 1.0. The teacher 
 class-conditional masked run of ours with the arccos schedule and label dropout (for
 guidance); sample with `launch.sample --sampler=confidence --label=... --guidance=...`.
 """
+import ml_collections
+
 from mixture_dd import configuration
 
 
@@ -17,4 +19,7 @@ def get_config():
                  ema_decay=0.9999, schedule="constant")
   c.train.update(batch_size=64, num_steps=100_000, log_every=100, ckpt_every=5000,
                  sample_every=0, sample_steps=4)
+  # MaskGIT keeps no EMA: sample from the raw weights.
+  c.train.eval_weights = "raw"
+  c.model = ml_collections.ConfigDict(dict(dropout=0.1))  # the official student's dropout
   return c

@@ -12,7 +12,9 @@ from mixture_dd import distill, evaluate
 _TEACHER = flags.DEFINE_string("teacher_workdir", None, "Workdir of a launch.train run.")
 _STUDENT = flags.DEFINE_string("student_workdir", None, "Workdir of a launch.distill run.")
 _STEPS = flags.DEFINE_list("steps", ["1", "2", "4", "8"], "Numbers of sampling steps N.")
-_NUM = flags.DEFINE_integer("num_samples", 1000, "Samples per sampler and N.")
+_STUDENT_STEPS = flags.DEFINE_list("student_steps", None,
+                                   "N for the student and hybrid (default: --steps).")
+_NUM = flags.DEFINE_integer("num_samples", 2048, "Samples per sampler and N.")
 _HYBRID = flags.DEFINE_integer("hybrid_teacher_steps", 0,
                                "M > 0: also the student for N - M steps, then the teacher for M.")
 _BATCH = flags.DEFINE_integer("batch_size", 256, "Sampling batch size.")
@@ -31,7 +33,9 @@ def main(argv):
   student = distill.load_run(_STUDENT.value) if _STUDENT.value else None
   evaluate.evaluate(teacher, student, steps, _NUM.value, _SEED.value, _OUT.value,
                     hybrid_teacher_steps=_HYBRID.value, reference_dir=_REFERENCE.value,
-                    batch_size=_BATCH.value)
+                    batch_size=_BATCH.value,
+                    student_steps=[int(s) for s in _STUDENT_STEPS.value] if _STUDENT_STEPS.value
+                    else None)
 
 
 if __name__ == "__main__":

@@ -49,18 +49,21 @@ def main(argv):
       raise ValueError(f"--label must be in [0, {run.model.num_classes}), got {_LABEL.value}")
     labels = jnp.full((_NUM.value,), _LABEL.value, jnp.int32)
   den = run.denoiser(labels)
+  uncond = None
   if _GUIDANCE.value:
     if labels is None:
       raise ValueError("--guidance needs --label")
-    null = jnp.full((_NUM.value,), run.model.num_classes, jnp.int32)
-    den = samplers.guided(den, run.denoiser(null), _GUIDANCE.value)
+    uncond = run.denoiser(jnp.full((_NUM.value,), run.model.num_classes, jnp.int32))
+    if _SAMPLER.value == "analytic":  # the confidence sampler ramps the scale itself
+      den = samplers.guided(den, uncond, _GUIDANCE.value)
   key = jax.random.key(_SEED.value)
   t0 = time.time()
   if _SAMPLER.value == "confidence":
     if _SECOND.value:
       raise ValueError("--second_workdir (hybrid) works with --sampler=analytic only")
     x = samplers.confidence_sample(key, run.process, den, run.params, _NUM.value,
-                                   run.spec.length, _STEPS.value, _TEMP.value)
+                                   run.spec.length, _STEPS.value, _TEMP.value, uncond=uncond,
+                                   guidance=_GUIDANCE.value)
   elif _SECOND.value:
     second = distill.load_run(_SECOND.value)
     if _NUM_FIRST.value is None:

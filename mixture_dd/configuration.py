@@ -7,9 +7,10 @@ A config (ml_collections.ConfigDict) has these sections:
   model                width, depth, heads, mlp_ratio, dropout, positions,
                        class_conditional, label_dropout, dtype
   loss                 t_min (teacher); Di4C fields live in `distill`
-  optim                lr, warmup_steps, weight_decay, b1, b2, clip, ema_decay, schedule
+  optim                lr, warmup_steps, weight_decay, b1, b2, clip, ema_decay,
+                       ema_warmup, schedule
   train                batch_size, num_steps, log_every, ckpt_every, keep,
-                       sample_every, sample_steps, num_samples
+                       sample_every, sample_steps, num_samples, eval_weights
 Every check raises a ValueError that names the field and what it accepts.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mixture_dd import networks, processes
 SECTIONS = ("data", "process", "model", "loss", "optim", "train")
 DTYPES = ("float32", "bfloat16")
 LR_SCHEDULES = ("constant", "cosine")
+EVAL_WEIGHTS = ("ema", "raw")  # which weights sampling and evaluation use
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -36,10 +38,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-3, warmup_steps=100, weight_decay=0.0, b1=0.9, b2=0.999, clip=1.0,
-      ema_decay=0.999, schedule="cosine"))
+      ema_decay=0.999, ema_warmup=True, schedule="cosine"))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=128, num_steps=2000, log_every=50, ckpt_every=500, keep=3,
-      sample_every=1000, sample_steps=64, num_samples=64))
+      sample_every=1000, sample_steps=64, num_samples=64, eval_weights="ema"))
   return c
 
 
@@ -66,10 +68,10 @@ def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, warmup_steps=50, weight_decay=0.0, b1=0.9, b2=0.999, clip=1.0,
-      ema_decay=0.99, schedule="constant"))
+      ema_decay=0.99, ema_warmup=True, schedule="constant", latent_lr_mult=1.0))
   c.train = ml_collections.ConfigDict(dict(
       batch_size=32, num_steps=500, log_every=50, ckpt_every=250, keep=3,
-      sample_every=0, sample_steps=8, num_samples=64))
+      sample_every=0, sample_steps=8, num_samples=64, eval_weights="ema"))
   return c
 
 
@@ -108,10 +110,16 @@ def validate(config, spec) -> None:
   _require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
   _require(o.clip > 0, "optim.clip", f"must be > 0, got {o.clip}")
   _require(0.0 <= o.ema_decay < 1.0, "optim.ema_decay", f"must be in [0, 1), got {o.ema_decay}")
+  _require(o.get("latent_lr_mult", 1.0) > 0, "optim.latent_lr_mult",
+           f"must be > 0, got {o.get('latent_lr_mult')}")
+  _require(isinstance(o.get("ema_warmup", True), bool), "optim.ema_warmup",
+           f"must be True or False, got {o.get('ema_warmup')!r}")
   _require(o.schedule in LR_SCHEDULES, "optim.schedule", f"{o.schedule!r}; choose one of {LR_SCHEDULES}")
   t = config.train
   _require(t.batch_size > 0, "train.batch_size", f"must be > 0, got {t.batch_size}")
   _require(t.num_steps > 0, "train.num_steps", f"must be > 0, got {t.num_steps}")
+  _require(t.get("eval_weights", "ema") in EVAL_WEIGHTS, "train.eval_weights",
+           f"{t.get('eval_weights')!r}; choose one of {EVAL_WEIGHTS}")
   for f in ("log_every", "ckpt_every", "keep"):
     _require(t[f] > 0, f"train.{f}", f"must be > 0, got {t[f]}")
   _require(0.0 <= config.loss.t_min < 1.0, "loss.t_min", f"must be in [0, 1), got {config.loss.t_min}")
@@ -132,8 +140,16 @@ def make_model(config, spec, process, latent: bool = False) -> networks.Denoiser
       width=m.width, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
       dropout=m.dropout, positions=m.positions,
       num_classes=spec.num_classes if m.class_conditional else 0,
-      latent=latent, mask_id=process.mask_id,
+      latent=latent, latent_entry=latent_entry(config) if latent else "add",
+      mask_id=process.mask_id,
       dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32)
+
+
+def latent_entry(config) -> str:
+  """The student's latent entry (networks.LatentEmbed) for its student_start."""
+  d = config.get("distill")
+  start = d.get("student_start") if d is not None else None
+  return {"gate": "gate", "centred": "centred"}.get(start, "add")
 
 
 def model_signature(config, spec) -> dict:

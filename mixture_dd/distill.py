@@ -29,25 +29,34 @@ from mixture_dd.data import pipeline
 log = logging.getLogger("mixture_dd")
 
 PRESETS = {
-    # tauLDR / CIFAR-10: every example gets both terms; fresh x_delta.
+    # tauLDR / CIFAR-10: every example gets both terms; a fresh x_delta per
+    # (example, latent) at delta = 0.01 w.p. 1/2, else U[0.01, 0.02].
     "tauldr": dict(num_latents=16, t_sampling="uniform", t_min=0.01, t_offset_by_delta=True,
                    delta="loguniform", delta_lo=1e-3, delta_hi=1e-2, delta_frac=0.5,
-                   distil_mode="separate", distil_lo=0.01, distil_hi=0.02, distil_threshold=0.0,
-                   distil_weight=1.0, alpha_scale=1.0, data_weight=0.0,
-                   small_t_prob=0.0, small_t_max=0.0),
-    # MaskGIT / ImageNet: progress r = 1 - t; distil on r >= 0.95 with the same x_t.
+                   distil_mode="separate", distil_lo=0.01, distil_hi=0.02, distil_p_lo=0.5,
+                   distil_threshold=0.0, distil_weight=1.0, alpha_scale=1.0, data_weight=0.0,
+                   marginal_weight=1.0, small_t_prob=0.0, small_t_max=0.0,
+                   teacher_step="analytic", confidence_temperature=0.0),
+    # MaskGIT / ImageNet: progress r = 1 - t; distil on r >= 0.95 with the same
+    # x_t; the consistency target's teacher step is MaskGIT's confidence step.
     "maskgit": dict(num_latents=32, t_sampling="uniform", t_min=0.0, t_offset_by_delta=False,
                     delta="const", delta_lo=0.05, delta_hi=0.05, delta_frac=0.5,
-                    distil_mode="same", distil_lo=0.0, distil_hi=0.0, distil_threshold=0.05,
-                    distil_weight=20.0, alpha_scale=0.1, data_weight=0.0,
-                    small_t_prob=0.0, small_t_max=0.0),
+                    distil_mode="same", distil_lo=0.0, distil_hi=0.0, distil_p_lo=0.0,
+                    distil_threshold=0.05, distil_weight=20.0, alpha_scale=0.1, data_weight=0.0,
+                    marginal_weight=1.0, small_t_prob=0.0, small_t_max=0.0,
+                    teacher_step="confidence", confidence_temperature=4.5),
     # SDTT / OpenWebText: one t per batch, 30 % of batches near the data end.
     "sdtt": dict(num_latents=16, t_sampling="per_batch", t_min=0.0, t_offset_by_delta=False,
                  delta="min_frac", delta_lo=1.0 / 1024, delta_hi=1.0 / 1024, delta_frac=0.5,
-                 distil_mode="same", distil_lo=0.0, distil_hi=0.0, distil_threshold=0.02,
-                 distil_weight=1.0, alpha_scale=0.1, data_weight=0.0,
-                 small_t_prob=0.3, small_t_max=0.02),
+                 distil_mode="same", distil_lo=0.0, distil_hi=0.0, distil_p_lo=0.0,
+                 distil_threshold=0.02, distil_weight=1.0, alpha_scale=0.1, data_weight=0.0,
+                 marginal_weight=1.0, small_t_prob=0.3, small_t_max=0.02,
+                 teacher_step="analytic", confidence_temperature=0.0),
 }
+# How the student starts from its teacher (see `start_student`).
+STUDENT_STARTS = ("exact", "gate", "fan_in", "centred", "normal")
+DEFAULT_START = "gate"
+TEACHER_STEPS = ("analytic", "confidence")
 T_SAMPLINGS = ("uniform", "per_batch")
 DELTAS = ("loguniform", "const", "min_frac")
 DISTIL_MODES = ("separate", "same")
@@ -58,7 +67,7 @@ def preset(name: str, **overrides) -> ml_collections.ConfigDict:
   if name not in PRESETS:
     raise ValueError(f"config.distill.preset={name!r} is unknown; choose one of {sorted(PRESETS)}")
   c = ml_collections.ConfigDict(dict(PRESETS[name], preset=name, latent_chunks=1,
-                                     latent_init_scale=0.1))
+                                     student_start=DEFAULT_START, latent_init_scale=0.0))
   unknown = set(overrides) - set(c)
   if unknown:
     raise ValueError(f"config.distill: unknown fields {sorted(unknown)}; accepted: {sorted(c)}")
@@ -84,8 +93,18 @@ def validate_distill(d) -> None:
         f"need 0 < distil_lo <= distil_hi < 1, got {d.distil_lo}, {d.distil_hi}")
   req(0.0 <= d.t_min < 1.0, "t_min", f"must be in [0, 1), got {d.t_min}")
   req(d.latent_init_scale >= 0, "latent_init_scale", f"must be >= 0, got {d.latent_init_scale}")
-  req(d.distil_weight >= 0 and d.data_weight >= 0 and d.alpha_scale >= 0, "distil_weight",
-      "distil_weight, data_weight and alpha_scale must be >= 0")
+  req(d.student_start in STUDENT_STARTS, "student_start",
+      f"{d.student_start!r}; choose one of {STUDENT_STARTS}")
+  req(d.student_start not in ("fan_in", "centred", "normal") or d.latent_init_scale > 0,
+      "latent_init_scale",
+      f"student_start={d.student_start!r} needs latent_init_scale > 0 (0 is the exact start: "
+      "use student_start='exact')")
+  req(d.teacher_step in TEACHER_STEPS, "teacher_step",
+      f"{d.teacher_step!r}; choose one of {TEACHER_STEPS}")
+  req(0.0 <= d.distil_p_lo <= 1.0, "distil_p_lo", f"must be in [0, 1], got {d.distil_p_lo}")
+  for f in ("distil_weight", "data_weight", "alpha_scale", "marginal_weight",
+            "confidence_temperature"):
+    req(d[f] >= 0, f, f"must be >= 0, got {d[f]}")
 
 
 # ---------------------------------------------------------------------------
@@ -97,8 +116,11 @@ def sample_times(key, batch: int, d):
   """Per-example times and gates of a preset: a dict of `[batch]` arrays.
 
   t: the consistency / data time; u = t - Delta; distil_t: the time of the
-  distillation term ("same" mode: t itself); w_distil, w_consis: 0/1 gates
-  (masks, never Python control flow); alpha: the data term's weight.
+  distillation term ("same" mode: t itself, `[batch]`; "separate" mode: one
+  time per (example, latent), `[batch, num_latents]`: distil_lo with
+  probability distil_p_lo, else U[distil_lo, distil_hi]); w_distil,
+  w_consis: 0/1 gates (masks, never Python control flow); alpha: the
+  correlation data term's weight.
   """
   k_t, k_d, k_small, k_pick, k_dist = jax.random.split(key, 5)
   if d.delta == "loguniform":
@@ -119,7 +141,10 @@ def sample_times(key, batch: int, d):
     delta = jnp.minimum(delta, d.delta_frac * t)
   u = jnp.maximum(t - delta, 0.0)
   if d.distil_mode == "separate":
-    distil_t = jax.random.uniform(k_dist, (batch,), minval=d.distil_lo, maxval=d.distil_hi)
+    k_u, k_lo = jax.random.split(k_dist)
+    shape = (batch, d.num_latents)
+    distil_t = jnp.where(jax.random.bernoulli(k_lo, d.distil_p_lo, shape), d.distil_lo,
+                         jax.random.uniform(k_u, shape, minval=d.distil_lo, maxval=d.distil_hi))
     w_distil = jnp.ones((batch,))
     w_consis = jnp.ones((batch,))
   else:
@@ -137,10 +162,21 @@ def sample_times(key, batch: int, d):
 
 @dataclasses.dataclass(frozen=True)
 class Teacher:
-  """fn(frozen, x_t [B, D], t [B], labels [B] | None, key) -> logits [B, D, S]."""
+  """A frozen teacher.
+
+  fn(frozen, x_t [B, D], t [B], labels [B] | None, key) -> logits [B, D, S]:
+  the teacher's per-token marginals p_{0|t}, used by every KL term.
+  component_fn(frozen, x_t [N, D], t [N], labels [N] | None, lam [N]) ->
+  logits: only for a mixture teacher (di4c^2): the component at latent lam.
+  The consistency target's teacher step from each latent copy of x_t then
+  draws its own teacher latent and steps with that component (a true
+  mixture step), instead of stepping with the product of the averaged
+  marginals, which would lose the teacher's correlations.
+  """
   fn: Callable
   frozen: Any
   description: str
+  component_fn: Callable | None = None
 
 
 def network_teacher(model: networks.Denoiser, params, num_latents: int = 16) -> Teacher:
@@ -149,21 +185,25 @@ def network_teacher(model: networks.Denoiser, params, num_latents: int = 16) -> 
   A mixture teacher's marginals average its components' probabilities over
   `num_latents` stratified latents (di4c^2: a student teaches the next round).
   """
+  def kw(labels):
+    return {"labels": labels} if model.num_classes and labels is not None else {}
+
   if not model.latent:
     def fn(frozen, x, t, labels, key):
-      kw = {"labels": labels} if model.num_classes and labels is not None else {}
-      return model.apply({"params": frozen}, x, t, **kw)
+      return model.apply({"params": frozen}, x, t, **kw(labels))
     return Teacher(fn, params, "product network")
+
+  def component(frozen, x, t, labels, lam):
+    return model.apply({"params": frozen}, x, t, lam=lam, **kw(labels))
 
   def mix(frozen, x, t, labels, key):
     b = x.shape[0]
     offs = jax.random.uniform(key, (b, 1))
     lam = jnp.mod(offs + jnp.arange(num_latents) / num_latents, 1.0)  # [B, L]
-    rep = lambda a: jnp.repeat(a, num_latents, axis=0)
-    kw = {"labels": rep(labels)} if model.num_classes and labels is not None else {}
-    lp = jax.nn.log_softmax(model.apply({"params": frozen}, rep(x), rep(t), lam=lam.reshape(-1), **kw))
+    rep = lambda a: None if a is None else jnp.repeat(a, num_latents, axis=0)
+    lp = jax.nn.log_softmax(component(frozen, rep(x), rep(t), rep(labels), lam.reshape(-1)))
     return losses.mixture_log_marginals(lp.reshape((b, num_latents) + lp.shape[1:]))
-  return Teacher(mix, params, f"mixture network (L={num_latents})")
+  return Teacher(mix, params, f"mixture network (L={num_latents})", component)
 
 
 def ideal_teacher(process, probs, length: int) -> Teacher:
@@ -190,67 +230,57 @@ def di4c_loss(student: Callable, teacher: Teacher, process, d, label_dropout: fl
               num_classes: int = 0):
   """`loss_fn(params, batch, key, frozen) -> (loss, metrics)` of method.md sec. 4.
 
+  Per example: distil_weight * w_distil * distillation + w_consis *
+  consistency + marginal_weight * KL(teacher_t || mixture marginal_t) +
+  data_weight * alpha_t * (-C(x0)). The teacher-marginal KL is on at every t
+  in every preset (as in the official code); data_weight only switches the
+  correlation part on real x0 ("di4c" = 0, "di4c-d" = 1).
+
   Gradients flow only through the student's passes at t (and, in
-  "separate" mode, at the distillation time); the teacher, the x_u draws,
+  "separate" mode, at the distillation times); the teacher, the x_u draws,
   the student at u and the x0 targets are all stop-gradient.
   """
   num_l = d.num_latents
+  chunks = d.latent_chunks
 
   def rep(a):
     return None if a is None else jnp.repeat(a, num_l, axis=0)
 
-  chunks = d.latent_chunks
-
   def student_lp(params, x, t, lam, labels, key, train, remat=True):
-    """Component log-probs `[B, L, D, S]` for L latents `lam [B, L]`.
+    """Component log-probs `[B, L, D, S]` at per-latent inputs.
 
-    With latent_chunks = c > 1 the L latents run as c sequential
-    micro-batches of L / c (lax.map), each rematerialised in the backward
-    pass, so activation memory scales with B x L / c instead of B x L. The
-    values, and so the gradients, are those of the unchunked pass.
+    x `[B, L, D]`, t and lam `[B, L]`, labels `[B]`. With latent_chunks =
+    c > 1 the L latents run as c sequential micro-batches of L / c
+    (lax.map), each rematerialised in the backward pass when `remat`, so
+    activation memory scales with B x L / c instead of B x L. The values,
+    and so the gradients, are those of the unchunked pass.
     """
     b, per = x.shape[0], num_l // chunks
 
-    def one(lam_c, key_c):
+    def one(x_c, t_c, lam_c, key_c):
       r = lambda a: None if a is None else jnp.repeat(a, per, axis=0)
-      logits = student(params, r(x), r(t), lam_c.reshape(-1), r(labels), key_c, train)
+      logits = student(params, x_c.reshape((b * per,) + x_c.shape[2:]), t_c.reshape(-1),
+                       lam_c.reshape(-1), r(labels), key_c, train)
       lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
       return lp.reshape((b, per) + lp.shape[1:])
 
     if chunks == 1:
-      return one(lam, key)
+      return one(x, t, lam, key)
     fn = jax.checkpoint(one) if remat else one
-    lam_c = jnp.moveaxis(lam.reshape(b, chunks, per), 1, 0)  # [c, B, L/c]
-    out = jax.lax.map(lambda a: fn(*a), (lam_c, jax.random.split(key, chunks)))
+    split = lambda a: jnp.moveaxis(a.reshape((b, chunks, per) + a.shape[2:]), 1, 0)
+    out = jax.lax.map(lambda a: fn(*a), (split(x), split(t), split(lam),
+                                         jax.random.split(key, chunks)))
     return jnp.moveaxis(out, 0, 1).reshape((b, num_l) + out.shape[3:])
 
-  def student_lp_at(params, x_rep, t, lam, labels, key):
-    """Eval-mode component log-probs at per-latent inputs x_rep `[B * L, D]`."""
-    b = lam.shape[0]
-    if chunks == 1:
-      logits = student(params, x_rep, rep(t), lam.reshape(-1), rep(labels), key, False)
-      lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-      return lp.reshape((b, num_l) + lp.shape[1:])
-    per = num_l // chunks
-    xs = jnp.moveaxis(x_rep.reshape((b, chunks, per) + x_rep.shape[1:]), 1, 0)
-    lam_c = jnp.moveaxis(lam.reshape(b, chunks, per), 1, 0)
-
-    def one(a):
-      x_c, lam_c1 = a
-      r = lambda v: None if v is None else jnp.repeat(v, per, axis=0)
-      logits = student(params, x_c.reshape((b * per,) + x_c.shape[2:]), r(t), lam_c1.reshape(-1),
-                       r(labels), key, False)
-      lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-      return lp.reshape((b, per) + lp.shape[1:])
-    out = jax.lax.map(one, (xs, lam_c))
-    return jnp.moveaxis(out, 0, 1).reshape((b, num_l) + out.shape[3:])
+  def per_latent(a):  # [B, ...] -> [B, L, ...]
+    return jnp.broadcast_to(a[:, None], (a.shape[0], num_l) + a.shape[1:])
 
   def loss_fn(params, batch, key, frozen):
     x0 = batch["tokens"]
-    b = x0.shape[0]
+    b, length = x0.shape
     keys = dict(zip(["times", "xt", "teacher", "lam_t", "drop_t", "step", "lam_u", "draw",
-                     "xd", "teacher_d", "lam_d", "drop_d", "labels"],
-                    jax.random.split(key, 13)))
+                     "xd", "teacher_d", "lam_d", "drop_d", "labels", "mu", "drop_u"],
+                    jax.random.split(key, 15)))
     labels = batch.get("labels") if num_classes else None
     if labels is not None and label_dropout > 0:
       # The same dropped labels go to the teacher and the student.
@@ -262,36 +292,54 @@ def di4c_loss(student: Callable, teacher: Teacher, process, d, label_dropout: fl
     teacher_logits = jax.lax.stop_gradient(teacher.fn(frozen, x_t, t, labels, keys["teacher"]))
     teacher_lp = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), -1)
     lam = jax.random.uniform(keys["lam_t"], (b, num_l))
-    lp = student_lp(params, x_t, t, lam, labels, keys["drop_t"], True)
+    lp = student_lp(params, per_latent(x_t), per_latent(t), lam, labels, keys["drop_t"], True)
 
-    # Consistency: one teacher step t -> u, then the student at u as target.
-    x_u = samplers.analytic_step(keys["step"], process, rep(x_t), rep(t), rep(u), rep(teacher_logits))
+    # Consistency: one teacher step t -> u from every latent copy of x_t,
+    # then the student at u (eval mode, no gradient) as the target.
+    x_rep, t_rep, u_rep = rep(x_t), rep(t), rep(u)
+    if teacher.component_fn is None:
+      step_logits = rep(teacher_logits)
+    else:  # a mixture teacher: each copy steps with its own teacher latent
+      mu = jax.random.uniform(keys["mu"], (b * num_l,))
+      step_logits = jax.lax.stop_gradient(
+          teacher.component_fn(frozen, x_rep, t_rep, rep(labels), mu))
+    if d.teacher_step == "confidence":
+      n_after = jnp.round(length * (1.0 - process.alpha(u_rep))).astype(jnp.int32)
+      x_u = samplers.confidence_step(keys["step"], process, x_rep, step_logits, n_after,
+                                     d.confidence_temperature * t_rep)
+    else:
+      x_u = samplers.analytic_step(keys["step"], process, x_rep, t_rep, u_rep, step_logits)
+    x_u = jax.lax.stop_gradient(x_u.reshape(b, num_l, length))
     lam_u = jax.random.uniform(keys["lam_u"], (b, num_l))
-    q = jax.lax.stop_gradient(student_lp_at(jax.lax.stop_gradient(params), x_u, u, lam_u, labels,
-                                            keys["drop_t"]))  # q_i, one per latent lambda'_i
-    x0_i = categorical.sample(keys["draw"], q)  # [B, L, D]
+    q = jax.lax.stop_gradient(student_lp(jax.lax.stop_gradient(params), x_u, per_latent(u),
+                                         lam_u, labels, keys["drop_u"], False, remat=False))
+    x0_i = categorical.sample(keys["draw"], q)  # [B, L, D]: x0^(i) ~ q_i
     consis = losses.consistency_term(lp, q, x0_i)
 
     if d.distil_mode == "same":
       distil = losses.distillation_term(teacher_lp, lp)
-    else:
-      dt = tm["distil_t"]
-      x_d = process.sample_xt(keys["xd"], x0, dt)
+    else:  # a fresh x_delta per (example, latent)
+      dt = tm["distil_t"]  # [B, L]
+      x_d = process.sample_xt(keys["xd"], rep(x0), dt.reshape(-1))
       t_lp = jax.nn.log_softmax(jax.lax.stop_gradient(
-          teacher.fn(frozen, x_d, dt, labels, keys["teacher_d"])).astype(jnp.float32), -1)
+          teacher.fn(frozen, x_d, dt.reshape(-1), rep(labels), keys["teacher_d"])
+      ).astype(jnp.float32), -1)
       lam_d = jax.random.uniform(keys["lam_d"], (b, num_l))
-      distil = losses.distillation_term(t_lp, student_lp(params, x_d, dt, lam_d, labels,
-                                                         keys["drop_d"], True))
-    data = losses.data_term(lp, teacher_lp, x0, tm["alpha"])
+      lp_d = student_lp(params, x_d.reshape(b, num_l, length), dt, lam_d, labels, keys["drop_d"],
+                        True)
+      distil = losses.distillation_term(t_lp.reshape(lp_d.shape), lp_d)
+    marginal = losses.marginal_term(lp, teacher_lp)
+    data_corr = losses.data_correlation_term(lp, x0, tm["alpha"])
 
     per_example = (d.distil_weight * tm["w_distil"] * distil + tm["w_consis"] * consis
-                   + d.data_weight * data)
+                   + d.marginal_weight * marginal + d.data_weight * data_corr)
     loss = jnp.mean(per_example)
     gate_mean = lambda v, w: jnp.sum(w * v) / jnp.maximum(jnp.sum(w), 1.0)
     metrics = {
         "distillation": gate_mean(distil, tm["w_distil"]),
         "consistency": gate_mean(consis, tm["w_consis"]),
-        "data": jnp.mean(data),
+        "marginal": jnp.mean(marginal),
+        "data_correlation": jnp.mean(data_corr),
         "frac_distil": jnp.mean(tm["w_distil"]),
         # NaN here names the teacher when its outputs go bad (the KLs mask
         # NaN probabilities, so the loss alone would stay finite).
@@ -368,37 +416,64 @@ def setup_distillation(config):
       return (config, spec, source, process, student_model, teacher,
               jax.tree.map(jnp.copy, t_params))
     params = networks.student_params_from_teacher(t_params, params)
-  params = break_symmetry(params, jax.random.key(config.seed + 1), config.distill.latent_init_scale)
+  params = start_student(params, jax.random.key(config.seed + 1), config.distill.student_start,
+                         config.distill.latent_init_scale)
   # Own buffers: the train step donates the student's state, and the teacher
   # (frozen) must not lose the arrays they would otherwise share.
   params = jax.tree.map(jnp.copy, params)
   return config, spec, source, process, student_model, teacher, params
 
 
-def break_symmetry(params, key, scale: float):
-  """Gives the latent path's zero-initialised last projection N(0, scale^2) weights.
+def start_student(params, key, start: str, scale: float = 0.0):
+  """The latent path's start for a student copied from its teacher.
 
-  With scale 0 the student equals its teacher exactly at step 0, but that
-  point is a saddle of every Di4C term: when all components are the same
-  product, d C / d lp_j is identical for every j and vanishes in
-  expectation, so nothing pushes the components apart (measured on a tiny
-  family: 1500 Adam steps of pure mixture maximum likelihood from scales
-  0, 0.01 and 0.03 never left the product's likelihood; from 0.1 the
-  one-step TV fell from 0.42 to 0.13). The default 0.1 starts the student
-  near, not at, the teacher; set config.distill.latent_init_scale=0 for the
-  exact start.
+  * "exact": the latent path adds exactly 0 (its last projection is zero):
+    the student IS the teacher at step 0.
+  * "gate": also exactly the teacher (a zero-initialised per-channel gate
+    multiplies a default-initialised latent embedding, see
+    `networks.LatentEmbed`); needs a model built with latent_entry="gate".
+  * "fan_in": the last projection gets N(0, scale^2 / fan_in) weights: the
+    latent embedding's RMS is about `scale` times that of its input, at any
+    width.
+  * "centred": as "fan_in" on a centred latent embedding (latent_entry
+    "centred"): the mixture's marginals move only at second order.
+  * "normal": N(0, scale^2) weights, no fan-in scaling (the perturbation
+    grows with width; kept to reproduce the first build's numbers).
   """
-  if scale == 0:
+  if start in ("exact", "gate"):
     return params
   params = jax.tree.map(lambda a: a, params)  # a copy we may edit
   kernel = params[networks.LATENT_MODULE]["dense_out"]["kernel"]
-  params[networks.LATENT_MODULE]["dense_out"]["kernel"] = scale * jax.random.normal(
+  std = scale if start == "normal" else scale / np.sqrt(kernel.shape[0])
+  params[networks.LATENT_MODULE]["dense_out"]["kernel"] = std * jax.random.normal(
       key, kernel.shape, kernel.dtype)
   return params
 
 
+def marginal_kl(teacher: Teacher, model: networks.Denoiser, params, process, tokens, key,
+                num_latents: int = 64) -> float:
+  """E KL(teacher_t || student mixture marginal_t) per token, in nats.
+
+  Over x0 = the rows of `tokens` `[n, D]`, stratified t ~ U[0, 1] and
+  x_t ~ q_t(. | x0); the student's marginals average `num_latents`
+  stratified latents. 0 for a student that starts exactly at its teacher.
+  """
+  tokens = jnp.asarray(tokens, jnp.int32)
+  n, length = tokens.shape
+  k_t, k_x, k_teacher, k_lam = jax.random.split(key, 4)
+  t = losses.stratified_times(k_t, n)
+  x_t = process.sample_xt(k_x, tokens, t)
+  t_lp = jax.nn.log_softmax(teacher.fn(teacher.frozen, x_t, t, None, k_teacher), -1)
+  lam = jnp.mod(jax.random.uniform(k_lam, (n, 1)) + jnp.arange(num_latents) / num_latents, 1.0)
+  rep = lambda a: jnp.repeat(a, num_latents, axis=0)
+  lp = jax.nn.log_softmax(model.apply({"params": params}, rep(x_t), rep(t), lam=lam.reshape(-1)))
+  lp = lp.reshape((n, num_latents) + lp.shape[1:])
+  return float(jnp.mean(losses.marginal_term(lp, t_lp)) / length)
+
+
 def student_signature(config, spec) -> dict:
-  return dict(configuration.model_signature(config, spec), latent=True)
+  return dict(configuration.model_signature(config, spec), latent=True,
+              latent_entry=configuration.latent_entry(config))
 
 
 def distill_and_evaluate(config, workdir: str):
@@ -411,7 +486,7 @@ def distill_and_evaluate(config, workdir: str):
                       config.model.label_dropout, model.num_classes)
   optimizer = train.make_optimizer(config.optim, t.num_steps)
   state = train.init_state(params, optimizer)
-  step_fn = train.make_step(loss_fn, optimizer, config.optim.ema_decay)
+  step_fn = train.make_step(loss_fn, optimizer, config.optim.ema_decay, config.optim.ema_warmup)
   train._write_config(workdir, config)
   log.info("distilling %s into a mixture student (L=%d, preset %s)", teacher.description,
            config.distill.num_latents, config.distill.preset)
@@ -449,8 +524,11 @@ class Run:
     return train.product_denoiser(self.model, labels)
 
 
-def load_run(workdir: str, ema: bool = True) -> Run:
-  """Loads the config and newest good parameters of a train/distill workdir."""
+def load_run(workdir: str, ema: bool | None = None) -> Run:
+  """Loads the config and newest good parameters of a train/distill workdir.
+
+  ema=None follows the run's config.train.eval_weights ("ema" or "raw").
+  """
   config = read_run_config(workdir)
   spec, _ = pipeline.load(config.data, "train")
   process = configuration.make_process(config, spec)
@@ -458,48 +536,27 @@ def load_run(workdir: str, ema: bool = True) -> Run:
   model = configuration.make_model(config, spec, process, latent=is_student)
   abstract = jax.eval_shape(lambda: train.init_params(model, 0))
   sig = student_signature(config, spec) if is_student else configuration.model_signature(config, spec)
+  if ema is None:
+    ema = config.train.get("eval_weights", "ema") == "ema"
   params, _ = train.load_params(workdir, abstract, sig, ema=ema)
   return Run(config, spec, process, model, params, is_student)
 
 
 def quick_distill(config, num_steps: int | None = None, chunk: int = 100, log_every: int = 0):
-  """Distillation without checkpoints: `chunk` steps per jitted lax.scan.
-
-  For small experiments, notebooks and tests, where the Python loop of
-  `distill_and_evaluate` (logging, checkpointing) would dominate the run
-  time. Single device. Returns (setup, params, losses [num_steps]) where
-  setup = (config, spec, source, process, model, teacher).
+  """Distillation without checkpoints (`train.fit_scanned`), for small
+  experiments, notebooks and tests. Single device. Returns (setup, params,
+  losses [num_steps]) where setup = (config, spec, source, process, model,
+  teacher); params are the EMA or raw weights as config.train.eval_weights.
   """
   config, spec, source, process, model, teacher, params = setup_distillation(config)
   num_steps = num_steps or config.train.num_steps
   loss_fn = di4c_loss(student_fn(model), teacher, process, config.distill,
                       config.model.label_dropout, model.num_classes)
   opt = train.make_optimizer(config.optim, num_steps)
-  step = train.make_step(loss_fn, opt, config.optim.ema_decay)
-  state = train.init_state(params, opt)
+  step = train.make_step(loss_fn, opt, config.optim.ema_decay, config.optim.ema_warmup)
   batcher = pipeline.Batcher(source.tokens, source.labels, config.train.batch_size,
                              seed=config.seed, vocab_size=spec.vocab_size)
-
-  @jax.jit
-  def run(state, tokens, labels, keys):
-    def body(s, xs):
-      tok, lab, key = xs
-      s, m = step(s, {"tokens": tok, "labels": lab}, key, teacher.frozen)
-      return s, m["loss"]
-    return jax.lax.scan(body, state, (tokens, labels, keys))
-
-  root, seen = jax.random.key(config.seed), []
-  for lo in range(0, num_steps, chunk):
-    n = min(chunk, num_steps - lo)
-    batches = [batcher.batch(j) for j in range(lo, lo + n)]
-    tokens = jnp.stack([b["tokens"] for b in batches])
-    labels = jnp.stack([b["labels"] for b in batches])
-    keys = jax.vmap(lambda j: jax.random.fold_in(root, j))(jnp.arange(lo, lo + n))
-    state, losses_seen = run(state, tokens, labels, keys)
-    losses_seen = np.asarray(losses_seen)
-    if not np.isfinite(losses_seen).all():
-      raise train.NonFiniteError(f"non-finite Di4C loss between steps {lo + 1} and {lo + n}")
-    seen.append(losses_seen)
-    if log_every and (lo + n) % log_every == 0:
-      log.info("quick_distill step %d/%d loss=%.4g", lo + n, num_steps, losses_seen[-1])
-  return (config, spec, source, process, model, teacher), state.params, np.concatenate(seen)
+  state, seen = train.fit_scanned(train.init_state(params, opt), step, batcher, num_steps,
+                                  config.seed, teacher.frozen, chunk, log_every, "quick_distill")
+  out = state.ema_params if config.train.eval_weights == "ema" else state.params
+  return (config, spec, source, process, model, teacher), out, seen

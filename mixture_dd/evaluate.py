@@ -95,27 +95,36 @@ def sampler_specs(teacher, student=None, hybrid_teacher_steps: int = 0) -> dict[
 
 
 def draw_samples(spec: SamplerSpec, process, length: int, num_steps: int, num_samples: int,
-                 batch_size: int, seed: int) -> tuple[np.ndarray, float, float]:
+                 batch_size: int, seed: int, cache: dict | None = None
+                 ) -> tuple[np.ndarray, float, float]:
   """`num_samples` samples `[num_samples, length]` int32 in fixed-size batches.
 
-  Compiles once (ahead of time, so the timing excludes compilation) and pads
-  the last batch to the same size. Returns (tokens, sampling seconds,
-  compile seconds). Batch b uses key fold_in(fold_in(key(seed), N), b), so
-  all samplers at the same N share their random streams.
+  Compiles once per sampler and batch size (the number of steps is a traced
+  argument; pass the same `cache` dict to reuse the program across N), ahead
+  of time so that the timing excludes compilation, and pads the last batch
+  to the same size. Returns (tokens, sampling seconds, compile seconds).
+  Batch b uses key fold_in(fold_in(key(seed), N), b), so all samplers at the
+  same N share their random streams.
   """
-  kwargs = dict(batch_size=batch_size, length=length, num_steps=num_steps,
-                second=spec.second, num_first=spec.num_first(num_steps))
+  cache = {} if cache is None else cache
   base = jax.random.fold_in(jax.random.key(seed), num_steps)
+  n = jnp.asarray(num_steps, jnp.int32)
+  first = jnp.asarray(spec.num_first(num_steps) or 0, jnp.int32)
   start = time.perf_counter()
-  lowered = samplers.sample.lower(base, process, spec.denoiser, spec.params,
-                                  second_params=spec.second_params, **kwargs)
-  compiled = lowered.compile()
+  if (spec.name, batch_size) not in cache:
+    lowered = samplers.sample.lower(base, process, spec.denoiser, spec.params,
+                                    batch_size=batch_size, length=length, num_steps=n,
+                                    second=spec.second, second_params=spec.second_params,
+                                    num_first=first)
+    cache[(spec.name, batch_size)] = lowered.compile()
+  compiled = cache[(spec.name, batch_size)]
   compile_s = time.perf_counter() - start
   out = []
   start = time.perf_counter()
   for b in range(math.ceil(num_samples / batch_size)):
     key = jax.random.fold_in(base, b)
-    out.append(np.asarray(compiled(key, spec.params, second_params=spec.second_params)))
+    out.append(np.asarray(compiled(key, spec.params, num_steps=n,
+                                   second_params=spec.second_params, num_first=first)))
   sample_s = time.perf_counter() - start
   return np.concatenate(out)[:num_samples].astype(np.int32), sample_s, compile_s
 
@@ -182,11 +191,11 @@ def exact_law(process, length: int, num_steps: int, first, second=None,
   final denoise, if any step is the second's) use it, as in
   `samplers.sample`.
   """
-  times = np.asarray(samplers.time_grid(num_steps), np.float64)
+  times, _ = samplers.schedule(process, num_steps)
   fn, is_mix = first
   if second is not None:
     # Step i runs from times[i]; steps i >= num_first belong to `second`.
-    boundary = times[num_first]
+    boundary = times[min(num_first, len(times) - 1)]
     fn2, mix2 = second
     use_second = lambda t: num_first < num_steps and t <= boundary
     fn = lambda x, t, lam, f1=first[0]: fn2(x, t, lam) if use_second(t) else f1(x, t, lam)
@@ -224,15 +233,25 @@ def markov_metrics(tokens: np.ndarray, init: np.ndarray, trans: np.ndarray) -> d
   """Oracle NLL per token (mean, standard error over sequences) and entropy."""
   nll = -markov.log_prob(tokens, init, trans) / tokens.shape[1]  # [n]
   return {"nll_per_token": float(nll.mean()),
-          "nll_se": float(nll.std(ddof=1) / np.sqrt(len(nll))) if len(nll) > 1 else float("nan"),
+          "nll_per_token_se": float(nll.std(ddof=1) / np.sqrt(len(nll))) if len(nll) > 1 else float("nan"),
           "entropy_per_token": metrics.sample_entropy_per_token(tokens)}
 
 
+CONFIDENT = 0.9  # a sample is "recognised" if the classifier gives its label p > this
+BOOTSTRAP = 100  # resamples for the standard errors of FD
+
+
 def digits_metrics(tokens: np.ndarray, clf_params, levels: int, ref_features: np.ndarray) -> dict:
-  """FD against reference features, predicted-label histogram and its KL from uniform."""
-  feats = reference_models.classifier_features(clf_params, tokens, levels)
-  hist = metrics.histogram(reference_models.classifier_predict(clf_params, tokens, levels), 10)
-  return {"fd": metrics.frechet_distance_from_features(feats, ref_features),
+  """FD against reference features (with bootstrap SE over samples), the
+  fraction the classifier recognises with probability > 0.9 (with binomial
+  SE), predicted-label histogram and its KL from uniform."""
+  feats = np.asarray(reference_models.classifier_features(clf_params, tokens, levels))
+  probs = np.asarray(jax.nn.softmax(reference_models.classifier_logits(clf_params, tokens, levels)))
+  hist = metrics.histogram(probs.argmax(-1), 10)
+  fd = lambda f: metrics.frechet_distance_from_features(f, ref_features)
+  conf = float(np.mean(probs.max(-1) > CONFIDENT))
+  return {"fd": fd(feats), "fd_se": metrics.bootstrap_se(fd, feats, BOOTSTRAP),
+          "recognised": conf, "recognised_se": float(np.sqrt(conf * (1 - conf) / len(feats))),
           "label_kl_uniform": metrics.kl_from_uniform(hist),
           "label_hist": [round(float(h), 4) for h in hist]}
 
@@ -358,7 +377,8 @@ def _check_compatible(teacher, student) -> None:
 
 def evaluate(teacher, student, steps: list[int], num_samples: int, seed: int, out_dir: str,
              hybrid_teacher_steps: int = 0, reference_dir: str | None = None, *,
-             batch_size: int = 256, num_latent_nodes: int = 32, latency_reps: int = 10) -> dict:
+             batch_size: int = 256, num_latent_nodes: int = 32, latency_reps: int = 10,
+             student_steps: list[int] | None = None) -> dict:
   """Samples and scores teacher / student / hybrid at every N in `steps`.
 
   Args:
@@ -373,6 +393,9 @@ def evaluate(teacher, student, steps: list[int], num_samples: int, seed: int, ou
     batch_size: sampling batch (one compiled program per sampler and N).
     num_latent_nodes: Gauss-Legendre nodes over lambda (tiny, exact).
     latency_reps: repetitions of the timed denoiser call.
+    student_steps: the N at which the student (and hybrid) are sampled
+      (default: `steps`); e.g. 1..8 with the teacher at 1..32 gives the
+      student at N against the teacher at N, 2N and 4N.
 
   Returns:
     The results dict written to results.json.
@@ -396,11 +419,13 @@ def evaluate(teacher, student, steps: list[int], num_samples: int, seed: int, ou
   log.info("per-call latency (batch %d): %s", batch_size,
            ", ".join(f"{k}={v:.4g}" for k, v in lat.items() if isinstance(v, float)))
 
-  rows, kept = [], {}
-  todo = [(name, n) for n in steps for name in specs if specs[name].applies(n)]
+  rows, kept, cache = [], {}, {}
+  student_steps = steps if student_steps is None else student_steps
+  todo = [(name, n) for n in sorted(set(steps) | set(student_steps)) for name in specs
+          if specs[name].applies(n) and n in (steps if name == "teacher" else student_steps)]
   for i, (name, n) in enumerate(todo):
     tokens, sample_s, compile_s = draw_samples(specs[name], process, spec.length, n,
-                                               num_samples, batch_size, seed)
+                                               num_samples, batch_size, seed, cache)
     row = {"sampler": name, "steps": n, "sample_time_s": sample_s, "compile_s": compile_s}
     if name == "hybrid":
       row["teacher_steps"] = hybrid_teacher_steps
@@ -410,10 +435,12 @@ def evaluate(teacher, student, steps: list[int], num_samples: int, seed: int, ou
     _save_samples(tokens, spec, out_dir, f"{name}_N{n}")
     log.info("[%d/%d] %s N=%d: %s", i + 1, len(todo), name, n, _short(row))
   if spec.kind == "image" and spec.image_shape is not None:
-    _save_panels(specs, kept, steps, spec, process, out_dir, seed)
+    _save_panels(specs, kept, student_steps if student is not None else steps, spec, process,
+                 out_dir, seed, cache)
 
   results = {"data": spec.name, "data_config": teacher.config.data.to_dict(),
-             "process": teacher.config.process.to_dict(), "steps": list(steps),
+             "process": teacher.config.process.to_dict(),
+             "steps": sorted(set(steps) | set(student_steps)),
              "num_samples": num_samples, "seed": seed, "hybrid_teacher_steps": hybrid_teacher_steps,
              "primary_metric": PRIMARY[spec.name], "latency": lat, "data_reference": data_ref,
              "extras": extras, "rows": rows, "device": str(jax.devices()[0].platform)}
@@ -433,7 +460,7 @@ def _save_samples(tokens, spec, out_dir, tag):
   np.savez_compressed(prefix + "_all.npz", tokens=tokens)
 
 
-def _save_panels(specs, kept, steps, spec, process, out_dir, seed):
+def _save_panels(specs, kept, steps, spec, process, out_dir, seed, cache):
   """PNG per N: teacher N | student N | teacher 4N, the same number of samples."""
   for n in steps:
     panels = [(f"{name} N={n}", kept[(name, n)][:NUM_PICTURES])
@@ -442,7 +469,7 @@ def _save_panels(specs, kept, steps, spec, process, out_dir, seed):
       far = kept[("teacher", 4 * n)]
     else:
       far, _, _ = draw_samples(specs["teacher"], process, spec.length, 4 * n,
-                               NUM_PICTURES, NUM_PICTURES, seed)
+                               NUM_PICTURES, NUM_PICTURES, seed, cache)
     panels.append((f"teacher N={4 * n}", far[:NUM_PICTURES]))
     visualize.save_panels(panels, spec, os.path.join(out_dir, f"panels_N{n}.png"))
 
@@ -475,11 +502,20 @@ def _fmt(v) -> str:
   return str(v)
 
 
+def _write_atomic(path: str, text: str) -> None:
+  """Writes via a temporary file and a rename: a reader (or a SIGTERM) never
+  sees a half-written report."""
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
 def write_report(results: dict, out_dir: str) -> None:
   """results.json, results.md (rows = sampler x N) and quality_vs_steps.png."""
   os.makedirs(out_dir, exist_ok=True)
-  with open(os.path.join(out_dir, "results.json"), "w") as f:
-    json.dump(results, f, indent=2, default=str)
+  _write_atomic(os.path.join(out_dir, "results.json"),
+                json.dumps(results, indent=2, default=str))
   cols = _metric_columns(results)
   ref = results["data_reference"]
   lines = [f"# Evaluation on {results['data']} ({results['num_samples']} samples per row, "
@@ -490,6 +526,7 @@ def write_report(results: dict, out_dir: str) -> None:
   for row in results["rows"]:
     lines.append(f"| {row['sampler']} | {row['steps']} | "
                  + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+  lines += step_reduction_table(results)
   lat = results["latency"]
   lines += ["", f"Per-call denoiser latency (batch {lat['batch_size']}, median of {lat['reps']}): "
             + ", ".join(f"{k} = {_fmt(v)}" for k, v in lat.items()
@@ -499,9 +536,40 @@ def write_report(results: dict, out_dir: str) -> None:
                  "teacher.")
   for k, v in results.get("extras", {}).items():
     lines.append(f"- {k}: {v}")
-  with open(os.path.join(out_dir, "results.md"), "w") as f:
-    f.write("\n".join(lines) + "\n")
+  _write_atomic(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
   plot_quality(results, os.path.join(out_dir, "quality_vs_steps.png"), cols)
+
+
+def _with_se(row: dict | None, metric: str) -> str:
+  if row is None or metric not in row:
+    return ""
+  se = row.get(f"{metric}_se")
+  return _fmt(row[metric]) + (f" ± {_fmt(se)}" if isinstance(se, float) else "")
+
+
+def step_reduction_table(results: dict) -> list[str]:
+  """Markdown lines: the student at N against the teacher at N, 2N and 4N.
+
+  In the primary metric with its standard error; only for the N at which
+  the student was evaluated. Empty without a student.
+  """
+  metric = results["primary_metric"]
+  by = {(r["sampler"], r["steps"]): r for r in results["rows"]}
+  ns = [n for n in results["steps"] if ("student", n) in by]
+  if not ns:
+    return []
+  has_hybrid = any(("hybrid", n) in by for n in ns)
+  head = ["N", "student N", "teacher N", "teacher 2N", "teacher 4N"] + (["hybrid N"] if has_hybrid
+                                                                       else [])
+  out = ["", f"Step reduction in {metric} (± standard error):", "",
+         "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  for n in ns:
+    cells = [str(n), _with_se(by.get(("student", n)), metric)]
+    cells += [_with_se(by.get(("teacher", k * n)), metric) for k in (1, 2, 4)]
+    if has_hybrid:
+      cells.append(_with_se(by.get(("hybrid", n)), metric))
+    out.append("| " + " | ".join(cells) + " |")
+  return out
 
 
 def plot_quality(results: dict, path: str, cols: list[str] | None = None) -> None:

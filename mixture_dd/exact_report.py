@@ -5,9 +5,11 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 
-from mixture_dd import exact, processes, samplers
+from mixture_dd import distill, exact, losses, networks, processes, samplers, train
+from mixture_dd.data import pipeline
 
 # Two correlated families with full support, S = D = 3 (27 states), the
 # masked process with the linear schedule on a uniform grid.
@@ -68,7 +70,65 @@ def tv_table(process, probs, length, denoisers: dict, steps, num_latent_nodes=32
   for name, (fn, is_mix) in denoisers.items():
     out[name] = []
     for n in steps:
-      law, _ = exact.sampler_distribution(process, fn, length, samplers.time_grid(n),
+      times, _ = samplers.schedule(process, n)
+      law, _ = exact.sampler_distribution(process, fn, length, times, final="argmax",
                                           num_latent_nodes=num_latent_nodes if is_mix else None)
       out[name].append(exact.total_variation(probs, law))
   return out
+
+
+# ---------------------------------------------------------------------------
+# Learned teachers and students on tiny families (tests, benchmarks).
+# ---------------------------------------------------------------------------
+
+
+def tiny_case(family: str, s_vocab: int, length: int, seed: int, num_train: int = 20000,
+              schedule: str = "linear"):
+  """(probs `[S**D]`, train tokens `[num_train, D]` drawn from them, masked process)."""
+  probs = exact.make_family(family, s_vocab, length, seed)
+  rng = np.random.default_rng(seed)
+  idx = rng.choice(len(probs), size=num_train, p=probs / probs.sum())
+  tokens = exact.enumerate_states(s_vocab, length)[idx].astype(np.int32)
+  return probs, tokens, processes.Masked(s_vocab, schedule)
+
+
+def tiny_optim(lr: float, warmup: int = 20, latent_lr_mult: float = 1.0):
+  return ml_collections.ConfigDict(dict(lr=lr, warmup_steps=warmup, weight_decay=0.0, b1=0.9,
+                                        b2=0.999, clip=1.0, schedule="cosine",
+                                        latent_lr_mult=latent_lr_mult))
+
+
+def train_tiny_teacher(process, tokens, width: int = 64, depth: int = 2, steps: int = 800,
+                       batch: int = 128, lr: float = 3e-3, seed: int = 0):
+  """A product teacher (model, EMA params) trained on `tokens` with the masked ELBO."""
+  model = networks.Denoiser(num_states=process.num_states, vocab_size=process.vocab_size,
+                            length=tokens.shape[1], width=width, depth=depth, heads=4,
+                            positions="learned", mask_id=process.mask_id)
+  logits_fn = train.teacher_logits_fn(model)
+
+  def loss_fn(params, b, key, frozen=None):
+    return losses.teacher_loss(logits_fn, params, process, b["tokens"], key)
+  opt = train.make_optimizer(tiny_optim(lr, 50), steps)
+  state = train.init_state(train.init_params(model, seed), opt)
+  batcher = pipeline.Batcher(tokens, None, batch, seed=seed)
+  state, _ = train.fit_scanned(state, train.make_step(loss_fn, opt, 0.99), batcher, steps, seed)
+  return model, state.ema_params
+
+
+def distill_tiny_student(process, tokens, teacher_model, teacher_params, dconf, steps: int = 400,
+                         batch: int = 32, lr: float = 1e-3, seed: int = 0,
+                         latent_lr_mult: float = 1.0):
+  """A Di4C student of a network teacher: (model, params at step 0, trained EMA params)."""
+  entry = {"gate": "gate", "centred": "centred"}.get(dconf.student_start, "add")
+  model = teacher_model.clone(latent=True, latent_entry=entry)
+  params = networks.student_params_from_teacher(teacher_params, train.init_params(model, seed))
+  params = distill.start_student(params, jax.random.key(seed + 1), dconf.student_start,
+                                 dconf.latent_init_scale)
+  teacher = distill.network_teacher(teacher_model, teacher_params)
+  loss_fn = distill.di4c_loss(distill.student_fn(model), teacher, process, dconf)
+  opt = train.make_optimizer(tiny_optim(lr, latent_lr_mult=latent_lr_mult), steps)
+  state = train.init_state(params, opt)
+  batcher = pipeline.Batcher(tokens, None, batch, seed=seed)
+  state, _ = train.fit_scanned(state, train.make_step(loss_fn, opt, 0.99), batcher, steps, seed,
+                               teacher.frozen)
+  return model, params, state.ema_params

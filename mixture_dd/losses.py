@@ -121,12 +121,16 @@ def kl_categorical(logp, logq):
 
 
 def distillation_term(teacher_logp, lp):
-  """(1/L) sum_j sum_d KL(teacher[d] || component_j[d]): `[B]`.
+  """(1/L) sum_j sum_d KL(teacher_j[d] || component_j[d]): `[B]`.
 
-  teacher_logp `[B, D, S]`, lp `[B, L, D, S]`. The per-component surrogate:
-  by convexity an upper bound of KL(teacher || mixture marginal).
+  teacher_logp `[B, D, S]` (one teacher input for every latent) or
+  `[B, L, D, S]` (a fresh teacher input per latent, tauLDR), lp
+  `[B, L, D, S]`. The per-component surrogate: by convexity an upper bound
+  of KL(teacher || mixture marginal).
   """
-  return jnp.mean(kl_categorical(teacher_logp[:, None], lp), axis=1)
+  if teacher_logp.ndim == 3:
+    teacher_logp = teacher_logp[:, None]
+  return jnp.mean(kl_categorical(teacher_logp, lp), axis=1)
 
 
 def consistency_term(lp, target_logq, x0_targets):
@@ -142,13 +146,16 @@ def consistency_term(lp, target_logq, x0_targets):
   return -jnp.mean(corr, axis=1) + kl_categorical(log_pbar_u, lpbar)
 
 
-def data_term(lp, teacher_logp, x0, alpha):
-  """alpha_t * (-C(x0)) + sum_d KL(teacher[d] || exp lpbar[d]): `[B]`.
+def marginal_term(lp, teacher_logp):
+  """sum_d KL(teacher[d] || exp lpbar[d]): `[B]`, the teacher-marginal anchor.
 
-  The marginal part is the control variate: its expectation is computed in
-  closed form from the teacher's marginals, the sampled part only carries
-  the correlation.
+  The control-variate half of the data term: its expectation over real x0
+  is computed in closed form from the teacher's marginals. On at every t in
+  every setup of the official code.
   """
-  lpbar = mixture_log_marginals(lp)
-  corr = correlation(lp, x0[:, None], lpbar)[:, 0]
-  return -alpha * corr + kl_categorical(teacher_logp, lpbar)
+  return kl_categorical(teacher_logp, mixture_log_marginals(lp))
+
+
+def data_correlation_term(lp, x0, alpha):
+  """alpha_t * (-C(x0)) on real data x0 `[B, D]`: `[B]` ("di4c-d")."""
+  return -alpha * correlation(lp, x0[:, None])[:, 0]

@@ -100,6 +100,20 @@ def frechet_distance_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
   return frechet_distance(mu1, cov1, mu2, cov2)
 
 
+def bootstrap_se(statistic, data: np.ndarray, num_resamples: int = 100,
+                 seed: int = 0) -> float:
+  """Bootstrap standard error of `statistic(data)` over the rows of `data`.
+
+  Resamples the rows with replacement `num_resamples` times (fixed seed);
+  returns the standard deviation of the statistic across resamples.
+  """
+  data = np.asarray(data)
+  rng = np.random.default_rng(seed)
+  n = len(data)
+  vals = [statistic(data[rng.integers(0, n, n)]) for _ in range(num_resamples)]
+  return float(np.std(vals, ddof=1))
+
+
 # ----------------------------------------------------------------------------
 # Entropies.
 

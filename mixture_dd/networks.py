@@ -32,6 +32,8 @@ CARRY_OVER_NEG = -1e6
 
 TIME_EMBED_DIM = 128
 POSITIONS = ("rope", "learned")
+LATENT_ENTRIES = ("add", "gate", "centred")
+CENTRING_NODES = 32  # latents on a midpoint grid of [0, 1] whose mean embedding is removed
 
 Dtype = Any
 
@@ -87,16 +89,40 @@ def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 class LatentEmbed(nn.Module):
   """Embeds the mixture latent lambda into the conditioning space.
 
-  sinusoid(1000 * lam) -> Dense -> SiLU -> Dense(width, zero-initialised).
+  sinusoid(1000 * lam) -> Dense -> SiLU -> Dense(width).
+  "add": the last Dense is zero-initialised, so the output is exactly 0.
+  "gate": the last Dense has its default (fan-in scaled) initialisation and
+  the output is multiplied by a zero-initialised per-channel `gate`. Both
+  start exactly at 0, but only "gate" has a gradient that differs between
+  latents at the start: d loss / d gate = sum_j g_j * e(lambda_j), where
+  e(lambda) varies with lambda, whereas "add" moves its zero kernel by
+  sum_j g_j h(lambda_j)^T, which is the same rank-one direction for every
+  component while they are all equal.
+  "centred": as "add", minus the mean embedding over a fixed midpoint grid
+  of lambda in [0, 1]. Averaged over lambda the conditioning is then the
+  teacher's, so a small random start moves the mixture's marginals only at
+  second order while its components differ at first order.
   """
   width: int
+  entry: str = "add"
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, lam: jax.Array) -> jax.Array:
+    if self.entry == "centred":
+      grid = (jnp.arange(CENTRING_NODES, dtype=jnp.float32) + 0.5) / CENTRING_NODES
+      lam = jnp.concatenate([lam.astype(jnp.float32), grid])
     h = timestep_embedding(lam).astype(self.dtype)
     h = nn.Dense(self.width, dtype=self.dtype, name="dense_in")(h)
     h = nn.silu(h)
+    if self.entry == "centred":
+      e = nn.Dense(self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                   name="dense_out")(h)
+      return e[:-CENTRING_NODES] - jnp.mean(e[-CENTRING_NODES:], axis=0, keepdims=True)
+    if self.entry == "gate":
+      e = nn.Dense(self.width, dtype=self.dtype, name="dense_out")(h)
+      gate = self.param("gate", nn.initializers.zeros, (self.width,), jnp.float32)
+      return e * gate.astype(self.dtype)
     # Zero init: the student starts exactly at the teacher (see Denoiser).
     return nn.Dense(self.width, dtype=self.dtype,
                     kernel_init=nn.initializers.zeros, name="dense_out")(h)
@@ -178,6 +204,8 @@ class Denoiser(nn.Module):
       where `num_classes` itself is the "null" class for classifier-free
       guidance / label dropout.
     latent: adds the mixture student's latent path (requires `lam`).
+    latent_entry: how the latent path enters ("add" or "gate", see
+      `LatentEmbed`); both make the student equal to its teacher at init.
     mask_id: if set, masked-diffusion carry-over: unmasked inputs are copied
       to the output. Must be a non-data id, vocab_size <= mask_id < num_states.
     dtype: activation dtype. Parameters are always float32, logits float32.
@@ -193,6 +221,7 @@ class Denoiser(nn.Module):
   positions: str = "rope"
   num_classes: int = 0
   latent: bool = False
+  latent_entry: str = "add"
   mask_id: int | None = None
   dtype: Dtype = jnp.float32
 
@@ -222,6 +251,9 @@ class Denoiser(nn.Module):
       raise ValueError(
           f"positions='rope' needs an even head dim, got width/heads = "
           f"{self.width}/{self.heads}")
+    if self.latent_entry not in LATENT_ENTRIES:
+      raise ValueError(f"latent_entry must be one of {LATENT_ENTRIES}, "
+                       f"got {self.latent_entry!r}")
     if self.num_classes < 0:
       raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
     if self.mask_id is not None and not (
@@ -283,7 +315,8 @@ class Denoiser(nn.Module):
       # exactly 0, so a student built from a teacher reproduces the teacher
       # bit-for-bit at step 0 (an extra token would perturb attention even
       # with a zero embedding), and the sequence does not grow.
-      c = c + LatentEmbed(self.width, self.dtype, name=LATENT_MODULE)(lam)
+      c = c + LatentEmbed(self.width, self.latent_entry, self.dtype,
+                          name=LATENT_MODULE)(lam)
 
     h = nn.Embed(self.num_states, self.width, dtype=self.dtype,
                  name="token_embed")(x)

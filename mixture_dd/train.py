@@ -28,7 +28,7 @@ import optax
 import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from mixture_dd import configuration, losses, samplers, visualize
+from mixture_dd import configuration, losses, networks, samplers, visualize
 from mixture_dd.data import pipeline
 
 log = logging.getLogger("mixture_dd")
@@ -48,17 +48,35 @@ class TrainState:
 
 
 def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
-  """AdamW with linear warm-up, then constant or cosine decay; global-norm clip."""
+  """AdamW with linear warm-up, then constant or cosine decay; global-norm clip.
+
+  optim.latent_lr_mult (default 1) scales the learning rate of the
+  student's latent path (the `networks.LATENT_MODULE` sub-tree): it is new
+  at the start of distillation while the rest is a trained teacher.
+  """
   warm = max(int(optim.warmup_steps), 0)
-  if optim.schedule == "cosine":
-    lr = optax.warmup_cosine_decay_schedule(0.0, optim.lr, max(warm, 1), max(num_steps, warm + 1),
-                                            end_value=0.1 * optim.lr)
+
+  def schedule(peak):
+    if optim.schedule == "cosine":
+      return optax.warmup_cosine_decay_schedule(0.0, peak, max(warm, 1),
+                                                max(num_steps, warm + 1), end_value=0.1 * peak)
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warm, 1)),
+                                 optax.constant_schedule(peak)], [max(warm, 1)])
+
+  def adamw(peak):
+    return optax.adamw(schedule(peak), b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
+
+  mult = float(optim.get("latent_lr_mult", 1.0))
+  if mult == 1.0:
+    opt = adamw(optim.lr)
   else:
-    lr = optax.join_schedules([optax.linear_schedule(0.0, optim.lr, max(warm, 1)),
-                               optax.constant_schedule(optim.lr)], [max(warm, 1)])
-  return optax.chain(
-      optax.clip_by_global_norm(optim.clip),
-      optax.adamw(lr, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay))
+    def labels(params):
+      flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
+      return flax.traverse_util.unflatten_dict(
+          {k: ("latent" if networks.LATENT_MODULE in k else "rest") for k in flat})
+    opt = optax.multi_transform({"latent": adamw(optim.lr * mult), "rest": adamw(optim.lr)},
+                                labels)
+  return optax.chain(optax.clip_by_global_norm(optim.clip), opt)
 
 
 def init_state(params, optimizer) -> TrainState:
@@ -74,19 +92,35 @@ def init_state(params, optimizer) -> TrainState:
 NONFINITE_PARAMS = "nonfinite_params"  # a metric: count of NaN/Inf parameter entries
 
 
-def make_step(loss_fn: Callable, optimizer, ema_decay: float) -> Callable:
+def ema_decay_at(step, decay: float, warmup: bool = True):
+  """The EMA decay used after optimizer step `step` (0-based).
+
+  With warm-up (tauLDR): min(decay, (1 + n) / (10 + n)). Without it, a
+  0.9999 EMA after 5000 steps still holds (0.9999)^5000 = 61 % of the
+  initial weights; with it, the EMA forgets the start within ~10 steps and
+  averages over the last ~n/10 steps until n reaches 1 / (1 - decay).
+  """
+  if not warmup:
+    return jnp.asarray(decay, jnp.float32)
+  n = jnp.asarray(step, jnp.float32)
+  return jnp.minimum(decay, (1.0 + n) / (10.0 + n))
+
+
+def make_step(loss_fn: Callable, optimizer, ema_decay: float, ema_warmup: bool = True) -> Callable:
   """(state, batch, key, frozen) -> (state, metrics).
 
   `loss_fn(params, batch, key, frozen)`; `frozen` holds what the loss reads
   but never trains (the distillation teacher's parameters), replicated and
-  passed as an argument so that it is never baked into the program.
+  passed as an argument so that it is never baked into the program. The EMA
+  uses `ema_decay_at` (warm-up on by default).
   """
   def step(state: TrainState, batch, key, frozen=None):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
         state.params, batch, key, frozen)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
-    ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, params)
+    d = ema_decay_at(state.step, ema_decay, ema_warmup)
+    ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, state.ema_params, params)
     # Finite loss and gradients can still overflow the parameters (a huge
     # learning rate): count the non-finite entries of the updated state.
     bad = sum(jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves((params, ema)))
@@ -287,6 +321,43 @@ def load_params(directory: str, abstract_params, signature: dict | None = None, 
 
 class NonFiniteError(FloatingPointError):
   pass
+
+
+def fit_scanned(state: TrainState, step_fn: Callable, batcher, num_steps: int, seed: int,
+                frozen=None, chunk: int = 100, log_every: int = 0, desc: str = "fit"):
+  """Runs `num_steps` steps with no checkpoints: `chunk` steps per jitted lax.scan.
+
+  For small experiments, notebooks and tests, where the Python loop of `fit`
+  (logging, checkpointing) would dominate. One device. Step j uses
+  `batcher.batch(j)` and key fold_in(key(seed), j), as `fit` does. Returns
+  (state, losses `[num_steps]`); raises NonFiniteError on a non-finite loss.
+  """
+  @jax.jit
+  def run(state, tokens, labels, keys):
+    def body(s, xs):
+      tok, lab, key = xs
+      s, m = step_fn(s, {"tokens": tok, "labels": lab}, key, frozen)
+      return s, m["loss"]
+    return jax.lax.scan(body, state, (tokens, labels, keys))
+
+  root, seen, start = jax.random.key(seed), [], time.time()
+  first = int(state.step)
+  for lo in range(first, num_steps, chunk):
+    n = min(chunk, num_steps - lo)
+    batches = [batcher.batch(j) for j in range(lo, lo + n)]
+    tokens = jnp.stack([b["tokens"] for b in batches])
+    labels = jnp.stack([b["labels"] for b in batches])
+    keys = jax.vmap(lambda j: jax.random.fold_in(root, j))(jnp.arange(lo, lo + n))
+    state, losses_seen = run(state, tokens, labels, keys)
+    losses_seen = np.asarray(losses_seen)
+    if not np.isfinite(losses_seen).all():
+      raise NonFiniteError(f"{desc}: non-finite loss between steps {lo + 1} and {lo + n}")
+    seen.append(losses_seen)
+    if log_every and ((lo + n) % log_every == 0 or lo + n == num_steps):
+      rate = (lo + n - first) / max(time.time() - start, 1e-9)
+      log.info("%s step %d/%d loss=%.4g (%.1f steps/s, ETA %.0f s)", desc, lo + n, num_steps,
+               losses_seen[-1], rate, (num_steps - lo - n) / rate)
+  return state, (np.concatenate(seen) if seen else np.zeros((0,)))
 
 
 @dataclasses.dataclass
@@ -526,7 +597,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   batcher = make_batcher(config, spec, source)
   optimizer = make_optimizer(config.optim, t.num_steps)
   state = init_state(init_params(model, config.seed), optimizer)
-  step_fn = make_step(loss_fn, optimizer, config.optim.ema_decay)
+  step_fn = make_step(loss_fn, optimizer, config.optim.ema_decay, config.optim.ema_warmup)
   signature = configuration.model_signature(config, spec)
   _write_config(workdir, config)
   hook = _sample_hook(config, spec, process, product_denoiser(model), workdir, "teacher")

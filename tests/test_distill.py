@@ -55,7 +55,10 @@ def test_loss_terms_against_slow_reference():
   alpha = jnp.array([0.1, 0.5, 1.0])
   got_c = np.asarray(losses.consistency_term(lp, q, x0_i))
   got_d = np.asarray(losses.distillation_term(teacher, lp))
-  got_data = np.asarray(losses.data_term(lp, teacher, x0, alpha))
+  got_data = np.asarray(losses.data_correlation_term(lp, x0, alpha)
+                        + losses.marginal_term(lp, teacher))
+  teacher_per_latent = _rand_lp(k[2], b, l, d, s)
+  got_d_per_latent = np.asarray(losses.distillation_term(teacher_per_latent, lp))
   lp64, q64, t64 = (np.asarray(a, np.float64) for a in (lp, q, teacher))
   for bi in range(b):
     lpbar = np.log(np.mean(np.exp(lp64[bi]), 0))  # [D, S]
@@ -69,6 +72,9 @@ def test_loss_terms_against_slow_reference():
     np.testing.assert_allclose(got_c[bi], ref_c, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got_d[bi], ref_d, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got_data[bi], ref_data, rtol=1e-4, atol=1e-5)
+    ref_dl = np.mean([_kl(np.asarray(teacher_per_latent[bi, j], np.float64), lp64[bi, j])
+                      for j in range(l)])
+    np.testing.assert_allclose(got_d_per_latent[bi], ref_dl, rtol=1e-4, atol=1e-5)
 
 
 def test_kl_ignores_zero_probability_entries():
@@ -124,7 +130,7 @@ def test_loss_is_finite_and_reports_every_term():
   batch = {"tokens": jnp.zeros((8, 3), jnp.int32), "labels": jnp.zeros(8, jnp.int32)}
   loss, m = jax.jit(lambda p: loss_fn(p, batch, jax.random.key(0), teacher.frozen))(params)
   assert np.isfinite(float(loss))
-  assert {"distillation", "consistency", "data", "frac_distil"} <= set(m)
+  assert {"distillation", "consistency", "marginal", "data_correlation", "frac_distil"} <= set(m)
 
 
 @pytest.mark.parametrize("name", sorted(distill.PRESETS))
@@ -139,7 +145,13 @@ def test_presets_time_sampling_and_gates(name):
     assert (t >= 0.01 + delta - 1e-6).all()
     assert (np.asarray(tm["w_distil"]) == 1).all() and (np.asarray(tm["w_consis"]) == 1).all()
     dt = np.asarray(tm["distil_t"])
+    assert dt.shape == (4096, d.num_latents)  # a fresh delta per (example, latent)
     assert (dt >= 0.01).all() and (dt <= 0.02).all()
+    # delta = 0.01 exactly with probability 1/2, else U[0.01, 0.02].
+    n = dt.size
+    assert abs(np.mean(dt == 0.01) - 0.5) < 4 * np.sqrt(0.25 / n)
+    rest = dt[dt > 0.01]
+    assert abs(rest.mean() - 0.015) < 4 * (0.01 / np.sqrt(12)) / np.sqrt(rest.size)
   elif name == "maskgit":
     np.testing.assert_allclose(delta[t > 0.05], 0.05, atol=1e-6)
     np.testing.assert_array_equal(np.asarray(tm["w_distil"]), (t < 0.05).astype(np.float32))
@@ -203,3 +215,71 @@ def test_latent_micro_batching_gives_the_same_loss_and_gradients(mode):
   np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[1][1])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", sorted(distill.PRESETS))
+def test_teacher_marginal_term_is_on_at_every_t_in_every_preset(name, monkeypatch):
+  """KL(teacher_t || mixture marginal_t) has weight 1 and a gradient at every
+  t, with the data correlation term off (data_weight = 0, "di4c")."""
+  proc, probs, teacher, model, params, _ = _tiny_setup()
+  d = distill.preset(name, num_latents=4)
+  assert d.data_weight == 0.0 and d.marginal_weight == 1.0
+  loss_fn = distill.di4c_loss(distill.student_fn(model), teacher, proc, d)
+  batch = {"tokens": jnp.asarray(exact.enumerate_states(3, 3)[:16], jnp.int32),
+           "labels": jnp.zeros(16, jnp.int32)}
+  orig = distill.sample_times
+  for t in (0.15, 0.5, 0.9):  # masked tokens exist (at t -> 0 the KL is 0 by carry-over)
+    def times(key, b, d_, t=t):
+      tm = orig(key, b, d_)
+      # Every term switched off but the marginal anchor, at this t.
+      return dict(tm, t=jnp.full((b,), t), u=jnp.full((b,), 0.9 * t),
+                  w_distil=jnp.zeros((b,)), w_consis=jnp.zeros((b,)))
+    monkeypatch.setattr(distill, "sample_times", times)
+    (loss, m), g = jax.value_and_grad(
+        lambda p: loss_fn(p, batch, jax.random.key(0), teacher.frozen), has_aux=True)(params)
+    np.testing.assert_allclose(float(loss), float(m["marginal"]), rtol=1e-5)
+    assert float(m["marginal"]) > 1e-4, (name, t)
+    assert float(optax_norm(g)) > 0.0, (name, t)
+
+
+def test_mixture_teacher_steps_each_copy_with_its_own_latent(monkeypatch):
+  """di4c^2: from one x_t, the teacher's step must keep the mixture teacher's
+  correlations. With components that each put all their mass on ONE joint
+  (all tokens 0, or all tokens 1), the averaged-marginals product step makes
+  mixed states like (0, 1, 0); the true mixture step never does."""
+  s, d = 2, 3
+  proc = processes.Masked(s, "linear")
+
+  def component(frozen, x, t, labels, lam):
+    value = (lam > 0.5).astype(jnp.int32)  # the component's all-equal state
+    return jnp.where(jax.nn.one_hot(value, s)[:, None, :] > 0, 0.0, -1e6) * jnp.ones((1, d, 1))
+
+  def marginals(frozen, x, t, labels, key):
+    return jnp.log(jnp.full(x.shape + (s,), 0.5))
+
+  teacher = distill.Teacher(marginals, jnp.zeros(()), "two-point mixture", component)
+  dconf = distill.preset("sdtt", num_latents=64, t_sampling="uniform", delta="const",
+                         delta_lo=0.5, delta_hi=0.5, distil_threshold=0.0)
+  model = networks.Denoiser(num_states=3, vocab_size=2, length=d, width=8, depth=1, heads=2,
+                            latent=True, mask_id=2, positions="learned")
+  params = model.init(jax.random.key(0), jnp.zeros((1, d), jnp.int32), jnp.zeros(1),
+                      lam=jnp.zeros(1))["params"]
+  seen = []
+
+  def student(p, x, t, lam, labels, key, train):
+    if not train:  # the pass at u sees the teacher's x_u
+      seen.append(x)
+    return model.apply({"params": p}, x, t, lam=lam)
+  orig = distill.sample_times
+  # From t = 1 (every token masked) to u = 0.5.
+  monkeypatch.setattr(distill, "sample_times", lambda key, b, d_: dict(
+      orig(key, b, d_), t=jnp.ones((b,)), u=jnp.full((b,), 0.5)))
+  loss_fn = distill.di4c_loss(student, teacher, proc, dconf)
+  batch = {"tokens": jnp.zeros((32, d), jnp.int32), "labels": jnp.zeros(32, jnp.int32)}
+  loss_fn(params, batch, jax.random.key(1), teacher.frozen)
+  x_u = np.asarray(seen[-1])
+  revealed = np.where(x_u == 2, -1, x_u)
+  has0, has1 = (revealed == 0).any(-1), (revealed == 1).any(-1)
+  assert (revealed >= 0).sum() > 100  # the step revealed plenty of tokens
+  assert not (has0 & has1).any()  # no copy mixes the two components
+  assert has0.any() and has1.any()  # both components were used

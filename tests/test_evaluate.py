@@ -58,7 +58,7 @@ def _student_like(teacher_run, scale=0.3):
   model = configuration.make_model(teacher_run.config, teacher_run.spec, teacher_run.process,
                                    latent=True)
   params = networks.student_params_from_teacher(teacher_run.params, train.init_params(model, 0))
-  params = distill.break_symmetry(params, jax.random.key(1), scale)
+  params = distill.start_student(params, jax.random.key(1), "normal", scale)
   config = ml_collections.ConfigDict(teacher_run.config.to_dict())
   config.is_student = True
   return distill.Run(config, teacher_run.spec, teacher_run.process, model, params, True)
@@ -122,7 +122,7 @@ def test_markov_data_nll_is_the_entropy_rate(tmp_path):
   rate = markov.entropy_rate(init, trans, 8)
   assert res["extras"]["entropy_rate"] == pytest.approx(rate)
   # The test split's mean NLL is an unbiased estimate of the entropy rate.
-  assert abs(ref["nll_per_token"] - rate) < 4 * ref["nll_se"], (ref, rate)
+  assert abs(ref["nll_per_token"] - rate) < 4 * ref["nll_per_token_se"], (ref, rate)
   row, = res["rows"]
   assert np.isfinite(row["nll_per_token"]) and 0 < row["entropy_per_token"] <= np.log(4) + 1e-9
   assert os.path.exists(tmp_path / "eval" / "quality_vs_steps.png")

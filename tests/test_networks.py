@@ -289,3 +289,42 @@ def test_count_params():
       + (w * 2 * w + 2 * w)              # final adaLN
       + (w * 4 + 4))                     # logits
   assert networks.count_params(params) == expected
+
+
+@pytest.mark.parametrize("entry", networks.LATENT_ENTRIES)
+def test_every_latent_entry_starts_at_the_teacher(entry):
+  teacher = _model()
+  student = _model(latent=True, latent_entry=entry)
+  x, t = _inputs(jax.random.PRNGKey(0))
+  t_params = _perturb(teacher.init(jax.random.PRNGKey(1), x, t), jax.random.PRNGKey(2))
+  s_params = networks.student_params_from_teacher(
+      t_params, student.init(jax.random.PRNGKey(3), x, t, jnp.zeros((3,))))
+  want = np.asarray(teacher.apply(t_params, x, t))
+  for lam in (0.0, 0.4, 1.0):
+    np.testing.assert_array_equal(np.asarray(student.apply(s_params, x, t, jnp.full((3,), lam))),
+                                  want)
+
+
+def test_centred_latent_embedding_averages_to_zero_over_its_grid():
+  """With any weights, the centred embedding's mean over the midpoint grid is
+  0, so the conditioning averaged over lambda is the teacher's."""
+  embed = networks.LatentEmbed(8, "centred")
+  lam = (jnp.arange(networks.CENTRING_NODES) + 0.5) / networks.CENTRING_NODES
+  params = embed.init(jax.random.PRNGKey(0), lam)
+  params = jax.tree_util.tree_map(
+      lambda a: a + jax.random.normal(jax.random.PRNGKey(1), a.shape), params)
+  out = np.asarray(embed.apply(params, lam))
+  assert np.abs(out).max() > 0.1
+  np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-5)
+
+
+def test_gate_entry_has_a_latent_dependent_gradient_at_the_start():
+  """At the exact start (gate 0) the gate's gradient is sum_j g_j * e(lambda_j):
+  non-zero, and different for different latents."""
+  embed = networks.LatentEmbed(8, "gate")
+  params = embed.init(jax.random.PRNGKey(0), jnp.zeros((1,)))
+  g = jnp.linspace(-1.0, 1.0, 8)
+  grad = lambda lam: jax.grad(lambda p: jnp.sum(g * embed.apply(p, lam)))(params)
+  ga = np.asarray(grad(jnp.array([0.2]))["params"]["gate"])
+  gb = np.asarray(grad(jnp.array([0.7]))["params"]["gate"])
+  assert np.abs(ga).max() > 1e-3 and np.abs(ga - gb).max() > 1e-3

@@ -96,9 +96,10 @@ def test_jit_and_no_jit_agree():
   times = samplers.time_grid(4, "cosine")
   x = proc.prior_sample(None, (16, D))
   key = jax.random.key(5)
-  eager = samplers.run_steps(key, proc, den, p, x, times)
-  jitted = jax.jit(functools.partial(samplers.run_steps, process=proc, denoiser=den))(
-      key, params=p, x=x, times=times)
+  time_at = lambda i: times[i]
+  eager = samplers.run_steps(key, proc, den, p, x, time_at, 0, 4)
+  jitted = jax.jit(functools.partial(samplers.run_steps, process=proc, denoiser=den,
+                                     time_at=time_at))(key, params=p, x=x, first=0, last=4)
   np.testing.assert_array_equal(eager, jitted)
   a = samplers.sample.__wrapped__(key, proc, den, p, 16, D, 4, final="argmax")
   b = samplers.sample(key, proc, den, p, 16, D, 4, final="argmax")
@@ -132,8 +133,6 @@ def test_hybrid_uses_first_then_second():
   frac = (out == 0).mean()
   se = np.sqrt(0.25 * 0.75 / out.size) * np.sqrt(length)  # generous: tokens are i.i.d. here
   assert abs(frac - 0.25) < 5 * se
-  with pytest.raises(ValueError, match="num_first"):
-    samplers.sample(jax.random.key(0), proc, zero, None, 2, 2, 4, second=one, num_first=7)
 
 
 def test_final_step_fills_only_masks():
@@ -189,3 +188,63 @@ def test_guidance_uses_the_same_lambda_for_both_passes():
   cfg = samplers.confidence_sample(jax.random.key(2), proc, samplers.guided(mix, mix, 3.0), None,
                                    64, 5, 3)
   np.testing.assert_array_equal(plain, cfg)
+  ramped = samplers.confidence_sample(jax.random.key(2), proc, mix, None, 64, 5, 3, uncond=mix,
+                                      guidance=3.0)
+  np.testing.assert_array_equal(plain, ramped)
+
+
+def test_confidence_guidance_ramps_from_zero():
+  """w_k = w k / (N - 1): the first step is unguided, so with N = 1 any
+  unconditional denoiser leaves the output unchanged, while at N = 2 a
+  strongly different one changes the second step."""
+  proc = processes.Masked(3, "arccos")
+  cond = samplers.product(lambda p, x, t: jnp.zeros(x.shape + (3,)) + jnp.array([1.0, 0.0, 0.0]))
+  uncond = samplers.product(lambda p, x, t: jnp.zeros(x.shape + (3,)) + jnp.array([9.0, 0.0, 0.0]))
+  args = (jax.random.key(0), proc, cond, None, 256, 4)
+  np.testing.assert_array_equal(samplers.confidence_sample(*args, 1),
+                                samplers.confidence_sample(*args, 1, uncond=uncond, guidance=5.0))
+  a = np.asarray(samplers.confidence_sample(*args, 2))
+  b = np.asarray(samplers.confidence_sample(*args, 2, uncond=uncond, guidance=5.0))
+  # Guidance away from token 0 (w = 5 at the second step): fewer zeros.
+  assert (b == 0).mean() < (a == 0).mean() - 0.1
+
+
+def _counting(fn, calls):
+  def counted(params, x, t, key):
+    jax.debug.callback(lambda: calls.append(1))
+    return fn(params, x, t, key)
+  return counted
+
+
+@pytest.mark.parametrize("num_steps", [1, 2, 5])
+def test_every_sampler_makes_exactly_n_network_calls(num_steps):
+  """tauLDR: N - 1 analytic steps + the final argmax (uniform, Gaussian);
+  masked: N steps, the final denoise skipped when nothing is left masked."""
+  for proc in (processes.Uniform(S, "linear"), processes.Masked(S, "linear")):
+    p, ideal = _ideal(proc)
+    calls = []
+    out = samplers.sample(jax.random.key(0), proc, _counting(samplers.product(ideal), calls), p,
+                          8, D, num_steps)
+    jax.block_until_ready(out)
+    assert len(calls) == num_steps, (proc, num_steps, len(calls))
+    # One compiled program for every N: num_steps is traced.
+    assert (np.asarray(out) < S).all()
+
+
+@pytest.mark.parametrize("num_steps", [2, 4])
+def test_uniform_sampler_law_matches_exact_toolkit(num_steps):
+  """The tauLDR schedule (N - 1 steps to t = 0.01, then argmax) sampled =
+  the exact law of `schedule` pushed through the toolkit. (N = 1 is the
+  argmax at t = 1: a single state.)"""
+  proc = processes.Uniform(S, "linear")
+  p, ideal = _ideal(proc)
+  n = 40000
+  got = samplers.sample(jax.random.key(num_steps), proc, samplers.product(ideal), p, n, D,
+                        num_steps)
+  hist = np.bincount(exact.state_index(np.asarray(got), S), minlength=S ** D)
+  times, t_final = samplers.schedule(proc, num_steps)
+  assert t_final == pytest.approx(0.01) and len(times) == num_steps
+  assert samplers.schedule(proc, 1) == (pytest.approx([1.0]), 1.0)
+  law, _ = exact.sampler_distribution(proc, lambda x, t, lam: ideal(p, x, t), D, times,
+                                      final="argmax")
+  assert_chi2(hist, law)
