@@ -14,7 +14,7 @@ def get_config():
   c.teacher.update(kind="network", workdir="workdirs/markov_teacher")
   c.distill.update(num_latents=16, t_sampling="uniform", delta="const", delta_lo=0.05,
                    delta_hi=0.05, distil_threshold=0.05, data_weight=1.0, alpha_scale=1.0,
-                   latent_init_scale=0.1)
+                   student_start="centred", latent_init_scale=1.0)
   c.optim.update(lr=3e-4, warmup_steps=20, ema_decay=0.99, schedule="cosine")
-  c.train.update(batch_size=16, num_steps=400, log_every=50, ckpt_every=200)
+  c.train.update(batch_size=16, num_steps=600, log_every=50, ckpt_every=200)
   return c

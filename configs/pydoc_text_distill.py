@@ -2,8 +2,10 @@
 
   python -m launch.train --config=configs/pydoc_text.py --workdir=workdirs/text_teacher
   python -m launch.distill --config=configs/pydoc_text_distill.py --workdir=workdirs/text_student
-About 12 minutes on 2 CPU cores. SDTT's preset (one t per batch, tiny Delta)
-with the data term, as for OpenWebText.
+The same small-budget recipe as the digits and Markov students (per-example
+uniform t, Delta = 0.05, distillation below t = 0.05, di4c-d with alpha as
+tauLDR's): SDTT's own Delta of 1/1024 is sized for 1024-step teachers and
+a 100k-step budget, not for a few hundred CPU steps.
 """
 from mixture_dd import configuration
 
@@ -11,7 +13,8 @@ from mixture_dd import configuration
 def get_config():
   c = configuration.distill_base_config("sdtt")
   c.teacher.update(kind="network", workdir="workdirs/text_teacher")
-  c.distill.update(num_latents=16, data_weight=1.0, latent_init_scale=0.1)
+  c.distill.update(num_latents=16, t_sampling="uniform", delta="const", delta_lo=0.05,
+                   delta_hi=0.05, distil_threshold=0.05, data_weight=1.0, alpha_scale=1.0)
   c.optim.update(lr=3e-4, warmup_steps=20, ema_decay=0.99, schedule="cosine")
-  c.train.update(batch_size=16, num_steps=400, log_every=50, ckpt_every=200)
+  c.train.update(batch_size=16, num_steps=600, log_every=50, ckpt_every=200)
   return c

@@ -22,7 +22,7 @@ def get_config():
   # weight, alpha_scale=1 as in tauLDR) is what gets it off the ground fast.
   c.distill.update(num_latents=32, t_sampling="uniform", delta="const", delta_lo=0.05,
                    delta_hi=0.05, distil_threshold=0.02, data_weight=1.0, alpha_scale=1.0,
-                   latent_init_scale=0.3)
+                   student_start="normal", latent_init_scale=0.3)  # a fresh student: any start
   c.optim.update(lr=2e-3, warmup_steps=20, ema_decay=0.0, schedule="cosine")
   c.train.update(batch_size=32, num_steps=1200, log_every=100, ckpt_every=600)
   return c

@@ -55,7 +55,7 @@ PRESETS = {
 }
 # How the student starts from its teacher (see `start_student`).
 STUDENT_STARTS = ("exact", "gate", "fan_in", "centred", "normal")
-DEFAULT_START = "gate"
+DEFAULT_START = "centred"
 TEACHER_STEPS = ("analytic", "confidence")
 T_SAMPLINGS = ("uniform", "per_batch")
 DELTAS = ("loguniform", "const", "min_frac")
@@ -67,7 +67,7 @@ def preset(name: str, **overrides) -> ml_collections.ConfigDict:
   if name not in PRESETS:
     raise ValueError(f"config.distill.preset={name!r} is unknown; choose one of {sorted(PRESETS)}")
   c = ml_collections.ConfigDict(dict(PRESETS[name], preset=name, latent_chunks=1,
-                                     student_start=DEFAULT_START, latent_init_scale=0.0))
+                                     student_start=DEFAULT_START, latent_init_scale=1.0))
   unknown = set(overrides) - set(c)
   if unknown:
     raise ValueError(f"config.distill: unknown fields {sorted(unknown)}; accepted: {sorted(c)}")
@@ -460,15 +460,20 @@ def marginal_kl(teacher: Teacher, model: networks.Denoiser, params, process, tok
   """
   tokens = jnp.asarray(tokens, jnp.int32)
   n, length = tokens.shape
-  k_t, k_x, k_teacher, k_lam = jax.random.split(key, 4)
-  t = losses.stratified_times(k_t, n)
-  x_t = process.sample_xt(k_x, tokens, t)
-  t_lp = jax.nn.log_softmax(teacher.fn(teacher.frozen, x_t, t, None, k_teacher), -1)
-  lam = jnp.mod(jax.random.uniform(k_lam, (n, 1)) + jnp.arange(num_latents) / num_latents, 1.0)
-  rep = lambda a: jnp.repeat(a, num_latents, axis=0)
-  lp = jax.nn.log_softmax(model.apply({"params": params}, rep(x_t), rep(t), lam=lam.reshape(-1)))
-  lp = lp.reshape((n, num_latents) + lp.shape[1:])
-  return float(jnp.mean(losses.marginal_term(lp, t_lp)) / length)
+
+  @jax.jit
+  def kl(params, frozen, key):
+    k_t, k_x, k_teacher, k_lam = jax.random.split(key, 4)
+    t = losses.stratified_times(k_t, n)
+    x_t = process.sample_xt(k_x, tokens, t)
+    t_lp = jax.nn.log_softmax(teacher.fn(frozen, x_t, t, None, k_teacher), -1)
+    lam = jnp.mod(jax.random.uniform(k_lam, (n, 1)) + jnp.arange(num_latents) / num_latents, 1.0)
+    rep = lambda a: jnp.repeat(a, num_latents, axis=0)
+    lp = jax.nn.log_softmax(model.apply({"params": params}, rep(x_t), rep(t),
+                                        lam=lam.reshape(-1)))
+    lp = lp.reshape((n, num_latents) + lp.shape[1:])
+    return jnp.mean(losses.marginal_term(lp, t_lp)) / length
+  return float(kl(params, teacher.frozen, key))
 
 
 def student_signature(config, spec) -> dict:

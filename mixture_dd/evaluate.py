@@ -555,7 +555,7 @@ def step_reduction_table(results: dict) -> list[str]:
   """
   metric = results["primary_metric"]
   by = {(r["sampler"], r["steps"]): r for r in results["rows"]}
-  ns = [n for n in results["steps"] if ("student", n) in by]
+  ns = sorted(n for (name, n) in by if name == "student")
   if not ns:
     return []
   has_hybrid = any(("hybrid", n) in by for n in ns)

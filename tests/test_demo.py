@@ -8,7 +8,8 @@ def test_demo_runs_end_to_end_and_writes_every_report_file(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
   out = tmp_path / "report"
   cmd = [sys.executable, "-m", "launch.demo", "--scale=ci", f"--workdir={tmp_path / 'w'}",
-         f"--out_dir={out}", "--steps=1,2", f"--data_dir={tmp_path / 'tfds'}"]
+         f"--out_dir={out}", "--steps=1,2", "--student_steps=1,2",
+         f"--data_dir={tmp_path / 'tfds'}"]
   proc = subprocess.run(cmd, cwd=os.path.dirname(os.path.dirname(__file__)), env=env,
                         capture_output=True, text=True, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
