@@ -71,6 +71,10 @@ def main(argv):
     row = {"budget": b, "cpu_s": seconds, **{f"N{n}": scored(spec, n, "student") for n in steps}}
     rows.append(row)
     print(json.dumps(row), flush=True)
+    _write(teacher, metric, steps, ref, data_ref, rows)  # after every budget: nothing is lost
+
+
+def _write(teacher, metric, steps, ref, data_ref, rows):
   os.makedirs(_OUT.value, exist_ok=True)
   result = {"data": teacher.spec.name, "metric": metric, "num_samples": _NUM.value,
             "teacher": {str(n): {f"{k}N": v for k, v in r.items()} for n, r in ref.items()},
@@ -88,7 +92,7 @@ def main(argv):
       f"N={k * n}: {fmt(ref[n][k])}" for n in steps for k in (1, 2, 4))]
   with open(os.path.join(_OUT.value, "budget.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  print("\n".join(lines), flush=True)
   _plot(result, steps, os.path.join(_OUT.value, "budget.png"))
 
 

@@ -16,5 +16,5 @@ def get_config():
   c.distill.update(num_latents=16, t_sampling="uniform", delta="const", delta_lo=0.05,
                    delta_hi=0.05, distil_threshold=0.05, data_weight=1.0, alpha_scale=1.0)
   c.optim.update(lr=3e-4, warmup_steps=20, ema_decay=0.99, schedule="cosine")
-  c.train.update(batch_size=16, num_steps=600, log_every=50, ckpt_every=200)
+  c.train.update(batch_size=8, num_steps=600, log_every=50, ckpt_every=200)
   return c

@@ -257,8 +257,12 @@ def digits_metrics(tokens: np.ndarray, clf_params, levels: int, ref_features: np
 
 
 def text_metrics(tokens: np.ndarray, lm_params, vocab_size: int) -> dict:
-  """Generative perplexity, unigram entropies and self-BLEU (first 100 samples)."""
-  out = {"gen_ppl": reference_models.generative_perplexity(lm_params, tokens),
+  """Generative perplexity (with bootstrap SE over samples), unigram entropies
+  and self-BLEU (first 100 samples)."""
+  length = tokens.shape[1]
+  ll = reference_models.log_likelihood(lm_params, tokens)  # [n] nats per sequence
+  ppl = lambda v: float(np.exp(-np.mean(v) / length))
+  out = {"gen_ppl": ppl(ll), "gen_ppl_se": metrics.bootstrap_se(ppl, ll, BOOTSTRAP),
          "unigram_entropy": metrics.unigram_entropy(tokens, vocab_size),
          "entropy_per_token": metrics.sample_entropy_per_token(tokens)}
   if len(tokens) >= 2:

@@ -150,3 +150,12 @@ def test_stratified_times_cover_the_interval():
   t = np.sort(np.asarray(losses.stratified_times(jax.random.key(0), 100, 0.01, 1.0)))
   assert t.min() >= 0.01 and t.max() <= 1.0
   np.testing.assert_allclose(np.diff(t), 0.99 / 100, atol=1e-5)
+
+
+def test_ema_warmup_follows_tauldr():
+  d = np.asarray([float(train.ema_decay_at(n, 0.9999)) for n in (0, 1, 10, 100, 10**6)])
+  np.testing.assert_allclose(d, [1 / 10, 2 / 11, 11 / 20, 101 / 110, 0.9999], rtol=1e-6)
+  assert float(train.ema_decay_at(5, 0.9, warmup=False)) == pytest.approx(0.9)
+  # After 5000 steps a warmed-up 0.9999 EMA holds a negligible share of the start.
+  share = np.prod(np.asarray(train.ema_decay_at(np.arange(5000), 0.9999), np.float64))
+  assert share < 1e-3 and 0.9999 ** 5000 > 0.6
