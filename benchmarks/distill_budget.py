@@ -64,8 +64,10 @@ def main(argv):
     else:
       config.train.num_steps = b
       start = time.time()
-      distill.distill_and_evaluate(config, _WORKDIR.value)
+      state = distill.distill_and_evaluate(config, _WORKDIR.value)
       seconds += time.time() - start
+      if int(state.step) < b:  # fit saves and returns early on SIGTERM: do not score it as b
+        raise SystemExit(f"stopped at step {int(state.step)} of {b} (preempted); rerun to resume")
       run = distill.load_run(_WORKDIR.value)
     spec = evaluate.SamplerSpec(f"student_{b}", run.denoiser(), run.params)
     row = {"budget": b, "cpu_s": seconds, **{f"N{n}": scored(spec, n, "student") for n in steps}}

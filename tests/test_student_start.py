@@ -7,13 +7,18 @@ off it. Checked on families with a large one-step product error, with
 different vocabulary sizes, lengths and seeds; TV is exact (the sampler's
 law pushed through the whole state space, lambda on Gauss-Legendre nodes).
 """
+import os
+
 import jax
-import numpy as np
 import pytest
 
 from mixture_dd import distill, exact_report
 
-CASES = [("dirichlet", 3, 3, 0), ("dirichlet", 4, 3, 1), ("noisy_copies", 3, 4, 2)]
+# Each case trains a teacher and a student (about 2 minutes on 2 idle cores): two run in CI,
+# the third (passed here on 2026-11-29) with MDD_FULL_TESTS=1.
+CASES = [("dirichlet", 4, 3, 1), ("noisy_copies", 3, 4, 2),
+         pytest.param("dirichlet", 3, 3, 0, marks=pytest.mark.skipif(
+             not os.environ.get("MDD_FULL_TESTS"), reason="slow; set MDD_FULL_TESTS=1"))]
 
 
 @pytest.mark.parametrize("family,s_vocab,length,seed", CASES)
