@@ -16,7 +16,7 @@ import time
 import jax
 from absl import app, flags
 
-from mixture_dd import distill, exact_report, networks, train
+from mixture_dd import configuration, distill, exact_report, networks, train
 from mixture_dd.data import pipeline
 
 _OUT = flags.DEFINE_string("out", "reports/student_start.md", "Markdown table goes here.")
@@ -68,7 +68,7 @@ def main(argv):
               f"{run.spec.name} (teacher {_TEACHER.value}, 256 examples, L = 32):", "",
               "| start | step-0 KL / token |", "|---|---|"]
     for start, scale in starts:
-      entry = {"gate": "gate", "centred": "centred"}.get(start, "add")
+      entry = configuration.entry_for_start(start)
       model = run.model.clone(latent=True, latent_entry=entry)
       params = networks.student_params_from_teacher(run.params, train.init_params(model, 0))
       params = distill.start_student(params, jax.random.key(1), start, scale)

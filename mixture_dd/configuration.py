@@ -145,11 +145,15 @@ def make_model(config, spec, process, latent: bool = False) -> networks.Denoiser
       dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32)
 
 
+def entry_for_start(student_start: str | None) -> str:
+  """The latent entry (networks.LatentEmbed) a distill.student_start needs."""
+  return {"gate": "gate", "centred": "centred"}.get(student_start, "add")
+
+
 def latent_entry(config) -> str:
-  """The student's latent entry (networks.LatentEmbed) for its student_start."""
+  """The student's latent entry for its config.distill.student_start."""
   d = config.get("distill")
-  start = d.get("student_start") if d is not None else None
-  return {"gate": "gate", "centred": "centred"}.get(start, "add")
+  return entry_for_start(d.get("student_start") if d is not None else None)
 
 
 def model_signature(config, spec) -> dict:

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mixture_dd import distill, exact, losses, networks, processes, samplers, train
+from mixture_dd import (configuration, distill, exact, losses, networks, processes, samplers,
+                        train)
 from mixture_dd.data import pipeline
 
 # Two correlated families with full support, S = D = 3 (27 states), the
@@ -119,7 +120,7 @@ def distill_tiny_student(process, tokens, teacher_model, teacher_params, dconf, 
                          batch: int = 32, lr: float = 1e-3, seed: int = 0,
                          latent_lr_mult: float = 1.0):
   """A Di4C student of a network teacher: (model, params at step 0, trained EMA params)."""
-  entry = {"gate": "gate", "centred": "centred"}.get(dconf.student_start, "add")
+  entry = configuration.entry_for_start(dconf.student_start)
   model = teacher_model.clone(latent=True, latent_entry=entry)
   params = networks.student_params_from_teacher(teacher_params, train.init_params(model, seed))
   params = distill.start_student(params, jax.random.key(seed + 1), dconf.student_start,
