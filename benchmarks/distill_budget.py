@@ -21,7 +21,7 @@ import numpy as np
 from absl import app, flags
 
 from launch import common
-from mixture_dd import configuration, distill, evaluate
+from mixture_dd import distill, evaluate, runs
 
 _CONFIG = common.define_config_flag("Distillation config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The student's checkpoints go here.")
@@ -33,9 +33,9 @@ _OUT = flags.DEFINE_string("out", "reports/budget", "budget.md, budget.json, bud
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _student_at_start(config) -> distill.Run:
-  config, spec, _, process, model, _, params = distill.setup_distillation(config)
-  return distill.Run(config, spec, process, model, params, True)
+def _student_at_start(config) -> runs.Run:
+  s = distill.setup_student(config)
+  return runs.Run(s.config, s.spec, s.process, s.model, s.params, True, step=0)
 
 
 def main(argv):
@@ -44,7 +44,7 @@ def main(argv):
   config.optim.schedule = "constant"  # segments of one run = one run
   budgets = sorted(int(b) for b in _BUDGETS.value)
   steps = [int(s) for s in _STEPS.value]
-  teacher = distill.load_run(config.teacher.workdir)
+  teacher = runs.load_run(config.teacher.workdir)
   specs = evaluate.sampler_specs(teacher)
   score, data_ref, _ = evaluate.make_scorer(teacher, None, specs, None, 32)
   metric = evaluate.PRIMARY[teacher.spec.name]
@@ -64,11 +64,9 @@ def main(argv):
     else:
       config.train.num_steps = b
       start = time.time()
-      state = distill.distill_and_evaluate(config, _WORKDIR.value)
+      distill.distill_student(config, _WORKDIR.value)  # raises Preempted on SIGTERM
       seconds += time.time() - start
-      if int(state.step) < b:  # fit saves and returns early on SIGTERM: do not score it as b
-        raise SystemExit(f"stopped at step {int(state.step)} of {b} (preempted); rerun to resume")
-      run = distill.load_run(_WORKDIR.value)
+      run = runs.load_run(_WORKDIR.value)
     spec = evaluate.SamplerSpec(f"student_{b}", run.denoiser(), run.params)
     row = {"budget": b, "cpu_s": seconds, **{f"N{n}": scored(spec, n, "student") for n in steps}}
     rows.append(row)

@@ -11,12 +11,10 @@ import os
 import platform
 import time
 
-import jax
-import jax.numpy as jnp
 from absl import app, flags
 
 from configs import tiny_distill
-from mixture_dd import distill, exact, exact_report
+from mixture_dd import denoisers, distill, exact, exact_report
 
 _OUT = flags.DEFINE_string("out", "reports/exact_tv_student.md", "Markdown table goes here.")
 _STEPS = flags.DEFINE_list("steps", ["1", "2", "4", "8", "16"], "Sampling steps N.")
@@ -36,13 +34,13 @@ def main(argv):
     c = tiny_distill.get_config()
     c.data.update(family=family, seed=seed)
     t0 = time.time()
-    (cfg, spec, _, process, model, teacher), params, _ = distill.quick_distill(c, _TRAIN.value)
+    result = distill.quick_distill(c, _TRAIN.value)
+    s = result.setup
     secs = time.time() - t0
     probs = exact.make_family(family, 3, 3, seed)
-    fn_t = lambda x, t, lam: teacher.fn(teacher.frozen, jnp.asarray(x), jnp.full((len(x),), t),
-                                        None, None)
-    fn_s = exact_report.network_log_marginals_fn(model, params, True)
-    tv = exact_report.tv_table(process, probs, 3, {"teacher (exact product)": (fn_t, False),
+    fn_t = denoisers.exact_view(s.teacher.denoise, s.teacher.frozen)
+    fn_s = denoisers.exact_view(denoisers.from_network(s.model), result.params)
+    tv = exact_report.tv_table(s.process, probs, 3, {"teacher (exact product)": (fn_t, False),
                                                    "Di4C student": (fn_s, True)}, steps)
     for name, row in tv.items():
       extra = f"{secs:.0f}" if name == "Di4C student" else ""

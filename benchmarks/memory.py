@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mixture_dd import configuration, distill, processes, train
+from mixture_dd import configuration, denoisers, distill, trainer
 from mixture_dd.data import pipeline
 
 _LATENTS = flags.DEFINE_list("latents", ["8", "16", "32", "64"], "Values of L.")
@@ -55,16 +55,17 @@ def step_memory(num_latents: int, chunks: int) -> dict | None:
   if num_latents % chunks:
     return None
   c = _config(num_latents, chunks)
-  distill.validate_distill(c.distill)
+  configuration.validate_distill(c.distill)
   spec = pipeline.DataSpec("bench", _VOCAB.value, _LENGTH.value, 0, None, "tokens")
   process = configuration.make_process(c, spec)
   teacher_model = configuration.make_model(c, spec, process)
   student_model = configuration.make_model(c, spec, process, latent=True)
-  teacher = distill.network_teacher(teacher_model, train.init_params(teacher_model, 0))
-  loss_fn = distill.di4c_loss(distill.student_fn(student_model), teacher, process, c.distill)
-  opt = train.make_optimizer(c.optim, 100)
-  state = train.init_state(train.init_params(student_model, 0), opt)
-  step = train.make_step(loss_fn, opt, c.optim.ema_decay)
+  teacher = distill.network_teacher(teacher_model, trainer.init_params(teacher_model, 0))
+  loss_fn = distill.di4c_loss(denoisers.from_network(student_model, train=True), teacher, process,
+                              c.distill, target=denoisers.from_network(student_model))
+  opt = trainer.make_optimizer(c.optim, 100)
+  state = trainer.init_state(trainer.init_params(student_model, 0), opt)
+  step = trainer.make_step(loss_fn, opt, c.optim.ema_decay)
   batch = {"tokens": jnp.zeros((_BATCH.value, _LENGTH.value), jnp.int32),
            "labels": jnp.zeros((_BATCH.value,), jnp.int32)}
   compiled = jax.jit(step, donate_argnums=(0,)).lower(
@@ -80,7 +81,7 @@ def step_memory(num_latents: int, chunks: int) -> dict | None:
 
 
 def _supports_chunks() -> bool:
-  return "latent_chunks" in distill.preset("sdtt")
+  return "latent_chunks" in configuration.distill_preset("sdtt")
 
 
 def main(argv):

@@ -1,7 +1,7 @@
 r"""How the student leaves its teacher: step-0 KL and distilled quality per start.
 
 For each tiny family (exact TV computable) a product teacher is trained on
-samples of it; for each `distill.STUDENT_STARTS` option the student is
+samples of it; for each `configuration.STUDENT_STARTS` option the student is
 copied from that teacher and (1) its step-0 KL(teacher || mixture marginal)
 per token is measured, (2) it is distilled (quick scanned loop) and its
 exact one-step TV is compared with the teacher's. With --teacher_workdir,
@@ -16,7 +16,7 @@ import time
 import jax
 from absl import app, flags
 
-from mixture_dd import configuration, distill, exact_report, networks, train
+from mixture_dd import configuration, denoisers, distill, exact_report, networks, runs, trainer
 from mixture_dd.data import pipeline
 
 _OUT = flags.DEFINE_string("out", "reports/student_start.md", "Markdown table goes here.")
@@ -30,7 +30,7 @@ _TEACHER = flags.DEFINE_string("teacher_workdir", None, "Also: step-0 KL on this
 
 
 def _dconf(start, scale):
-  return distill.preset("sdtt", num_latents=16, t_sampling="uniform", delta="const",
+  return configuration.distill_preset("sdtt", num_latents=16, t_sampling="uniform", delta="const",
                         delta_lo=0.05, delta_hi=0.05, distil_threshold=0.05, data_weight=1.0,
                         alpha_scale=1.0, student_start=start, latent_init_scale=scale)
 
@@ -46,7 +46,7 @@ def main(argv):
     probs, tokens, proc = exact_report.tiny_case(family, s_vocab, length, seed)
     t_model, t_params = exact_report.train_tiny_teacher(proc, tokens, seed=seed)
     teacher = distill.network_teacher(t_model, t_params)
-    fn_t = exact_report.network_log_marginals_fn(t_model, t_params, False)
+    fn_t = denoisers.exact_view(denoisers.from_network(t_model), t_params)
     tv_t = exact_report.tv_table(proc, probs, length, {"t": (fn_t, False)}, [1])["t"][0]
     for start, scale in starts:
       t0 = time.time()
@@ -54,15 +54,16 @@ def main(argv):
           proc, tokens, t_model, t_params, _dconf(start, scale), steps=_TRAIN.value, batch=128,
           lr=3e-3, seed=seed)
       kl0 = distill.marginal_kl(teacher, model, p0, proc, tokens[:256], jax.random.key(0))
-      fn_s = exact_report.network_log_marginals_fn(model, p1, True)
+      fn_s = denoisers.exact_view(denoisers.from_network(model), p1)
       tv_s = exact_report.tv_table(proc, probs, length, {"s": (fn_s, True)}, [1])["s"][0]
       lines.append(f"| {family} S={s_vocab} D={length} seed {seed} | {start} {scale:g} | "
                    f"{kl0:.2e} | {tv_t:.4f} | {tv_s:.4f} | {tv_s / tv_t:.2f} | "
                    f"{time.time() - t0:.0f} |")
       print(lines[-1], flush=True)
   if _TEACHER.value:
-    run = distill.load_run(_TEACHER.value)
+    run = runs.load_run(_TEACHER.value)
     _, src = pipeline.load(run.config.data, "train")
+    head = src.head(256).tokens
     teacher = distill.network_teacher(run.model, run.params)
     lines += ["", f"Step-0 KL(teacher || student mixture marginal) per token on "
               f"{run.spec.name} (teacher {_TEACHER.value}, 256 examples, L = 32):", "",
@@ -70,9 +71,9 @@ def main(argv):
     for start, scale in starts:
       entry = configuration.entry_for_start(start)
       model = run.model.clone(latent=True, latent_entry=entry)
-      params = networks.student_params_from_teacher(run.params, train.init_params(model, 0))
+      params = networks.student_params_from_teacher(run.params, trainer.init_params(model, 0))
       params = distill.start_student(params, jax.random.key(1), start, scale)
-      kl0 = distill.marginal_kl(teacher, model, params, run.process, src.tokens[:256],
+      kl0 = distill.marginal_kl(teacher, model, params, run.process, head,
                                 jax.random.key(5), num_latents=32)
       lines.append(f"| {start} {scale:g} | {max(kl0, 0.0):.2e} |")
       print(lines[-1], flush=True)

@@ -20,7 +20,8 @@ def get_config(scale: str = "full"):
                  sample_every=0, sample_steps=64)
   if scale == "ci":
     c.model.update(width=32, depth=1, heads=2)
-    c.train.update(batch_size=16, num_steps=20, log_every=10, ckpt_every=20, sample_every=0)
+    # 60 steps (a few seconds), so that a test can preempt it mid-way.
+    c.train.update(batch_size=16, num_steps=60, log_every=10, ckpt_every=30, sample_every=0)
   elif scale != "full":
     raise ValueError(f"configs/digits.py:{scale}: choose full or ci")
   return c

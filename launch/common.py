@@ -12,12 +12,14 @@ reads only its slice of every global batch.
 import logging
 import os
 import re
+import sys
 
 import jax
-from absl import flags
+from absl import app, flags
 from absl import logging as absl_logging
-from ml_collections import config_dict
 from ml_collections import config_flags
+
+from mixture_dd import trainer
 
 _COORD = flags.DEFINE_string("coordinator_address", os.environ.get("MDD_COORDINATOR"),
                              "host:port of process 0 for multi-process runs (or $MDD_COORDINATOR).")
@@ -26,47 +28,40 @@ _NPROC = flags.DEFINE_integer("num_processes", int(os.environ.get("MDD_NUM_PROCE
 _PID = flags.DEFINE_integer("process_id", int(os.environ.get("MDD_PROCESS_ID", "0")),
                             "This process's id (or $MDD_PROCESS_ID).")
 
-# Config fields whose default is None but which take a value on the command
-# line: ml_collections cannot override a None field (it does not know its
-# type), so the launchers give these a type before the overrides apply.
-NONE_FIELD_TYPES = {
-    "data.data_dir": str,
-    "teacher.workdir": str,
-    "process.vocab_size": int,
-    "model.length": int,
-}
+_DEBUG = flags.DEFINE_bool("debug", False, "Show the Python traceback of a user error "
+                           "(bad config field, missing workdir, wrong checkpoint).")
 
-
-class _TypedNoneParser(flags.ArgumentParser):
-  """Wraps the config-file parser: loads the file, then gives the None fields
-  of NONE_FIELD_TYPES a type (and locks the config if asked)."""
-
-  def __init__(self, inner, lock_config: bool):
-    self._inner = inner
-    self._lock = lock_config
-
-  def parse(self, argument):
-    config = self._inner.parse(argument)
-    if isinstance(config, config_dict.ConfigDict):
-      for dotted, typ in NONE_FIELD_TYPES.items():
-        section, field = dotted.split(".")
-        sec = config.get(section)
-        if isinstance(sec, config_dict.ConfigDict) and field in sec and sec[field] is None:
-          sec[field] = config_dict.placeholder(typ)
-      if self._lock:
-        config.lock()
-    return config
-
-  def flag_type(self):
-    return self._inner.flag_type()
+# Errors a user can fix from the command line: one line and exit status 2,
+# not a traceback. Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, trainer.NonFiniteError)
+EXIT_USER_ERROR = 2
 
 
 def define_config_flag(help_string: str, lock_config: bool = True):
-  """`--config=FILE[:arg]` with `--config.a.b=value` overrides (None fields too)."""
-  holder = config_flags.DEFINE_config_file("config", None, help_string, lock_config=False)
-  flag = flags.FLAGS["config"]
-  flag.parser = _TypedNoneParser(flag.parser, lock_config)
-  return holder
+  """`--config=FILE[:arg]` with `--config.a.b=value` overrides.
+
+  Fields that default to None are `config_dict.placeholder`s in the config
+  schema, so they take a typed value on the command line too.
+  """
+  return config_flags.DEFINE_config_file("config", None, help_string, lock_config=lock_config)
+
+
+def run(main) -> None:
+  """absl's app.run, with a launcher's exits: a preempted run exits with
+  trainer.EXIT_PREEMPTED and the line to rerun; a user error prints one
+  line (the traceback with --debug) and exits with EXIT_USER_ERROR."""
+  def wrapped(argv):
+    try:
+      return main(argv)
+    except trainer.Preempted as e:
+      print(str(e), file=sys.stderr, flush=True)
+      sys.exit(trainer.EXIT_PREEMPTED)
+    except USER_ERRORS as e:
+      if _DEBUG.value:
+        raise
+      print(f"error: {e}  (rerun with --debug for the traceback)", file=sys.stderr, flush=True)
+      sys.exit(EXIT_USER_ERROR)
+  app.run(wrapped)
 
 
 def check_workdir(workdir: str) -> str:

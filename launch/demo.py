@@ -4,16 +4,18 @@ r"""The main job: teacher -> Di4C student -> evaluation on the embedded digits.
   python -m launch.demo --scale=ci --workdir=/tmp/d --out_dir=/tmp/r          # seconds (tests)
 
 Each stage resumes from its checkpoints, so a second run reuses the teacher
-(and student) of the first and only re-evaluates.
+(and student) of the first and only re-evaluates. A stage stopped by SIGTERM
+(preemption) ends the demo with exit status 75 and no report; the same
+command then resumes it.
 """
 import os
 import time
 
-from absl import app, flags
+from absl import flags
 
-from configs import digits, digits_distill
+from mixture_dd.configs import digits, digits_distill
 from launch import common
-from mixture_dd import distill, evaluate, train
+from mixture_dd import distill, evaluate, runs, train
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "teacher/ and student/ go here.")
 _OUT = flags.DEFINE_string("out_dir", "reports/demo", "The report folder.")
@@ -37,15 +39,15 @@ def main(argv):
   dconf.teacher.workdir = teacher_dir
   if _DATA_DIR.value:
     tconf.data.data_dir = _DATA_DIR.value
-    dconf.data = {"data_dir": _DATA_DIR.value}
+    dconf.data.data_dir = _DATA_DIR.value
   print(f"[1/3] teacher -> {teacher_dir}", flush=True)
-  train.train_and_evaluate(tconf, teacher_dir)
+  train.train_teacher(tconf, teacher_dir)
   print(f"[2/3] Di4C student -> {student_dir} ({time.time() - t0:.0f} s so far)", flush=True)
-  distill.distill_and_evaluate(dconf, student_dir)
+  distill.distill_student(dconf, student_dir)
   print(f"[3/3] evaluation -> {_OUT.value} ({time.time() - t0:.0f} s so far)", flush=True)
   steps = [int(s) for s in _STEPS.value]
   num = _NUM.value if _SCALE.value == "full" else min(_NUM.value, 32)
-  evaluate.evaluate(distill.load_run(teacher_dir), distill.load_run(student_dir), steps,
+  evaluate.evaluate(runs.load_run(teacher_dir), runs.load_run(student_dir), steps,
                     num, seed=0, out_dir=_OUT.value, batch_size=min(256, num),
                     student_steps=[int(s) for s in _STUDENT_STEPS.value])
   print(open(os.path.join(_OUT.value, "results.md")).read())
@@ -53,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

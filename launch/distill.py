@@ -6,7 +6,7 @@ r"""Distils a teacher into a mixture student by Di4C.
 Multi-process: add --num_processes=N --process_id=I --coordinator_address=host:port
 (see launch/common.py); every process gets the same --workdir.
 """
-from absl import app, flags
+from absl import flags
 
 from launch import common
 from mixture_dd import distill
@@ -18,8 +18,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   common.setup(argv)
-  distill.distill_and_evaluate(_CONFIG.value, common.check_workdir(_WORKDIR.value))
+  distill.distill_student(_CONFIG.value, common.check_workdir(_WORKDIR.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -4,10 +4,10 @@ r"""Evaluates a teacher (and a distilled student) against the number of sampling
       --student_workdir=workdirs/tiny_student --steps=1,2,4,8 --num_samples=1000 \
       --hybrid_teacher_steps=1 --out_dir=reports/tiny_eval
 """
-from absl import app, flags
+from absl import flags
 
 from launch import common
-from mixture_dd import distill, evaluate
+from mixture_dd import evaluate, runs
 
 _TEACHER = flags.DEFINE_string("teacher_workdir", None, "Workdir of a launch.train run.")
 _STUDENT = flags.DEFINE_string("student_workdir", None, "Workdir of a launch.distill run.")
@@ -29,8 +29,8 @@ flags.mark_flags_as_required(["teacher_workdir", "out_dir"])
 def main(argv):
   common.setup(argv)
   steps = [int(s) for s in _STEPS.value]
-  teacher = distill.load_run(_TEACHER.value)
-  student = distill.load_run(_STUDENT.value) if _STUDENT.value else None
+  teacher = runs.load_run(_TEACHER.value)
+  student = runs.load_run(_STUDENT.value) if _STUDENT.value else None
   evaluate.evaluate(teacher, student, steps, _NUM.value, _SEED.value, _OUT.value,
                     hybrid_teacher_steps=_HYBRID.value, reference_dir=_REFERENCE.value,
                     batch_size=_BATCH.value,
@@ -39,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -2,8 +2,9 @@ r"""Theorem 1, measured: exact TV of the ideal product sampler against steps.
 
   python -m launch.exact_demo --out=reports/exact_tv.md
 """
-from absl import app, flags
+from absl import flags
 
+from launch import common
 from mixture_dd import exact_report
 
 _OUT = flags.DEFINE_string("out", "reports/exact_tv.md", "Markdown table written here.")
@@ -16,4 +17,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

@@ -14,10 +14,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 from launch import common
-from mixture_dd import distill, samplers, visualize
+from mixture_dd import runs, samplers, visualize
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A launch.train or launch.distill workdir.")
 _SECOND = flags.DEFINE_string("second_workdir", None, "Hybrid: this run takes the last steps.")
@@ -40,7 +40,7 @@ def main(argv):
   common.setup(argv)
   if _STEPS.value < 1 or _NUM.value < 1:
     raise ValueError(f"--steps and --num_samples must be >= 1, got {_STEPS.value}, {_NUM.value}")
-  run = distill.load_run(_WORKDIR.value)
+  run = runs.load_run(_WORKDIR.value)
   labels = None
   if _LABEL.value is not None:
     if not run.model.num_classes:
@@ -65,7 +65,7 @@ def main(argv):
                                    run.spec.length, _STEPS.value, _TEMP.value, uncond=uncond,
                                    guidance=_GUIDANCE.value)
   elif _SECOND.value:
-    second = distill.load_run(_SECOND.value)
+    second = runs.load_run(_SECOND.value)
     if _NUM_FIRST.value is None:
       raise ValueError("--second_workdir needs --num_first")
     x = samplers.sample(key, run.process, den, run.params, _NUM.value, run.spec.length,
@@ -82,4 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

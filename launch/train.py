@@ -6,7 +6,7 @@ r"""Trains a product-denoiser teacher.
 Multi-process: add --num_processes=N --process_id=I --coordinator_address=host:port
 (see launch/common.py); every process gets the same --workdir.
 """
-from absl import app, flags
+from absl import flags
 
 from launch import common
 from mixture_dd import train
@@ -18,8 +18,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   common.setup(argv)
-  train.train_and_evaluate(_CONFIG.value, common.check_workdir(_WORKDIR.value))
+  train.train_teacher(_CONFIG.value, common.check_workdir(_WORKDIR.value))
 
 
 if __name__ == "__main__":
-  app.run(main)
+  common.run(main)

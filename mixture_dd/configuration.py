@@ -11,9 +11,19 @@ A config (ml_collections.ConfigDict) has these sections:
                        ema_warmup, schedule
   train                batch_size, num_steps, log_every, ckpt_every, keep,
                        sample_every, sample_steps, num_samples, eval_weights
-Every check raises a ValueError that names the field and what it accepts.
+A distillation config also has
+  teacher              kind ("network" | "ideal"), workdir, num_latents,
+                       restart_if_changed
+  distill              a preset of the Di4C knobs (`distill_preset`)
+and takes data/process/model from its teacher's run (`resolve`).
+Validation happens here, once (`validate`); every check raises a ValueError
+that names the field and what it accepts. The modules downstream assume a
+valid config.
 """
 from __future__ import annotations
+
+import json
+import os
 
 import ml_collections
 import numpy as np
@@ -31,7 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = data_config("digits")
-  c.process = ml_collections.ConfigDict(dict(name="masked", vocab_size=None, schedule="loglinear"))
+  c.process = ml_collections.ConfigDict(dict(
+      name="masked", vocab_size=ml_collections.config_dict.placeholder(int), schedule="loglinear"))
   c.model = ml_collections.ConfigDict(dict(
       width=128, depth=4, heads=4, mlp_ratio=4, dropout=0.0, positions="rope",
       class_conditional=False, label_dropout=0.1, dtype="float32"))
@@ -60,11 +71,14 @@ def data_config(name: str, **overrides) -> ml_collections.ConfigDict:
 def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
   """Defaults of a distillation config. data/process/model come from the
   teacher's run (config.teacher.workdir) unless the file sets them."""
-  from mixture_dd import distill
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.teacher = ml_collections.ConfigDict(dict(kind="network", workdir=None, num_latents=16))
-  c.distill = distill.preset(preset)
+  c.teacher = ml_collections.ConfigDict(dict(
+      kind="network", workdir=ml_collections.config_dict.placeholder(str), num_latents=16,
+      restart_if_changed=False))
+  # Filled from the teacher's run by `resolve`; only a data_dir of one's own.
+  c.data = ml_collections.ConfigDict(dict(data_dir=ml_collections.config_dict.placeholder(str)))
+  c.distill = distill_preset(preset)
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
   c.optim = ml_collections.ConfigDict(dict(
       lr=1e-4, warmup_steps=50, weight_decay=0.0, b1=0.9, b2=0.999, clip=1.0,
@@ -75,13 +89,98 @@ def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
   return c
 
 
+PRESETS = {
+    # tauLDR / CIFAR-10: every example gets both terms; a fresh x_delta per
+    # (example, latent) at delta = 0.01 w.p. 1/2, else U[0.01, 0.02].
+    "tauldr": dict(num_latents=16, t_sampling="uniform", t_min=0.01, t_offset_by_delta=True,
+                   delta="loguniform", delta_lo=1e-3, delta_hi=1e-2, delta_frac=0.5,
+                   distil_mode="separate", distil_lo=0.01, distil_hi=0.02, distil_p_lo=0.5,
+                   distil_threshold=0.0, distil_weight=1.0, alpha_scale=1.0, data_weight=0.0,
+                   marginal_weight=1.0, small_t_prob=0.0, small_t_max=0.0,
+                   teacher_step="analytic", confidence_temperature=0.0),
+    # MaskGIT / ImageNet: progress r = 1 - t; distil on r >= 0.95 with the same
+    # x_t; the consistency target's teacher step is MaskGIT's confidence step.
+    "maskgit": dict(num_latents=32, t_sampling="uniform", t_min=0.0, t_offset_by_delta=False,
+                    delta="const", delta_lo=0.05, delta_hi=0.05, delta_frac=0.5,
+                    distil_mode="same", distil_lo=0.0, distil_hi=0.0, distil_p_lo=0.0,
+                    distil_threshold=0.05, distil_weight=20.0, alpha_scale=0.1, data_weight=0.0,
+                    marginal_weight=1.0, small_t_prob=0.0, small_t_max=0.0,
+                    teacher_step="confidence", confidence_temperature=4.5),
+    # SDTT / OpenWebText: one t per batch, 30 % of batches near the data end.
+    "sdtt": dict(num_latents=16, t_sampling="per_batch", t_min=0.0, t_offset_by_delta=False,
+                 delta="min_frac", delta_lo=1.0 / 1024, delta_hi=1.0 / 1024, delta_frac=0.5,
+                 distil_mode="same", distil_lo=0.0, distil_hi=0.0, distil_p_lo=0.0,
+                 distil_threshold=0.02, distil_weight=1.0, alpha_scale=0.1, data_weight=0.0,
+                 marginal_weight=1.0, small_t_prob=0.3, small_t_max=0.02,
+                 teacher_step="analytic", confidence_temperature=0.0),
+}
+# How the student starts from its teacher (see `start_student`).
+STUDENT_STARTS = ("exact", "gate", "fan_in", "centred", "normal")
+DEFAULT_START = "centred"
+TEACHER_STEPS = ("analytic", "confidence")
+T_SAMPLINGS = ("uniform", "per_batch")
+DELTAS = ("loguniform", "const", "min_frac")
+DISTIL_MODES = ("separate", "same")
+
+
+def distill_preset(name: str, **overrides) -> ml_collections.ConfigDict:
+  """The `distill` config section of a reference setup, with overrides."""
+  if name not in PRESETS:
+    raise ValueError(f"config.distill.preset={name!r} is unknown; choose one of {sorted(PRESETS)}")
+  c = ml_collections.ConfigDict(dict(PRESETS[name], preset=name, latent_chunks=1,
+                                     student_start=DEFAULT_START, latent_init_scale=1.0))
+  unknown = set(overrides) - set(c)
+  if unknown:
+    raise ValueError(f"config.distill: unknown fields {sorted(unknown)}; accepted: {sorted(c)}")
+  c.update(overrides)
+  return c
+
+
+def validate_distill(d) -> None:
+  def req(cond, field, msg):
+    if not cond:
+      raise ValueError(f"config.distill.{field}: {msg}")
+  req(d.preset in PRESETS, "preset", f"{d.preset!r} is unknown; choose one of {sorted(PRESETS)}")
+  req(d.num_latents >= 1, "num_latents", f"must be >= 1, got {d.num_latents}")
+  req(d.latent_chunks >= 1 and d.num_latents % d.latent_chunks == 0, "latent_chunks",
+      f"must divide num_latents={d.num_latents}, got {d.latent_chunks}")
+  req(d.t_sampling in T_SAMPLINGS, "t_sampling", f"{d.t_sampling!r}; choose one of {T_SAMPLINGS}")
+  req(d.delta in DELTAS, "delta", f"{d.delta!r}; choose one of {DELTAS}")
+  req(0 < d.delta_lo <= d.delta_hi < 1, "delta_lo", f"need 0 < delta_lo <= delta_hi < 1, got "
+      f"{d.delta_lo}, {d.delta_hi}")
+  req(d.distil_mode in DISTIL_MODES, "distil_mode", f"{d.distil_mode!r}; choose one of {DISTIL_MODES}")
+  if d.distil_mode == "separate":
+    req(0 < d.distil_lo <= d.distil_hi < 1, "distil_lo",
+        f"need 0 < distil_lo <= distil_hi < 1, got {d.distil_lo}, {d.distil_hi}")
+  req(0.0 <= d.t_min < 1.0, "t_min", f"must be in [0, 1), got {d.t_min}")
+  req(d.latent_init_scale >= 0, "latent_init_scale", f"must be >= 0, got {d.latent_init_scale}")
+  req(d.student_start in STUDENT_STARTS, "student_start",
+      f"{d.student_start!r}; choose one of {STUDENT_STARTS}")
+  req(d.student_start not in ("fan_in", "centred", "normal") or d.latent_init_scale > 0,
+      "latent_init_scale",
+      f"student_start={d.student_start!r} needs latent_init_scale > 0 (0 is the exact start: "
+      "use student_start='exact')")
+  req(d.teacher_step in TEACHER_STEPS, "teacher_step",
+      f"{d.teacher_step!r}; choose one of {TEACHER_STEPS}")
+  req(0.0 <= d.distil_p_lo <= 1.0, "distil_p_lo", f"must be in [0, 1], got {d.distil_p_lo}")
+  for f in ("distil_weight", "data_weight", "alpha_scale", "marginal_weight",
+            "confidence_temperature"):
+    req(d[f] >= 0, f, f"must be >= 0, got {d[f]}")
+
+
+def _is_int(v) -> bool:
+  return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
 def _require(cond, field, msg):
   if not cond:
     raise ValueError(f"config.{field}: {msg}")
 
 
 def validate(config, spec) -> None:
-  """Checks a teacher config against itself and the data's spec."""
+  """Checks a (resolved) teacher or student config against itself and the data's spec."""
+  if "distill" in config:
+    validate_distill(config.distill)
   for sec in SECTIONS:
     _require(sec in config, sec, f"missing section; a config needs {SECTIONS}")
   vocab = config.process.vocab_size
@@ -116,12 +215,12 @@ def validate(config, spec) -> None:
            f"must be True or False, got {o.get('ema_warmup')!r}")
   _require(o.schedule in LR_SCHEDULES, "optim.schedule", f"{o.schedule!r}; choose one of {LR_SCHEDULES}")
   t = config.train
-  _require(t.batch_size > 0, "train.batch_size", f"must be > 0, got {t.batch_size}")
-  _require(t.num_steps > 0, "train.num_steps", f"must be > 0, got {t.num_steps}")
+  for f in ("batch_size", "num_steps", "log_every", "ckpt_every", "keep"):
+    _require(_is_int(t[f]) and t[f] > 0, f"train.{f}", f"must be a positive integer, got {t[f]!r}")
+  _require(_is_int(t.sample_every) and t.sample_every >= 0, "train.sample_every",
+           f"must be an integer >= 0 (0 = never), got {t.sample_every!r}")
   _require(t.get("eval_weights", "ema") in EVAL_WEIGHTS, "train.eval_weights",
            f"{t.get('eval_weights')!r}; choose one of {EVAL_WEIGHTS}")
-  for f in ("log_every", "ckpt_every", "keep"):
-    _require(t[f] > 0, f"train.{f}", f"must be > 0, got {t[f]}")
   _require(0.0 <= config.loss.t_min < 1.0, "loss.t_min", f"must be in [0, 1), got {config.loss.t_min}")
 
 
@@ -132,10 +231,10 @@ def make_process(config, spec) -> processes.Process:
   return processes.make_process(pc)
 
 
-def make_model(config, spec, process, latent: bool = False) -> networks.Denoiser:
+def make_model(config, spec, process, latent: bool = False) -> networks.Transformer:
   import jax.numpy as jnp
   m = config.model
-  return networks.Denoiser(
+  return networks.Transformer(
       num_states=process.num_states, vocab_size=process.vocab_size, length=spec.length,
       width=m.width, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
       dropout=m.dropout, positions=m.positions,
@@ -157,11 +256,64 @@ def latent_entry(config) -> str:
 
 
 def model_signature(config, spec) -> dict:
-  """What a checkpoint's parameters depend on; compared on restore."""
+  """What a checkpoint's parameters depend on; compared on restore.
+
+  A student (config.is_student) adds its latent path's entry."""
+  # Parameters are float32 at any activation dtype, so model.dtype is free
+  # to change between a checkpoint and its use (as dropout is).
   sig = {f"model.{k}": v for k, v in config.model.to_dict().items()
-         if k not in ("dropout", "label_dropout")}
+         if k not in ("dropout", "label_dropout", "dtype")}
   sig.update({f"process.{k}": v for k, v in config.process.to_dict().items()})
   sig["process.vocab_size"] = config.process.vocab_size or spec.vocab_size
   sig["data.length"] = spec.length
   sig["data.num_classes"] = spec.num_classes
+  if config.get("is_student", False):
+    sig.update(latent=True, latent_entry=latent_entry(config))
   return sig
+
+
+# ---------------------------------------------------------------------------
+# Runs on disk and distillation configs.
+# ---------------------------------------------------------------------------
+
+
+def read_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config.json a train or distill run wrote in its workdir."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(
+        f"{path} not found: config.teacher.workdir must be the --workdir of a finished "
+        "`launch.train` (or `launch.distill`) run")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def resolve(config) -> ml_collections.ConfigDict:
+  """A distillation config made complete: data/process/model from the
+  teacher's run (the file's own entries override), so that a student's
+  config stands on its own (and a student can teach the next round)."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  kind = config.teacher.kind
+  if kind == "network":
+    if not config.teacher.workdir:
+      raise ValueError("config.teacher.workdir is not set: give the --workdir of a finished "
+                       "launch.train run (e.g. --config.teacher.workdir=workdirs/digits_teacher)")
+    tconf = read_run_config(config.teacher.workdir)
+    for sec in ("data", "process", "model"):
+      merged = ml_collections.ConfigDict(tconf[sec].to_dict())
+      if sec in config and config[sec] is not None:
+        # The file's own values win (e.g. --config.data.data_dir=...); an
+        # unset (None) field keeps the teacher's.
+        merged.update({k: v for k, v in config[sec].to_dict().items() if v is not None})
+      config[sec] = merged
+    if config.data.name != tconf.data.name:
+      raise ValueError(f"config.data.name={config.data.name!r} differs from the teacher's "
+                       f"data {tconf.data.name!r}")
+  elif kind == "ideal":
+    if config.data.name != "tiny":
+      raise ValueError("config.teacher.kind='ideal' needs config.data.name='tiny' (its exact law)")
+  else:
+    raise ValueError(f"config.teacher.kind={kind!r}; choose 'network' (a workdir of ours) or "
+                     "'ideal' (the exact denoiser of a tiny family)")
+  config.is_student = True
+  return config

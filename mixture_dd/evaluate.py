@@ -1,7 +1,7 @@
 """Evaluation of teacher, student and hybrid samplers against the number of steps.
 
-  teacher = distill.load_run("workdirs/tiny_teacher")
-  student = distill.load_run("workdirs/tiny_student")
+  teacher = runs.load_run("workdirs/tiny_teacher")
+  student = runs.load_run("workdirs/tiny_student")
   results = evaluate(teacher, student, steps=[1, 2, 4, 8], num_samples=1000, seed=0,
                      out_dir="reports/tiny_eval", hybrid_teacher_steps=1)
 
@@ -39,14 +39,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixture_dd import exact, metrics, reference_models, samplers, visualize
-from mixture_dd.data import builders, markov, pipeline
+from mixture_dd import denoisers, exact, metrics, reference_models, samplers, trainer, visualize
+from mixture_dd.data import builders, markov, pipeline, registry
 
 log = logging.getLogger("mixture_dd")
 
 DEFAULT_REFERENCE_ROOT = os.path.join("~", ".cache", "mixture_dd", "reference")
-# Metric each data kind is ranked by (the first panel of the plot).
-PRIMARY = {"tiny": "tv", "markov": "nll_per_token", "digits": "fd", "pydoc_text": "gen_ppl"}
+# Metric each data set is ranked by (the first panel of the plot): a live
+# read-only view of the registry's primary_metric fields.
+PRIMARY = registry.PRIMARY_METRICS
 NUM_PICTURES = 64  # samples per PNG grid / text file
 SELF_BLEU_SUBSET = 100
 
@@ -153,32 +154,11 @@ def latency(run, batch_size: int, reps: int = 10, warmup: int = 2) -> float:
 # ---------------------------------------------------------------------------
 
 
-def padded(fn: Callable, size: int) -> Callable:
-  """`fn(x [size, D], t, lam)` as `fn(x [n, D], t, lam)` for any n <= size.
-
-  `exact.sampler_distribution` evaluates only the reachable states, whose
-  count changes from step to step; padding to a fixed size makes a jitted
-  `fn` compile once instead of once per count.
-  """
-  def wrapped(x, t, lam):
-    n = x.shape[0]
-    pad = np.zeros((size, x.shape[1]), np.int32)
-    pad[:n] = x
-    return np.asarray(fn(pad, t, lam))[:n]
-  return wrapped
-
-
-def run_log_marginals_fn(run) -> Callable:
-  """`fn(x [n, D], t, lam) -> [n, D, S]` of a run, for `exact.sampler_distribution`."""
-  model, latent = run.model, run.is_student
-  size = run.process.num_states ** run.spec.length
-
-  @jax.jit
-  def f(params, x, t, lam):
-    kw = {"lam": jnp.full((size,), lam, jnp.float32)} if latent else {}
-    return jax.nn.log_softmax(model.apply({"params": params}, x, jnp.full((size,), t, jnp.float32),
-                                          **kw))
-  return padded(lambda x, t, lam: f(run.params, x, t, 0.0 if lam is None else lam), size)
+def exact_view(run) -> Callable:
+  """A run's `fn(x [n, D], t, lam) -> [n, D, S]` for `exact.sampler_distribution`,
+  padded to all S**D states so that it compiles once."""
+  return denoisers.exact_view(denoisers.from_network(run.model), run.params,
+                              run.process.num_states ** run.spec.length)
 
 
 def exact_law(process, length: int, num_steps: int, first, second=None,
@@ -271,10 +251,15 @@ def text_metrics(tokens: np.ndarray, lm_params, vocab_size: int) -> dict:
 
 
 def _default_reference_dir(spec, data_config) -> str:
+  """Cache directory of a reference model: one per (data set, what it was trained on)."""
+  del data_config  # The spec holds everything the reference model depends on.
   if spec.name == "digits":
     name = f"digits_L{spec.vocab_size}"
-  else:
+  elif spec.name == "pydoc_text":
+    # The text changes between CPython releases, and so must the model.
     name = f"pydoc_text_D{spec.length}_src{builders.pydoc_fingerprint()}"
+  else:  # A data set added later: its name, length and vocabulary.
+    name = f"{spec.name}_D{spec.length}_V{spec.vocab_size}"
   return os.path.expanduser(os.path.join(DEFAULT_REFERENCE_ROOT, name))
 
 
@@ -304,60 +289,85 @@ def char_lm(reference_dir: str, train, test, vocab_size: int, steps: int = 1000)
 
 
 # ---------------------------------------------------------------------------
-# The metric of a data kind, as one object.
+# The metric of a data set, as one object. Each *_scorer is named by its
+# data set's registry entry (mixture_dd.data.registry) and has the signature
+# (teacher, student, specs, reference_dir, num_latent_nodes)
+#   -> (score(sampler, N, tokens [n, D]) -> dict, data reference dict, extras dict).
 # ---------------------------------------------------------------------------
 
 
-def make_scorer(teacher, student, specs, reference_dir: str | None, num_latent_nodes: int):
-  """(score(sampler, N, tokens) -> dict, data reference values, extras) for the data kind."""
+def tiny_scorer(teacher, student, specs, reference_dir, num_latent_nodes):
+  """Exact laws of every sampler against the true family (TV, both KLs)."""
+  del reference_dir  # The family is known exactly: nothing to train.
   spec, cfg = teacher.spec, teacher.config.data
-  name = spec.name
-  if name == "tiny":
-    probs = exact.make_family(cfg.family, spec.vocab_size, spec.length, cfg.seed)
-    _, test = pipeline.load(cfg, "test")
-    fns = {"teacher": (run_log_marginals_fn(teacher), False)}
-    student_fn = None
-    if student is not None:
-      student_fn = (run_log_marginals_fn(student), True)
-      fns["student"] = student_fn
+  probs = exact.make_family(cfg.family, spec.vocab_size, spec.length, cfg.seed)
+  _, test = pipeline.load(cfg, "test")
+  fns = {"teacher": (exact_view(teacher), False)}
+  student_fn = None
+  if student is not None:
+    student_fn = (exact_view(student), True)
+    fns["student"] = student_fn
 
-    def score(sampler, n, tokens):
-      s = specs[sampler]
-      if sampler == "hybrid":
-        law = exact_law(teacher.process, spec.length, n, student_fn, fns["teacher"],
-                        s.num_first(n), num_latent_nodes)
-      else:
-        law = exact_law(teacher.process, spec.length, n, fns[sampler],
-                        num_latent_nodes=num_latent_nodes)
-      return tiny_metrics(probs, law, tokens, spec.vocab_size)
-    ref = {"tv": 0.0, "kl": 0.0, "kl_reverse": 0.0,
-           "tv_empirical": exact.total_variation(probs, empirical_law(test.tokens, spec.vocab_size))}
-    return score, ref, {"family": cfg.family, "num_test": len(test)}
-  if name == "markov":
-    init, trans = markov.make_chain(cfg.vocab_size, cfg.seed)  # as builders.Markov does
-    _, test = pipeline.load(cfg, "test")
-    ref = markov_metrics(test.tokens.astype(np.int64), init, trans)
-    extras = {"entropy_rate": markov.entropy_rate(init, trans, spec.length), "num_test": len(test)}
-    return (lambda s, n, x: markov_metrics(x, init, trans)), ref, extras
-  if name == "digits":
-    _, train_src = pipeline.load(cfg, "train")
-    _, test = pipeline.load(cfg, "test")
-    rdir = reference_dir or _default_reference_dir(spec, cfg)
-    clf, meta = digits_classifier(rdir, train_src, test, spec.vocab_size)
-    train_feats = reference_models.classifier_features(clf, train_src.tokens, spec.vocab_size)
-    ref = digits_metrics(test.tokens, clf, spec.vocab_size, train_feats)
-    extras = {"classifier": meta, "reference_dir": rdir, "num_test": len(test),
-              "note": "fd is against the train split; the data row is the test split's fd"}
-    return (lambda s, n, x: digits_metrics(x, clf, spec.vocab_size, train_feats)), ref, extras
-  if name == "pydoc_text":
-    _, train_src = pipeline.load(cfg, "train")
-    _, test = pipeline.load(cfg, "test")
-    rdir = reference_dir or _default_reference_dir(spec, cfg)
-    lm, meta = char_lm(rdir, train_src, test, spec.vocab_size)
-    ref = text_metrics(test.tokens.astype(np.int64), lm, spec.vocab_size)
-    extras = {"char_lm": meta, "reference_dir": rdir, "num_test": len(test)}
-    return (lambda s, n, x: text_metrics(x, lm, spec.vocab_size)), ref, extras
-  raise ValueError(f"evaluate has no metrics for data set {name!r}; supported: {sorted(PRIMARY)}")
+  def score(sampler, n, tokens):
+    s = specs[sampler]
+    if sampler == "hybrid":
+      law = exact_law(teacher.process, spec.length, n, student_fn, fns["teacher"],
+                      s.num_first(n), num_latent_nodes)
+    else:
+      law = exact_law(teacher.process, spec.length, n, fns[sampler],
+                      num_latent_nodes=num_latent_nodes)
+    return tiny_metrics(probs, law, tokens, spec.vocab_size)
+  ref = {"tv": 0.0, "kl": 0.0, "kl_reverse": 0.0,
+         "tv_empirical": exact.total_variation(probs, empirical_law(test.tokens, spec.vocab_size))}
+  return score, ref, {"family": cfg.family, "num_test": len(test)}
+
+
+def markov_scorer(teacher, student, specs, reference_dir, num_latent_nodes):
+  """Oracle NLL per token under the true chain, and per-sample entropy."""
+  del student, specs, reference_dir, num_latent_nodes  # Samples alone are scored.
+  spec, cfg = teacher.spec, teacher.config.data
+  init, trans = markov.make_chain(cfg.vocab_size, cfg.seed)  # as builders.Markov does
+  _, test = pipeline.load(cfg, "test")
+  ref = markov_metrics(test.tokens.astype(np.int64), init, trans)
+  extras = {"entropy_rate": markov.entropy_rate(init, trans, spec.length), "num_test": len(test)}
+  return (lambda s, n, x: markov_metrics(x, init, trans)), ref, extras
+
+
+def digits_scorer(teacher, student, specs, reference_dir, num_latent_nodes):
+  """FD on a reference classifier's features against the train split."""
+  del student, specs, num_latent_nodes
+  spec, cfg = teacher.spec, teacher.config.data
+  _, train_src = pipeline.load(cfg, "train")
+  _, test = pipeline.load(cfg, "test")
+  rdir = reference_dir or _default_reference_dir(spec, cfg)
+  clf, meta = digits_classifier(rdir, train_src, test, spec.vocab_size)
+  train_feats = reference_models.classifier_features(clf, train_src.tokens, spec.vocab_size)
+  ref = digits_metrics(test.tokens, clf, spec.vocab_size, train_feats)
+  extras = {"classifier": meta, "reference_dir": rdir, "num_test": len(test),
+            "note": "fd is against the train split; the data row is the test split's fd"}
+  return (lambda s, n, x: digits_metrics(x, clf, spec.vocab_size, train_feats)), ref, extras
+
+
+def text_scorer(teacher, student, specs, reference_dir, num_latent_nodes):
+  """Generative perplexity under a reference char LM trained on the train split."""
+  del student, specs, num_latent_nodes
+  spec, cfg = teacher.spec, teacher.config.data
+  _, train_src = pipeline.load(cfg, "train")
+  _, test = pipeline.load(cfg, "test")
+  rdir = reference_dir or _default_reference_dir(spec, cfg)
+  lm, meta = char_lm(rdir, train_src, test, spec.vocab_size)
+  ref = text_metrics(test.tokens.astype(np.int64), lm, spec.vocab_size)
+  extras = {"char_lm": meta, "reference_dir": rdir, "num_test": len(test)}
+  return (lambda s, n, x: text_metrics(x, lm, spec.vocab_size)), ref, extras
+
+
+def make_scorer(teacher, student, specs, reference_dir: str | None, num_latent_nodes: int):
+  """(score(sampler, N, tokens) -> dict, data reference values, extras) for the data set.
+
+  The scorer is the one the data set's registry entry names.
+  """
+  factory = registry.get(teacher.spec.name).scorer_factory()
+  return factory(teacher, student, specs, reference_dir, num_latent_nodes)
 
 
 # ---------------------------------------------------------------------------
@@ -386,7 +396,7 @@ def evaluate(teacher, student, steps: list[int], num_samples: int, seed: int, ou
   """Samples and scores teacher / student / hybrid at every N in `steps`.
 
   Args:
-    teacher, student: `distill.Run`s (student may be None).
+    teacher, student: `runs.Run`s (student may be None).
     steps: numbers of sampling steps N.
     num_samples: samples per (sampler, N).
     seed: sampling seed (the same streams for every sampler at one N).
@@ -447,9 +457,17 @@ def evaluate(teacher, student, steps: list[int], num_samples: int, seed: int, ou
              "steps": sorted(set(steps) | set(student_steps)),
              "num_samples": num_samples, "seed": seed, "hybrid_teacher_steps": hybrid_teacher_steps,
              "primary_metric": PRIMARY[spec.name], "latency": lat, "data_reference": data_ref,
-             "extras": extras, "rows": rows, "device": str(jax.devices()[0].platform)}
+             "extras": extras, "rows": rows, "device": str(jax.devices()[0].platform),
+             "runs": {"teacher": _describe(teacher), "student": _describe(student)}}
   write_report(results, out_dir)
   return results
+
+
+def _describe(run) -> str | None:
+  """The run and checkpoint step a report's numbers come from."""
+  if run is None:
+    return None
+  return run.describe() if hasattr(run, "describe") else repr(run)
 
 
 def _short(row: dict) -> str:
@@ -506,25 +524,18 @@ def _fmt(v) -> str:
   return str(v)
 
 
-def _write_atomic(path: str, text: str) -> None:
-  """Writes via a temporary file and a rename: a reader (or a SIGTERM) never
-  sees a half-written report."""
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
-
-
 def write_report(results: dict, out_dir: str) -> None:
   """results.json, results.md (rows = sampler x N) and quality_vs_steps.png."""
   os.makedirs(out_dir, exist_ok=True)
-  _write_atomic(os.path.join(out_dir, "results.json"),
+  trainer.write_atomic(os.path.join(out_dir, "results.json"),
                 json.dumps(results, indent=2, default=str))
   cols = _metric_columns(results)
   ref = results["data_reference"]
   lines = [f"# Evaluation on {results['data']} ({results['num_samples']} samples per row, "
-           f"seed {results['seed']})", "",
-           "| sampler | N | " + " | ".join(cols) + " |",
+           f"seed {results['seed']})", ""]
+  runs = [f"- {k}: {v}" for k, v in results.get("runs", {}).items() if v]
+  lines += runs + [""] if runs else []
+  lines += ["| sampler | N | " + " | ".join(cols) + " |",
            "|---|---|" + "---|" * len(cols),
            "| data | - | " + " | ".join(_fmt(ref.get(c)) for c in cols) + " |"]
   for row in results["rows"]:
@@ -540,7 +551,7 @@ def write_report(results: dict, out_dir: str) -> None:
                  "teacher.")
   for k, v in results.get("extras", {}).items():
     lines.append(f"- {k}: {v}")
-  _write_atomic(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
+  trainer.write_atomic(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
   plot_quality(results, os.path.join(out_dir, "quality_vs_steps.png"), cols)
 
 

@@ -75,7 +75,7 @@ def ideal_log_marginals(process, probs, length: int, x_t, t):
   probs `[S**D]` (over `enumerate_states(S, D)`), x_t `[batch, D]` int,
   t scalar or `[batch]`. Returns `[batch, D, S]` float32 log-probabilities:
   the best any product denoiser can do. Jittable, so it also serves as a
-  teacher (`samplers.product(lambda p, x, t: ideal_log_marginals(...))`).
+  teacher (`denoisers.from_function(lambda p, x, t: ideal_log_marginals(...))`).
 
   Off the support, where no x0 of the data can produce x_t (e.g. "copies"
   with two unmasked tokens that differ), q(x0 | x_t) is 0/0. We take the
@@ -168,7 +168,7 @@ def sampler_distribution(process, log_marginals_fn, length: int, times,
   Returns (probs `[S**D]`, leftover) where leftover is the mass that ended
   on non-data states (non-zero only with final="none" stopped too early).
   """
-  k, sv = process.num_states, process.vocab_size
+  k = process.num_states
   states = enumerate_states(k, length)
   prior = np.exp(np.asarray(process.log_prior(), np.float64))
   dist = np.prod(prior[states], axis=-1)
@@ -192,7 +192,7 @@ def sampler_distribution(process, log_marginals_fn, length: int, times,
 
 
 def _finalize_distribution(process, fn, states, dist, t, final, nodes, node_w, length):
-  k, sv = process.num_states, process.vocab_size
+  sv = process.vocab_size
   is_data = (states < sv).all(-1)
   out = np.zeros(sv ** length)
   if final == "none":

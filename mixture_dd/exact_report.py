@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mixture_dd import (configuration, distill, exact, losses, networks, processes, samplers,
-                        train)
+from mixture_dd import (configuration, denoisers, distill, exact, losses, networks, processes,
+                        samplers, train, trainer)
 from mixture_dd.data import pipeline
 
 # Two correlated families with full support, S = D = 3 (27 states), the
@@ -102,17 +102,17 @@ def tiny_optim(lr: float, warmup: int = 20, latent_lr_mult: float = 1.0):
 def train_tiny_teacher(process, tokens, width: int = 64, depth: int = 2, steps: int = 800,
                        batch: int = 128, lr: float = 3e-3, seed: int = 0):
   """A product teacher (model, EMA params) trained on `tokens` with the masked ELBO."""
-  model = networks.Denoiser(num_states=process.num_states, vocab_size=process.vocab_size,
+  model = networks.Transformer(num_states=process.num_states, vocab_size=process.vocab_size,
                             length=tokens.shape[1], width=width, depth=depth, heads=4,
                             positions="learned", mask_id=process.mask_id)
-  logits_fn = train.teacher_logits_fn(model)
+  denoise = train.teacher_denoiser(model)
 
   def loss_fn(params, b, key, frozen=None):
-    return losses.teacher_loss(logits_fn, params, process, b["tokens"], key)
-  opt = train.make_optimizer(tiny_optim(lr, 50), steps)
-  state = train.init_state(train.init_params(model, seed), opt)
+    return losses.teacher_loss(denoise, params, process, b["tokens"], key)
+  opt = trainer.make_optimizer(tiny_optim(lr, 50), steps)
+  state = trainer.init_state(trainer.init_params(model, seed), opt)
   batcher = pipeline.Batcher(tokens, None, batch, seed=seed)
-  state, _ = train.fit_scanned(state, train.make_step(loss_fn, opt, 0.99), batcher, steps, seed)
+  state, _ = trainer.fit_scanned(state, trainer.make_step(loss_fn, opt, 0.99), batcher, steps, seed)
   return model, state.ema_params
 
 
@@ -122,14 +122,15 @@ def distill_tiny_student(process, tokens, teacher_model, teacher_params, dconf, 
   """A Di4C student of a network teacher: (model, params at step 0, trained EMA params)."""
   entry = configuration.entry_for_start(dconf.student_start)
   model = teacher_model.clone(latent=True, latent_entry=entry)
-  params = networks.student_params_from_teacher(teacher_params, train.init_params(model, seed))
+  params = networks.student_params_from_teacher(teacher_params, trainer.init_params(model, seed))
   params = distill.start_student(params, jax.random.key(seed + 1), dconf.student_start,
                                  dconf.latent_init_scale)
   teacher = distill.network_teacher(teacher_model, teacher_params)
-  loss_fn = distill.di4c_loss(distill.student_fn(model), teacher, process, dconf)
-  opt = train.make_optimizer(tiny_optim(lr, latent_lr_mult=latent_lr_mult), steps)
-  state = train.init_state(params, opt)
+  loss_fn = distill.di4c_loss(denoisers.from_network(model, train=True), teacher, process, dconf,
+                              target=denoisers.from_network(model))
+  opt = trainer.make_optimizer(tiny_optim(lr, latent_lr_mult=latent_lr_mult), steps)
+  state = trainer.init_state(params, opt)
   batcher = pipeline.Batcher(tokens, None, batch, seed=seed)
-  state, _ = train.fit_scanned(state, train.make_step(loss_fn, opt, 0.99), batcher, steps, seed,
+  state, _ = trainer.fit_scanned(state, trainer.make_step(loss_fn, opt, 0.99), batcher, steps, seed,
                                teacher.frozen)
   return model, params, state.ema_params

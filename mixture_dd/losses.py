@@ -1,8 +1,8 @@
 """Training objectives: the teacher's denoising losses and Di4C's three terms.
 
 All losses are pure functions of (params, batch, key) built around a
-`logits_fn(params, x_t [B, D], t [B], ...) -> [B, D, S]`; they return a
-scalar and a dict of per-term metrics for logging.
+`denoisers.Denoiser`; they return a scalar and a dict of per-term metrics
+for logging.
 """
 from __future__ import annotations
 
@@ -31,8 +31,16 @@ def masked_elbo_weight(process: Masked, t):
   return -d_alpha / jnp.maximum(1.0 - process.alpha(t), 1e-6)
 
 
-def teacher_loss(logits_fn, params, process: Process, x0, key, t_min: float = 0.0,
-                 labels=None, train: bool = True):
+def drop_labels(key, labels, rate: float, num_classes: int):
+  """Classifier-free guidance's label dropout: each label becomes the null
+  class `num_classes` with probability `rate`. labels `[B]` or None."""
+  if labels is None or rate <= 0:
+    return labels
+  return jnp.where(jax.random.bernoulli(key, rate, labels.shape), num_classes, labels)
+
+
+def teacher_loss(denoiser, params, process: Process, x0, key, t_min: float = 0.0,
+                 labels=None):
   """The teacher's objective, per token (nats), averaged over the batch.
 
   * Masked process: the continuous-time ELBO of MDLM / MD4,
@@ -46,15 +54,15 @@ def teacher_loss(logits_fn, params, process: Process, x0, key, t_min: float = 0.
     with none of the ELBO's rate-weighted terms that blow up near t = 0
     (tauLDR itself leans on an auxiliary cross-entropy for stability).
 
-  x0 `[B, D]` int32. `logits_fn(params, x_t, t, labels, key, train)` ->
-  `[B, D, S]`. Returns (loss, metrics).
+  x0 `[B, D]` int32; `denoiser` a `denoisers.Denoiser` (in train mode for
+  dropout), called with `labels`. Returns (loss, metrics).
   """
   chex.assert_rank(x0, 2)
   batch, length = x0.shape
   k_t, k_xt, k_net = jax.random.split(key, 3)
   t = stratified_times(k_t, batch, t_min, 1.0)
   x_t = process.sample_xt(k_xt, x0, t)
-  logits = logits_fn(params, x_t, t, labels, k_net, train)
+  logits = denoiser(params, x_t, t, k_net, labels=labels)
   chex.assert_shape(logits, (batch, length, process.vocab_size))
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
   nll = -jnp.take_along_axis(logp, x0[..., None], -1)[..., 0]  # [B, D]

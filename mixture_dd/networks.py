@@ -1,4 +1,4 @@
-"""Denoiser network: a bidirectional transformer with adaLN-zero conditioning.
+"""The denoising network: a bidirectional transformer with adaLN-zero conditioning.
 
 The same module serves as the product-denoiser teacher (`latent=False`) and the
 mixture student (`latent=True`, method.md section 3). The student's only extra
@@ -12,6 +12,7 @@ labels `[batch]`, logits `[batch, length, vocab_size]` (float32).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -34,6 +35,13 @@ TIME_EMBED_DIM = 128
 POSITIONS = ("rope", "learned")
 LATENT_ENTRIES = ("add", "gate", "centred")
 CENTRING_NODES = 32  # latents on a midpoint grid of [0, 1] whose mean embedding is removed
+
+# Mixed precision keeps parameters (and so optimiser state and checkpoints)
+# in float32 whatever the activation dtype: a bfloat16 run restores a float32
+# run's checkpoint and vice versa.
+PARAM_DTYPE = jnp.float32
+_Dense = functools.partial(nn.Dense, param_dtype=PARAM_DTYPE)
+_Embed = functools.partial(nn.Embed, param_dtype=PARAM_DTYPE)
 
 Dtype = Any
 
@@ -113,48 +121,61 @@ class LatentEmbed(nn.Module):
       grid = (jnp.arange(CENTRING_NODES, dtype=jnp.float32) + 0.5) / CENTRING_NODES
       lam = jnp.concatenate([lam.astype(jnp.float32), grid])
     h = timestep_embedding(lam).astype(self.dtype)
-    h = nn.Dense(self.width, dtype=self.dtype, name="dense_in")(h)
+    h = _Dense(self.width, dtype=self.dtype, name="dense_in")(h)
     h = nn.silu(h)
     if self.entry == "centred":
-      e = nn.Dense(self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                   name="dense_out")(h)
+      e = _Dense(self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros,
+                 name="dense_out")(h)
       return e[:-CENTRING_NODES] - jnp.mean(e[-CENTRING_NODES:], axis=0, keepdims=True)
     if self.entry == "gate":
-      e = nn.Dense(self.width, dtype=self.dtype, name="dense_out")(h)
-      gate = self.param("gate", nn.initializers.zeros, (self.width,), jnp.float32)
+      e = _Dense(self.width, dtype=self.dtype, name="dense_out")(h)
+      gate = self.param("gate", nn.initializers.zeros, (self.width,), PARAM_DTYPE)
       return e * gate.astype(self.dtype)
-    # Zero init: the student starts exactly at the teacher (see Denoiser).
-    return nn.Dense(self.width, dtype=self.dtype,
-                    kernel_init=nn.initializers.zeros, name="dense_out")(h)
+    # Zero init: the student starts exactly at the teacher (see Transformer).
+    return _Dense(self.width, dtype=self.dtype,
+                  kernel_init=nn.initializers.zeros, name="dense_out")(h)
 
 
 class Attention(nn.Module):
-  """Bidirectional multi-head self-attention, optional rotary positions."""
+  """Bidirectional multi-head self-attention, optional rotary positions.
+
+  The core is `jax.nn.dot_product_attention` with `implementation=None`, so
+  XLA or cuDNN (flash attention on a GPU) picks the kernel; both take the
+  softmax in float32 for bfloat16 inputs. A fused kernel never materialises
+  the `[batch, heads, length, length]` probabilities, so there is no dropout
+  on them: regularisation is the residual dropout in `DiTBlock`. This differs
+  from the earlier hand-written einsum/softmax version only when
+  `dropout > 0` and `train=True`; parameter names and shapes (`qkv`, `out`)
+  are unchanged, so its checkpoints load as they are.
+
+  Shapes: x `[batch, length, width]` -> `[batch, length, width]`, with
+  q/k/v `[batch, length, heads, width // heads]` inside.
+  """
   heads: int
   rope: bool
-  dropout: float = 0.0
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+  def __call__(self, x: jax.Array) -> jax.Array:
     batch, length, width = x.shape
     head_dim = width // self.heads
-    qkv = nn.Dense(3 * width, dtype=self.dtype, name="qkv")(x)
+    qkv = _Dense(3 * width, dtype=self.dtype, name="qkv")(x)
     qkv = qkv.reshape(batch, length, 3, self.heads, head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if self.rope:
       q, k = apply_rope(q), apply_rope(k)
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(head_dim)
-    # Softmax in float32 even for bfloat16 activations.
-    probs = jax.nn.softmax(scores.astype(jnp.float32), axis=-1)
-    probs = nn.Dropout(self.dropout)(probs, deterministic=not train)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(self.dtype), v)
-    out = out.reshape(batch, length, width)
-    return nn.Dense(width, dtype=self.dtype, name="out")(out)
+    out = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(head_dim),
+                                       implementation=None)
+    out = out.astype(self.dtype).reshape(batch, length, width)
+    return _Dense(width, dtype=self.dtype, name="out")(out)
 
 
 class DiTBlock(nn.Module):
-  """Pre-LN transformer block with adaLN-zero modulation from `c`."""
+  """Pre-LN transformer block with adaLN-zero modulation from `c`.
+
+  Shapes: x `[batch, length, width]`, c `[batch, width]` -> like x. Dropout
+  acts on each residual branch (attention and MLP outputs) before its gate.
+  """
   heads: int
   mlp_ratio: int
   rope: bool
@@ -165,29 +186,29 @@ class DiTBlock(nn.Module):
   def __call__(self, x: jax.Array, c: jax.Array, train: bool) -> jax.Array:
     width = x.shape[-1]
     # Zero init makes every gate 0, so the block is the identity at init.
-    mod = nn.Dense(6 * width, dtype=self.dtype,
-                   kernel_init=nn.initializers.zeros,
-                   name="adaln")(nn.silu(c))
+    mod = _Dense(6 * width, dtype=self.dtype,
+                 kernel_init=nn.initializers.zeros,
+                 name="adaln")(nn.silu(c))
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, -1)
 
     h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype,
                      name="ln_attn")(x)
-    h = Attention(self.heads, self.rope, self.dropout, self.dtype,
-                  name="attn")(_modulate(h, shift_a, scale_a), train)
+    h = Attention(self.heads, self.rope, self.dtype,
+                  name="attn")(_modulate(h, shift_a, scale_a))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     x = x + gate_a[:, None, :] * h
 
     h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype,
                      name="ln_mlp")(x)
     h = _modulate(h, shift_m, scale_m)
-    h = nn.Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(h)
+    h = _Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(h)
     h = nn.gelu(h, approximate=True)
-    h = nn.Dense(width, dtype=self.dtype, name="mlp_out")(h)
+    h = _Dense(width, dtype=self.dtype, name="mlp_out")(h)
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     return x + gate_m[:, None, :] * h
 
 
-class Denoiser(nn.Module):
+class Transformer(nn.Module):
   """DiT-style denoiser p_{0|t}(x0^d | x_t [; lambda]) for every position d.
 
   Attributes:
@@ -198,7 +219,9 @@ class Denoiser(nn.Module):
     depth: number of transformer blocks.
     heads: attention heads; must divide `width`.
     mlp_ratio: MLP hidden size / width.
-    dropout: dropout rate (active only with `train=True`, rng "dropout").
+    dropout: residual dropout rate on the attention and MLP branches (active
+      only with `train=True`, rng "dropout"); no attention-probability
+      dropout (see `Attention`).
     positions: "rope" (rotary on q/k) or "learned" (absolute embeddings).
     num_classes: 0 for unconditional; otherwise labels in [0, num_classes],
       where `num_classes` itself is the "null" class for classifier-free
@@ -208,7 +231,9 @@ class Denoiser(nn.Module):
       `LatentEmbed`); both make the student equal to its teacher at init.
     mask_id: if set, masked-diffusion carry-over: unmasked inputs are copied
       to the output. Must be a non-data id, vocab_size <= mask_id < num_states.
-    dtype: activation dtype. Parameters are always float32, logits float32.
+    dtype: activation dtype (float32 or bfloat16). Parameters are always
+      float32; attention softmax, the final LayerNorm and the logits
+      projection run in float32, and the logits are float32.
   """
   num_states: int
   vocab_size: int
@@ -290,23 +315,23 @@ class Denoiser(nn.Module):
     t = jnp.asarray(t)
     chex.assert_shape(t, (batch,))
     if self.latent and lam is None:
-      raise ValueError("Denoiser(latent=True) needs lam of shape [batch]")
+      raise ValueError("Transformer(latent=True) needs lam of shape [batch]")
     if not self.latent and lam is not None:
-      raise ValueError("lam was given but Denoiser has latent=False")
+      raise ValueError("lam was given but the Transformer has latent=False")
     if self.num_classes == 0 and labels is not None:
-      raise ValueError("labels were given but Denoiser has num_classes=0")
+      raise ValueError("labels were given but the Transformer has num_classes=0")
 
     # Conditioning vector c: time (+ class) (+ latent).
     c = timestep_embedding(t).astype(self.dtype)
-    c = nn.Dense(self.width, dtype=self.dtype, name="time_in")(c)
-    c = nn.Dense(self.width, dtype=self.dtype, name="time_out")(nn.silu(c))
+    c = _Dense(self.width, dtype=self.dtype, name="time_in")(c)
+    c = _Dense(self.width, dtype=self.dtype, name="time_out")(nn.silu(c))
     if self.num_classes > 0:
       if labels is None:
         labels = jnp.full((batch,), self.num_classes, jnp.int32)
       labels = jnp.asarray(labels)
       chex.assert_shape(labels, (batch,))
-      c = c + nn.Embed(self.num_classes + 1, self.width, dtype=self.dtype,
-                       name="class_embed")(labels)
+      c = c + _Embed(self.num_classes + 1, self.width, dtype=self.dtype,
+                     name="class_embed")(labels)
     if self.latent:
       lam = jnp.asarray(lam)
       chex.assert_shape(lam, (batch,))
@@ -318,26 +343,26 @@ class Denoiser(nn.Module):
       c = c + LatentEmbed(self.width, self.latent_entry, self.dtype,
                           name=LATENT_MODULE)(lam)
 
-    h = nn.Embed(self.num_states, self.width, dtype=self.dtype,
-                 name="token_embed")(x)
+    h = _Embed(self.num_states, self.width, dtype=self.dtype,
+               name="token_embed")(x)
     if self.positions == "learned":
       pos = self.param("pos_embed", nn.initializers.normal(0.02),
-                       (self.length, self.width), jnp.float32)
+                       (self.length, self.width), PARAM_DTYPE)
       h = h + pos[None].astype(self.dtype)
     for i in range(self.depth):
       h = DiTBlock(self.heads, self.mlp_ratio, self.positions == "rope",
                    self.dropout, self.dtype, name=f"block_{i}")(h, c, train)
 
     # Final layer: adaLN-modulated LayerNorm, projection in float32.
-    mod = nn.Dense(2 * self.width, dtype=self.dtype,
-                   kernel_init=nn.initializers.zeros,
-                   name="final_adaln")(nn.silu(c))
+    mod = _Dense(2 * self.width, dtype=self.dtype,
+                 kernel_init=nn.initializers.zeros,
+                 name="final_adaln")(nn.silu(c))
     shift, scale = jnp.split(mod, 2, axis=-1)
     h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=jnp.float32,
                      name="final_ln")(h.astype(jnp.float32))
     h = _modulate(h, shift.astype(jnp.float32), scale.astype(jnp.float32))
-    logits = nn.Dense(self.vocab_size, dtype=jnp.float32,
-                      name="logits")(h)
+    logits = _Dense(self.vocab_size, dtype=jnp.float32,
+                    name="logits")(h)
 
     if self.mask_id is not None:
       # MDLM substitution: an unmasked token is known to be clean, so its
@@ -370,7 +395,7 @@ def student_params_from_teacher(teacher_params, student_params):
   accepted too, e.g. to check compatibility before loading a checkpoint.
 
   Args:
-    teacher_params: parameters of a `Denoiser(latent=False)`.
+    teacher_params: parameters of a `Transformer(latent=False)`.
     student_params: parameters of the same config with `latent=True`.
 
   Returns:
@@ -406,7 +431,7 @@ def student_params_from_teacher(teacher_params, student_params):
   return traverse_util.unflatten_dict(merged)
 
 
-def flops_per_example(model: Denoiser) -> float:
+def flops_per_example(model: Transformer) -> float:
   """Forward-pass FLOPs of one example (multiply-add = 2 FLOPs).
 
   Counts the matmuls that scale with the sequence: qkv, attention scores,

@@ -1,18 +1,15 @@
 """Analytic x0-prediction samplers for product and mixture denoisers.
 
-A *denoiser* here is a function `(params, x_t [batch, D] int32, t [batch]
-float32, key) -> logits [batch, D, S]` over the data values. Parameters are
-an explicit (traced) argument so that jitted samplers never bake weights in
-as constants. The key is what makes a mixture a mixture: `mixture(fn)` draws
-one fresh lambda ~ U[0, 1] per sample per call (shared by all D dimensions)
-and evaluates the product component `fn(params, x_t, t, lam)`.
-`product(fn)` ignores the key. Every loop is a
-`lax.fori_loop`, so the number of steps does not grow the traced program.
+The samplers take any `denoisers.Denoiser` and call it as
+`denoise(params, x_t, t, key)`: a product denoiser ignores the key; a
+mixture student goes through `denoisers.mixture`, which draws one fresh
+lambda per sample per call from that key; labels are bound beforehand
+(`denoisers.with_labels`). Every loop is a `lax.fori_loop`, so the number
+of steps does not grow the traced program.
 """
 from __future__ import annotations
 
 import functools
-from typing import Callable
 
 import chex
 import jax
@@ -20,24 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixture_dd import categorical
+from mixture_dd.denoisers import Denoiser
 from mixture_dd.processes import Process
 
-Denoiser = Callable[..., jax.Array]  # (params, x_t, t, key) -> logits
 GRIDS = ("uniform", "cosine")
 FINALS = ("argmax", "sample", "none")
-
-
-def product(fn: Callable[..., jax.Array]) -> Denoiser:
-  """A product denoiser `fn(params, x_t, t) -> logits` as a sampler denoiser."""
-  return lambda params, x, t, key: fn(params, x, t)
-
-
-def mixture(fn: Callable[..., jax.Array]) -> Denoiser:
-  """A mixture `fn(params, x_t, t, lam) -> logits`: fresh lambda per sample per call."""
-  def denoise(params, x, t, key):
-    lam = jax.random.uniform(key, (x.shape[0],), jnp.float32)
-    return fn(params, x, t, lam)
-  return denoise
 
 
 def _grid_frac(r, kind: str):
@@ -245,7 +229,7 @@ def guided(cond: Denoiser, uncond: Denoiser, scale: float) -> Denoiser:
   Both passes get the same key, so a mixture draws the SAME lambda for the
   conditional and the unconditional pass (method.md section 5).
   """
-  def denoise(params, x, t, key):
+  def denoise(params, x, t, key, lam=None, labels=None):
     lc = jax.nn.log_softmax(cond(params, x, t, key), -1)
     lu = jax.nn.log_softmax(uncond(params, x, t, key), -1)
     return (1.0 + scale) * lc - scale * lu

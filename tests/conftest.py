@@ -48,3 +48,28 @@ def assert_chi2(counts, probs, alpha=1e-3):
 @pytest.fixture
 def rng():
   return np.random.default_rng(0)
+
+
+def run_and_sigterm(cmd, marker: str, env: dict, cwd: str, timeout: float = 300):
+  """Starts `cmd`, sends it SIGTERM (a preemption notice) once a line of its
+  stderr contains `marker`, and waits. Returns (exit status, stderr)."""
+  import signal
+  import subprocess
+  import time
+  proc = subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE,
+                          stdout=subprocess.DEVNULL, text=True)
+  lines = []
+  try:
+    deadline = time.time() + timeout
+    for line in proc.stderr:
+      lines.append(line)
+      if marker in line:
+        proc.send_signal(signal.SIGTERM)
+        break
+      assert time.time() < deadline, "".join(lines[-20:])
+    rest = proc.stderr.read()
+    rc = proc.wait(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return rc, "".join(lines) + rest

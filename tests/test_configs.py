@@ -10,15 +10,17 @@ tokens of the right shape after checking that loading asks for `prepare`.
 """
 import glob
 import importlib.util
+import json
 import math
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mixture_dd import configuration, losses, networks, train
+from mixture_dd import configuration, denoisers, distill, losses, networks, train, trainer
 from mixture_dd.data import pipeline
 from mixture_dd.data import text as text_lib
 
@@ -75,27 +77,27 @@ def _teacher_from_random_tokens(config, spec, rng):
   configuration.validate(config, spec)
   process = configuration.make_process(config, spec)
   model = configuration.make_model(config, spec, process)
-  logits_fn = train.teacher_logits_fn(model, config.model.label_dropout)
+  denoise = train.teacher_denoiser(model, config.model.label_dropout)
 
   def loss_fn(params, batch, key, frozen=None):
     del frozen
-    return losses.teacher_loss(logits_fn, params, process, batch["tokens"], key,
+    return losses.teacher_loss(denoise, params, process, batch["tokens"], key,
                                t_min=config.loss.t_min,
                                labels=batch["labels"] if model.num_classes else None)
   tokens = rng.integers(0, spec.vocab_size, (4 * BATCH, spec.length)).astype(np.int32)
   labels = rng.integers(0, max(spec.num_classes, 1), 4 * BATCH).astype(np.int32)
-  return spec, pipeline.ArraySource(tokens, labels), process, model, loss_fn
+  return train.TeacherSetup(config, spec, pipeline.ArraySource(tokens, labels), process, model,
+                            loss_fn)
 
 
 def _one_step(config, setup):
-  spec, source, process, model, loss_fn = setup
-  batcher = pipeline.Batcher(source.tokens, source.labels, BATCH, seed=0,
-                             vocab_size=spec.vocab_size)
-  opt = train.make_optimizer(config.optim, config.train.num_steps)
-  mesh = train.make_mesh()
-  state = train.replicate(train.init_state(train.init_params(model, config.seed), opt), mesh)
-  jstep = train.shard_step(train.make_step(loss_fn, opt, config.optim.ema_decay), mesh)
-  state, metrics = jstep(state, train.global_batch(mesh, batcher.batch(0)), jax.random.key(0),
+  spec, source, model, loss_fn = setup.spec, setup.source, setup.model, setup.loss_fn
+  batcher = pipeline.make_batcher(source, BATCH, seed=0, vocab_size=spec.vocab_size)
+  opt = trainer.make_optimizer(config.optim, config.train.num_steps)
+  mesh = trainer.make_mesh()
+  state = trainer.replicate(trainer.init_state(trainer.init_params(model, config.seed), opt), mesh)
+  jstep = trainer.shard_step(trainer.make_step(loss_fn, opt, config.optim.ema_decay), mesh)
+  state, metrics = jstep(state, trainer.global_batch(mesh, batcher.batch(0)), jax.random.key(0),
                          None)
   metrics = jax.device_get(metrics)
   assert int(state.step) == 1
@@ -113,12 +115,88 @@ def test_configs_are_found():
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=_name)
-def test_config_loads(path):
+def test_config_loads_and_round_trips_through_json(path):
   config = load(path)
   for section in ("data", "optim", "train") if _is_teacher(config) else ("optim", "train"):
     assert section in config, f"{_name(path)} lacks config.{section}"
-  # Every field round-trips through JSON: launch.train writes it to config.json.
-  assert config.to_json_best_effort()
+  # launch.train / launch.distill write config.json and load_run reads it
+  # back: every field must survive with its value.
+  back = ml_collections.ConfigDict(json.loads(config.to_json_best_effort()))
+  assert back.to_dict() == json.loads(json.dumps(config.to_dict()))
+
+
+# The teacher config each distillation config is meant for (shrunk, with
+# random weights: the test checks that the pieces fit, not quality). A new
+# distillation config must add its teacher here.
+def _maskgit_teacher():
+  c = load(os.path.join(CONFIG_DIR, "digits.py"))
+  c.process.update(name="masked", schedule="arccos")
+  c.model.update(class_conditional=True, label_dropout=0.1)
+  return c
+
+
+TEACHER_OF = {
+    "digits_distill": lambda: load(os.path.join(CONFIG_DIR, "digits.py")),
+    "markov_distill": lambda: load(os.path.join(CONFIG_DIR, "markov.py")),
+    "pydoc_text_distill": lambda: load(os.path.join(CONFIG_DIR, "pydoc_text.py")),
+    "cifar10_tauldr_distill": lambda: load(os.path.join(CONFIG_DIR, "cifar10_gaussian.py")),
+    "text8_sdtt_distill": lambda: load(os.path.join(CONFIG_DIR, "text8_masked.py")),
+    "maskgit_distill": _maskgit_teacher,
+}
+
+
+def _teacher_run(tconf, workdir):
+  """A teacher workdir (config.json + one checkpoint) with random weights."""
+  spec = pipeline.data_spec(tconf.data)
+  configuration.validate(tconf, spec)
+  model = configuration.make_model(tconf, spec, configuration.make_process(tconf, spec))
+  trainer.write_config(workdir, tconf)
+  state = trainer.init_state(trainer.init_params(model, 0),
+                             trainer.make_optimizer(tconf.optim, 1))
+  mngr = trainer.checkpoint_manager(os.path.join(workdir, "checkpoints"))
+  trainer.save(mngr, state, {"signature": configuration.model_signature(tconf, spec)})
+  mngr.wait_until_finished()
+  mngr.close()
+
+
+@pytest.mark.parametrize("path", CONFIG_FILES, ids=_name)
+def test_distill_config_resolves_validates_and_takes_one_di4c_step(path, tmp_path):
+  config = load(path)
+  if _is_teacher(config):
+    pytest.skip("teacher config: test_teacher_config_takes_one_train_step")
+  if config.teacher.kind == "network":
+    assert _name(path) in TEACHER_OF, f"add the teacher of {_name(path)} to TEACHER_OF"
+    tconf = _small(TEACHER_OF[_name(path)](), tmp_path)
+    _teacher_run(tconf, str(tmp_path / "teacher"))
+    config.teacher.workdir = str(tmp_path / "teacher")
+  config.distill.num_latents = 2 * config.distill.latent_chunks  # micro-batching stays on
+  # Shrunk after resolve: the student's model section comes from its teacher.
+  config = _small(configuration.resolve(config), tmp_path)
+  spec = pipeline.data_spec(config.data)
+  configuration.validate(config, spec)
+  process = configuration.make_process(config, spec)
+  teacher = distill.load_teacher(config, spec, process)
+  model = configuration.make_model(config, spec, process, latent=True)
+  params = trainer.init_params(model, 0)
+  if config.teacher.kind == "network":
+    params = networks.student_params_from_teacher(teacher.frozen, params)
+  params = distill.start_student(params, jax.random.key(1), config.distill.student_start,
+                                 config.distill.latent_init_scale)
+  loss_fn = distill.di4c_loss(denoisers.from_network(model, train=True), teacher, process,
+                              config.distill, config.model.label_dropout, model.num_classes,
+                              target=denoisers.from_network(model))
+  opt = trainer.make_optimizer(config.optim, config.train.num_steps)
+  step = jax.jit(trainer.make_step(loss_fn, opt, config.optim.ema_decay))
+  rng = np.random.default_rng(0)
+  batch = {"tokens": rng.integers(0, spec.vocab_size, (BATCH, spec.length)).astype(np.int32),
+           "labels": rng.integers(0, max(spec.num_classes, 1), BATCH).astype(np.int32)}
+  state, metrics = step(trainer.init_state(params, opt), batch, jax.random.key(0),
+                        teacher.frozen)
+  metrics = jax.device_get(metrics)
+  assert int(state.step) == 1
+  for k, v in metrics.items():
+    assert np.all(np.isfinite(v)), f"{_name(path)}: {k} = {v}"
+  assert float(metrics["loss"]) > 0.0 and float(metrics["grad_norm"]) > 0.0, metrics
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=_name)
@@ -133,7 +211,7 @@ def test_teacher_config_takes_one_train_step(path, tmp_path):
     with tfds.testing.mock_data(num_examples=4 * BATCH,
                                 policy=tfds.testing.MockPolicy.USE_CODE):
       setup = train.setup_teacher(config)
-    assert setup[0] == _unprepared_spec(config)
+    assert setup.spec == _unprepared_spec(config)
   elif name in pipeline.OWN_DOWNLOAD:
     with pytest.raises(ValueError, match="not prepared.*prepare"):
       pipeline.load(config.data, "train")
@@ -152,7 +230,7 @@ def test_full_size_configs_have_realistic_parameter_counts(name, min_params):
   process = configuration.make_process(config, spec)
   model = configuration.make_model(config, spec, process)
   # Shapes only: no 100M-parameter initialisation on the CPU.
-  shapes = jax.eval_shape(lambda: train.init_params(model, 0))
+  shapes = jax.eval_shape(lambda: trainer.init_params(model, 0))
   n = networks.count_params(shapes)
   assert min_params < n < 500e6, f"{name}: {n:,} parameters"
   assert networks.flops_per_example(model) > 1e10  # an accelerator-sized model

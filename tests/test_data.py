@@ -1,4 +1,8 @@
-"""Tests of mixture_dd.data: exact Markov maths, builders, load, Batcher."""
+"""Tests of mixture_dd.data: exact Markov maths, builders, registry, load, Batcher.
+
+Catalog data read by random access (RecordSource, SourceBatcher) is tested in
+test_streaming.py.
+"""
 import itertools
 
 import numpy as np
@@ -9,6 +13,7 @@ from mixture_dd import exact
 from mixture_dd.data import builders
 from mixture_dd.data import markov
 from mixture_dd.data import pipeline
+from mixture_dd.data import registry
 from mixture_dd.data import text as text_lib
 
 
@@ -172,9 +177,110 @@ def test_mnist_through_tfds_path(tmp_path):
   with tfds.testing.mock_data(num_examples=7,
                               policy=tfds.testing.MockPolicy.USE_CODE):
     spec, source = pipeline.load(_config("mnist", tmp_path), "train")
+    head = source.head(100)
   assert (spec.vocab_size, spec.length, spec.image_shape) == (
       256, 784, (28, 28, 1))
-  assert source.tokens.shape == (7, 784) and source.labels.shape == (7,)
+  assert spec == pipeline.data_spec(_config("mnist", tmp_path))
+  # Random access, not a split in memory: no `tokens` array to reach for.
+  assert isinstance(source, pipeline.RecordSource) and len(source) == 7
+  with pytest.raises(AttributeError, match="does not hold the split"):
+    _ = source.tokens
+  assert head.tokens.shape == (7, 784) and head.tokens.dtype == np.uint8
+  assert head.labels.shape == (7,) and head.labels.dtype == np.int32
+
+
+# -------------------------------------------------------------- registry --
+
+
+def test_registry_is_the_one_list_of_data_sets(tmp_path):
+  assert pipeline.NAMES == registry.names() == (
+      "markov", "tiny", "digits", "pydoc_text", "mnist", "cifar10", "text8")
+  assert (pipeline.GENERATED, pipeline.TFDS_CATALOG, pipeline.OWN_DOWNLOAD) == (
+      ("markov", "tiny", "digits", "pydoc_text"), ("mnist", "cifar10"),
+      ("text8",))
+  for name in registry.names():
+    entry = registry.get(name)
+    cfg = _config(name, tmp_path)
+    assert set(cfg) == {"name", "data_dir"} | set(entry.defaults)
+    spec = pipeline.data_spec(cfg)
+    assert spec.name == name and spec.vocab_size >= 2 and spec.length >= 1
+    if spec.image_shape is not None:
+      assert np.prod(spec.image_shape) == spec.length
+    assert (entry.scorer is not None) == (name in registry.PRIMARY_METRICS)
+  assert dict(registry.PRIMARY_METRICS) == {
+      "markov": "nll_per_token", "tiny": "tv", "digits": "fd",
+      "pydoc_text": "gen_ppl"}
+  # A spec costs no data: nothing was built under data_dir.
+  assert not list(tmp_path.iterdir())
+
+
+def _toy_entry(**overrides):
+  """A data set of five fixed sequences, opened from memory."""
+  tokens = np.array([[0, 1, 2, 3], [1, 1, 1, 1], [3, 2, 1, 0], [2, 2, 0, 0],
+                     [0, 3, 0, 3]], np.uint8)
+
+  def open_toy(spec, data_dir, split, fields):
+    del data_dir, fields
+    rows = tokens if split == "train" else tokens[:2]
+    return pipeline.ArraySource(rows[:, :spec.length], np.zeros(len(rows),
+                                                                np.int32))
+  kw = dict(name="toy", origin="generated", defaults=dict(length=4),
+            spec=lambda name, f: pipeline.DataSpec(name, 4, f["length"], 0,
+                                                   None, "tokens"),
+            open=open_toy)
+  kw.update(overrides)
+  return registry.DataSet(**kw)
+
+
+@pytest.fixture
+def toy():
+  registry.register(_toy_entry())
+  yield
+  registry.unregister("toy")
+
+
+def test_a_data_set_is_one_registry_entry(toy):
+  cfg = pipeline.default_data_config("toy")
+  assert cfg.to_dict() == {"name": "toy", "data_dir": None, "length": 4}
+  cfg.length = 3
+  spec, source = pipeline.load(cfg, "train")
+  assert spec == pipeline.DataSpec("toy", 4, 3, 0, None, "tokens")
+  assert source.tokens.shape == (5, 3) and len(pipeline.load(cfg, "test")[1]) == 2
+  batcher = pipeline.make_batcher(source, 4, seed=0, vocab_size=4)
+  assert batcher.batch(0)["tokens"].shape == (4, 3)
+  cfg.width = 2
+  with pytest.raises(ValueError, match=r"'toy': unknown field\(s\) \['width'\]"):
+    pipeline.load(cfg, "train")
+  with pytest.raises(ValueError, match="no metrics for data set 'toy'"):
+    registry.get("toy").scorer_factory()
+
+
+def test_registry_rejects_bad_entries(toy):
+  with pytest.raises(ValueError, match="'toy' is already registered"):
+    registry.register(_toy_entry())
+  with pytest.raises(ValueError, match="origin='web'"):
+    _toy_entry(name="t2", origin="web")
+  with pytest.raises(ValueError, match="both scorer and primary_metric"):
+    _toy_entry(name="t2", scorer="mixture_dd.evaluate:markov_scorer")
+  with pytest.raises(ValueError, match="leave them out of defaults"):
+    _toy_entry(name="t2", defaults=dict(length=4, data_dir=None))
+  bad = _toy_entry(name="t2", scorer="mixture_dd.data.markov:no_such_scorer",
+                   primary_metric="x")
+  with pytest.raises(ValueError, match="does not resolve"):
+    bad.scorer_factory()
+  with pytest.raises(TypeError):  # Entries are frozen, defaults read-only.
+    registry.get("toy").defaults["length"] = 5
+  registry.unregister("toy")
+  with pytest.raises(ValueError, match="unknown data set 'toy'"):
+    pipeline.default_data_config("toy")
+
+
+def test_head_reads_the_first_examples():
+  tokens, labels = _data()
+  head = pipeline.ArraySource(tokens, labels).head(7)
+  np.testing.assert_array_equal(head.tokens, tokens[:7])
+  np.testing.assert_array_equal(head.labels, labels[:7])
+  assert len(pipeline.ArraySource(tokens, labels).head(1000)) == len(tokens)
 
 
 # --------------------------------------------------------------- Batcher --

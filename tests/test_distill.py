@@ -1,13 +1,12 @@
 """Di4C: the mixture likelihood, C, each loss term against slow references,
 stop-gradients, the student-equals-teacher start and the time presets."""
-import itertools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixture_dd import distill, exact, losses, networks, processes
+from mixture_dd import configuration, denoisers, distill, exact, losses, networks, processes
 
 
 def _rand_lp(key, b, l, d, s):
@@ -88,13 +87,13 @@ def _tiny_setup(num_latents=4, mode="same"):
   proc = processes.Masked(3, "linear")
   probs = exact.make_family("dirichlet", 3, 3, seed=0)
   teacher = distill.ideal_teacher(proc, probs, 3)
-  model = networks.Denoiser(num_states=4, vocab_size=3, length=3, width=16, depth=1, heads=2,
+  model = networks.Transformer(num_states=4, vocab_size=3, length=3, width=16, depth=1, heads=2,
                             latent=True, mask_id=3, positions="learned")
   params = model.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32), jnp.zeros(1),
                       lam=jnp.zeros(1))["params"]
   # Non-zero latent path, so components differ and C is non-trivial.
   params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(1), a.shape), params)
-  d = distill.preset("sdtt", num_latents=num_latents, distil_mode=mode, data_weight=1.0,
+  d = configuration.distill_preset("sdtt", num_latents=num_latents, distil_mode=mode, data_weight=1.0,
                      t_sampling="uniform", distil_lo=0.01, distil_hi=0.02)
   return proc, probs, teacher, model, params, d
 
@@ -102,14 +101,16 @@ def _tiny_setup(num_latents=4, mode="same"):
 @pytest.mark.parametrize("mode", ["same", "separate"])
 def test_no_gradient_reaches_teacher_or_the_targets(mode):
   proc, probs, teacher, model, params, d = _tiny_setup(mode=mode)
-  base = distill.student_fn(model)
+  base = denoisers.from_network(model, train=True)
 
-  def student(p, x, t, lam, labels, key, train):
-    out = base(p["net"], x, t, lam, labels, key, train)
+  def student(p, x, t, key, lam=None, labels=None):
+    return base(p["net"], x, t, key, lam=lam, labels=labels)
+
+  def target(p, x, t, key, lam=None, labels=None):
     # The probe only touches the eval-mode pass at u (the consistency
     # target): its gradient is zero iff that pass is stop-gradient.
-    return out if train else out * p["probe"]
-  loss_fn = distill.di4c_loss(student, teacher, proc, d)
+    return student(p, x, t, key, lam, labels) * p["probe"]
+  loss_fn = distill.di4c_loss(student, teacher, proc, d, target=target)
   batch = {"tokens": jnp.asarray(exact.enumerate_states(3, 3)[:16], jnp.int32),
            "labels": jnp.zeros(16, jnp.int32)}
   full = {"net": params, "probe": jnp.ones(())}
@@ -126,16 +127,16 @@ def optax_norm(tree):
 
 def test_loss_is_finite_and_reports_every_term():
   proc, probs, teacher, model, params, d = _tiny_setup(mode="separate")
-  loss_fn = distill.di4c_loss(distill.student_fn(model), teacher, proc, d)
+  loss_fn = distill.di4c_loss(denoisers.from_network(model, train=True), teacher, proc, d)
   batch = {"tokens": jnp.zeros((8, 3), jnp.int32), "labels": jnp.zeros(8, jnp.int32)}
   loss, m = jax.jit(lambda p: loss_fn(p, batch, jax.random.key(0), teacher.frozen))(params)
   assert np.isfinite(float(loss))
   assert {"distillation", "consistency", "marginal", "data_correlation", "frac_distil"} <= set(m)
 
 
-@pytest.mark.parametrize("name", sorted(distill.PRESETS))
+@pytest.mark.parametrize("name", sorted(configuration.PRESETS))
 def test_presets_time_sampling_and_gates(name):
-  d = distill.preset(name)
+  d = configuration.distill_preset(name)
   tm = jax.jit(lambda k: distill.sample_times(k, 4096, d))(jax.random.key(0))
   t, u = np.asarray(tm["t"]), np.asarray(tm["u"])
   assert (u <= t).all() and (u >= 0).all() and (t <= 1).all()
@@ -166,7 +167,7 @@ def test_presets_time_sampling_and_gates(name):
 
 
 def test_sdtt_small_t_fraction():
-  d = distill.preset("sdtt")
+  d = configuration.distill_preset("sdtt")
   ts = np.array([float(distill.sample_times(jax.random.key(i), 2, d)["t"][0]) for i in range(2000)])
   frac = np.mean(ts < 0.02)
   assert abs(frac - 0.3) < 4 * np.sqrt(0.3 * 0.7 / len(ts))
@@ -174,15 +175,15 @@ def test_sdtt_small_t_fraction():
 
 def test_preset_errors():
   with pytest.raises(ValueError, match="preset"):
-    distill.preset("mdlm")
+    configuration.distill_preset("mdlm")
   with pytest.raises(ValueError, match="num_latent"):
-    distill.preset("sdtt", num_latent=3)
+    configuration.distill_preset("sdtt", num_latent=3)
   with pytest.raises(ValueError, match="latent_chunks"):
-    distill.validate_distill(distill.preset("sdtt", num_latents=16, latent_chunks=3))
+    configuration.validate_distill(configuration.distill_preset("sdtt", num_latents=16, latent_chunks=3))
 
 
 def test_mixture_teacher_averages_component_probabilities():
-  model = networks.Denoiser(num_states=4, vocab_size=3, length=3, width=16, depth=1, heads=2,
+  model = networks.Transformer(num_states=4, vocab_size=3, length=3, width=16, depth=1, heads=2,
                             latent=True, mask_id=3)
   params = model.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32), jnp.zeros(1),
                       lam=jnp.zeros(1))["params"]
@@ -191,7 +192,7 @@ def test_mixture_teacher_averages_component_probabilities():
   x = jnp.full((2, 3), 3, jnp.int32)
   t = jnp.array([0.5, 0.9])
   key = jax.random.key(4)
-  got = teacher.fn(params, x, t, None, key)
+  got = teacher.denoise(params, x, t, key)
   offs = jax.random.uniform(key, (2, 1))
   lam = np.mod(np.asarray(offs) + np.arange(8) / 8, 1.0)
   for b in range(2):
@@ -208,7 +209,7 @@ def test_latent_micro_batching_gives_the_same_loss_and_gradients(mode):
   out = []
   for chunks in (1, 4):
     d.latent_chunks = chunks
-    loss_fn = distill.di4c_loss(distill.student_fn(model), teacher, proc, d)
+    loss_fn = distill.di4c_loss(denoisers.from_network(model, train=True), teacher, proc, d)
     (loss, m), g = jax.jit(jax.value_and_grad(
         lambda p: loss_fn(p, batch, jax.random.key(7), teacher.frozen), has_aux=True))(params)
     out.append((float(loss), g))
@@ -217,14 +218,14 @@ def test_latent_micro_batching_gives_the_same_loss_and_gradients(mode):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", sorted(distill.PRESETS))
+@pytest.mark.parametrize("name", sorted(configuration.PRESETS))
 def test_teacher_marginal_term_is_on_at_every_t_in_every_preset(name, monkeypatch):
   """KL(teacher_t || mixture marginal_t) has weight 1 and a gradient at every
   t, with the data correlation term off (data_weight = 0, "di4c")."""
   proc, probs, teacher, model, params, _ = _tiny_setup()
-  d = distill.preset(name, num_latents=4)
+  d = configuration.distill_preset(name, num_latents=4)
   assert d.data_weight == 0.0 and d.marginal_weight == 1.0
-  loss_fn = distill.di4c_loss(distill.student_fn(model), teacher, proc, d)
+  loss_fn = distill.di4c_loss(denoisers.from_network(model, train=True), teacher, proc, d)
   batch = {"tokens": jnp.asarray(exact.enumerate_states(3, 3)[:16], jnp.int32),
            "labels": jnp.zeros(16, jnp.int32)}
   orig = distill.sample_times
@@ -250,31 +251,32 @@ def test_mixture_teacher_steps_each_copy_with_its_own_latent(monkeypatch):
   s, d = 2, 3
   proc = processes.Masked(s, "linear")
 
-  def component(frozen, x, t, labels, lam):
+  def component(frozen, x, t, key, lam=None, labels=None):
     value = (lam > 0.5).astype(jnp.int32)  # the component's all-equal state
     return jnp.where(jax.nn.one_hot(value, s)[:, None, :] > 0, 0.0, -1e6) * jnp.ones((1, d, 1))
 
-  def marginals(frozen, x, t, labels, key):
+  def marginals(frozen, x, t, key, lam=None, labels=None):
     return jnp.log(jnp.full(x.shape + (s,), 0.5))
 
   teacher = distill.Teacher(marginals, jnp.zeros(()), "two-point mixture", component)
-  dconf = distill.preset("sdtt", num_latents=64, t_sampling="uniform", delta="const",
+  dconf = configuration.distill_preset("sdtt", num_latents=64, t_sampling="uniform", delta="const",
                          delta_lo=0.5, delta_hi=0.5, distil_threshold=0.0)
-  model = networks.Denoiser(num_states=3, vocab_size=2, length=d, width=8, depth=1, heads=2,
+  model = networks.Transformer(num_states=3, vocab_size=2, length=d, width=8, depth=1, heads=2,
                             latent=True, mask_id=2, positions="learned")
   params = model.init(jax.random.key(0), jnp.zeros((1, d), jnp.int32), jnp.zeros(1),
                       lam=jnp.zeros(1))["params"]
   seen = []
 
-  def student(p, x, t, lam, labels, key, train):
-    if not train:  # the pass at u sees the teacher's x_u
-      seen.append(x)
-    return model.apply({"params": p}, x, t, lam=lam)
+  student = denoisers.from_network(model)
+
+  def target(p, x, t, key, lam=None, labels=None):
+    seen.append(x)  # the pass at u sees the teacher's x_u
+    return student(p, x, t, key, lam=lam)
   orig = distill.sample_times
   # From t = 1 (every token masked) to u = 0.5.
   monkeypatch.setattr(distill, "sample_times", lambda key, b, d_: dict(
       orig(key, b, d_), t=jnp.ones((b,)), u=jnp.full((b,), 0.5)))
-  loss_fn = distill.di4c_loss(student, teacher, proc, dconf)
+  loss_fn = distill.di4c_loss(student, teacher, proc, dconf, target=target)
   batch = {"tokens": jnp.zeros((32, d), jnp.int32), "labels": jnp.zeros(32, jnp.int32)}
   loss_fn(params, batch, jax.random.key(1), teacher.frozen)
   x_u = np.asarray(seen[-1])

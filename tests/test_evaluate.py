@@ -1,22 +1,24 @@
 """Evaluation: exact laws of hybrids, the tiny and markov reports end to end."""
 import json
 import os
+import types
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
 
 from configs import markov as markov_cfg
 from configs import tiny as tiny_cfg
-from mixture_dd import configuration, distill, evaluate, exact, networks, processes, train
-from mixture_dd.data import markov, pipeline
+from mixture_dd import configuration, denoisers, distill, evaluate, exact, networks, processes, runs, train, trainer
+from mixture_dd.data import markov, pipeline, registry
 from tests.conftest import assert_chi2
 
 
 def _ideal_fn(proc, probs, length):
-  f = jax.jit(lambda x, t: exact.ideal_log_marginals(proc, probs, length, x, t))
-  return evaluate.padded(lambda x, t, lam: f(x, t), proc.num_states ** length)
+  return denoisers.exact_view(denoisers.ideal(proc, length), jnp.asarray(probs, jnp.float32),
+                              proc.num_states ** length)
 
 
 def test_one_step_ideal_sampler_is_the_product_of_marginals():
@@ -57,11 +59,11 @@ def _student_like(teacher_run, scale=0.3):
   """A mixture student made from the teacher without training (fast)."""
   model = configuration.make_model(teacher_run.config, teacher_run.spec, teacher_run.process,
                                    latent=True)
-  params = networks.student_params_from_teacher(teacher_run.params, train.init_params(model, 0))
+  params = networks.student_params_from_teacher(teacher_run.params, trainer.init_params(model, 0))
   params = distill.start_student(params, jax.random.key(1), "normal", scale)
   config = ml_collections.ConfigDict(teacher_run.config.to_dict())
   config.is_student = True
-  return distill.Run(config, teacher_run.spec, teacher_run.process, model, params, True)
+  return runs.Run(config, teacher_run.spec, teacher_run.process, model, params, True)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +74,8 @@ def tiny_teacher(tmp_path_factory):
   c.data.num_train, c.data.num_test = 2000, 500
   c.model.update(width=32, depth=1, heads=2)
   c.train.update(batch_size=64, num_steps=20, log_every=20, ckpt_every=20, sample_every=0)
-  train.train_and_evaluate(c, str(tmp / "teacher"))
-  return distill.load_run(str(tmp / "teacher"))
+  train.train_teacher(c, str(tmp / "teacher"))
+  return runs.load_run(str(tmp / "teacher"))
 
 
 def test_tiny_evaluation_end_to_end(tiny_teacher, tmp_path):
@@ -97,12 +99,12 @@ def test_tiny_evaluation_end_to_end(tiny_teacher, tmp_path):
   s, d = tiny_teacher.spec.vocab_size, tiny_teacher.spec.length
   for sampler in ("teacher", "hybrid"):
     tokens = np.load(os.path.join(out, "samples", f"{sampler}_N2_all.npz"))["tokens"]
-    fn = evaluate.run_log_marginals_fn(tiny_teacher)
+    fn = evaluate.exact_view(tiny_teacher)
     if sampler == "teacher":
       law = evaluate.exact_law(tiny_teacher.process, d, 2, (fn, False))
     else:
       law = evaluate.exact_law(tiny_teacher.process, d, 2,
-                               (evaluate.run_log_marginals_fn(student), True), (fn, False), 1)
+                               (evaluate.exact_view(student), True), (fn, False), 1)
     counts = np.bincount(exact.state_index(tokens, s), minlength=s ** d)
     assert_chi2(counts, law)
 
@@ -114,7 +116,7 @@ def test_markov_data_nll_is_the_entropy_rate(tmp_path):
   spec, _ = pipeline.load(c.data, "train")
   process = configuration.make_process(c, spec)
   model = configuration.make_model(c, spec, process)
-  teacher = distill.Run(c, spec, process, model, train.init_params(model, 0), False)
+  teacher = runs.Run(c, spec, process, model, trainer.init_params(model, 0), False)
   res = evaluate.evaluate(teacher, None, [2], num_samples=200, seed=0,
                           out_dir=str(tmp_path / "eval"), batch_size=200, latency_reps=2)
   ref = res["data_reference"]
@@ -150,3 +152,64 @@ def test_text_metrics_smoke():
   out = evaluate.text_metrics(tokens, params, 4)
   assert 1 < out["gen_ppl"] < 8 and 0 <= out["self_bleu"] <= 100
   assert out["unigram_entropy"] == pytest.approx(np.log(4), abs=0.05)
+
+
+def _fake_run(data_config):
+  """What a scorer reads of a run: its spec and config.data."""
+  spec = pipeline.data_spec(data_config)
+  return types.SimpleNamespace(spec=spec, config=ml_collections.ConfigDict({"data": data_config}))
+
+
+def test_make_scorer_is_the_registry_entrys_scorer(tmp_path):
+  # Every named scorer is one of evaluate's, and the primary metrics agree.
+  for name in registry.names():
+    entry = registry.get(name)
+    if entry.scorer is not None:
+      assert entry.scorer_factory() is getattr(evaluate, entry.scorer.split(":")[1])
+  assert evaluate.PRIMARY == dict(registry.PRIMARY_METRICS)
+  # A data set added with its own scorer is evaluated by it, nothing else.
+  calls = []
+
+  def toy_scorer(teacher, student, specs, reference_dir, num_latent_nodes):
+    calls.append((teacher.spec.name, student, specs, reference_dir, num_latent_nodes))
+    return (lambda s, n, x: {"mean": float(x.mean())}), {"mean": 1.5}, {}
+  registry.register(registry.DataSet(
+      "toy_scored", "generated", dict(vocab_size=4, length=3), spec=registry.tokens_spec,
+      open=lambda *a: None, scorer=toy_scorer, primary_metric="mean"))
+  try:
+    cfg = pipeline.default_data_config("toy_scored")
+    score, ref, _ = evaluate.make_scorer(_fake_run(cfg), None, {"teacher": 0}, "/r", 8)
+    assert calls == [("toy_scored", None, {"teacher": 0}, "/r", 8)]
+    assert score("teacher", 1, np.ones((2, 3))) == {"mean": 1.0} and ref == {"mean": 1.5}
+    assert evaluate.PRIMARY["toy_scored"] == "mean"  # live view of the registry
+  finally:
+    registry.unregister("toy_scored")
+  assert "toy_scored" not in evaluate.PRIMARY
+  with pytest.raises(ValueError, match="no metrics for data set 'cifar10'"):
+    evaluate.make_scorer(_fake_run(pipeline.default_data_config("cifar10")), None, {}, None, 8)
+
+
+def test_markov_scorer_scores_against_the_true_chain(tmp_path):
+  cfg = pipeline.default_data_config("markov")
+  cfg.update(vocab_size=4, length=6, num_train=50, num_test=300, data_dir=str(tmp_path))
+  score, ref, extras = evaluate.make_scorer(_fake_run(cfg), None, {}, None, 8)
+  init, trans = markov.make_chain(4, cfg.seed)
+  _, test = pipeline.load(cfg, "test")
+  assert ref == evaluate.markov_metrics(test.tokens.astype(np.int64), init, trans)
+  assert extras == {"entropy_rate": pytest.approx(markov.entropy_rate(init, trans, 6)),
+                    "num_test": 300}
+  x = np.random.default_rng(0).integers(0, 4, (20, 6))
+  assert score("student", 2, x) == evaluate.markov_metrics(x, init, trans)
+  # Uniform noise is far less likely under the chain than its own samples.
+  assert score("student", 2, x)["nll_per_token"] > ref["nll_per_token"] + 0.1
+
+
+def test_default_reference_dir_keeps_its_cache_names():
+  digits = pipeline.DataSpec("digits", 17, 64, 10, (8, 8), "image")
+  assert evaluate._default_reference_dir(digits, None).endswith(
+      os.path.join("reference", "digits_L17"))
+  text = pipeline.DataSpec("pydoc_text", 96, 64, 0, None, "text")
+  assert os.path.basename(evaluate._default_reference_dir(text, None)).startswith(
+      "pydoc_text_D64_src")
+  other = pipeline.DataSpec("text8", 27, 256, 0, None, "text")
+  assert os.path.basename(evaluate._default_reference_dir(other, None)) == "text8_D256_V27"

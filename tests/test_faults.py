@@ -4,21 +4,21 @@ Every fault must end in one of: an exact resume, or an error that names the
 field / step / term at fault, raised before any XLA compilation where the
 input alone shows the problem.
 """
+import dataclasses
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from configs import tiny as tiny_cfg
 from configs import tiny_distill as tiny_distill_cfg
-from mixture_dd import distill, train
+from mixture_dd import configuration, distill, train, trainer
 from mixture_dd.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -66,7 +66,7 @@ def data_dir(tmp_path_factory):
 def trained(data_dir, tmp_path_factory):
   """A 4-step teacher run with checkpoints at steps 1..4: (workdir, final state)."""
   w = str(tmp_path_factory.mktemp("trained") / "w")
-  state = train.train_and_evaluate(small_config(data_dir, ckpt_every=1), w)
+  state = train.train_teacher(small_config(data_dir, ckpt_every=1), w)
   return w, jax.device_get(state)
 
 
@@ -116,7 +116,7 @@ def test_damaged_latest_checkpoints_resume_from_the_last_good_one(trained, data_
   with open(os.path.join(ck, "8", "state", "junk"), "wb") as f:
     f.write(b"\0" * 10)
   with caplog.at_level(logging.WARNING, logger="mixture_dd"):
-    resumed = train.train_and_evaluate(small_config(data_dir), w)
+    resumed = train.train_teacher(small_config(data_dir), w)
   text = caplog.text
   for bad in (8, 4, 3):
     assert f"checkpoint step {bad} " in text, text
@@ -135,7 +135,7 @@ def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(trained, data_
   for s in ("1", "2", "3", "4"):
     _truncate(os.path.join(w, "checkpoints", s))
   with pytest.raises(RuntimeError, match=r"none of the checkpoints.*steps \[4, 3, 2, 1\]"):
-    train.train_and_evaluate(small_config(data_dir), w)
+    train.train_teacher(small_config(data_dir), w)
 
 
 @pytest.mark.parametrize("field,value,names", [
@@ -150,8 +150,8 @@ def test_incompatible_checkpoint_names_the_fields(trained, data_dir, tmp_path, f
   c = small_config(data_dir, num_steps=6)
   sec, name = field.split(".")
   c[sec][name] = value
-  with pytest.raises(train.IncompatibleCheckpoint, match=names):
-    train.train_and_evaluate(c, w)
+  with pytest.raises(trainer.IncompatibleCheckpoint, match=names):
+    train.train_teacher(c, w)
   assert _steps(w) == ["1", "2", "3", "4"]  # nothing overwritten
 
 
@@ -165,24 +165,24 @@ def test_poisoned_teacher_stops_naming_the_di4c_term(trained, data_dir, tmp_path
   is finite, the gradient NaN (the finite-loss / NaN-gradient case)."""
   real = distill.network_teacher
 
-  def poisoned(model, params, num_latents=16):
-    t = real(model, params, num_latents)
-    return distill.Teacher(t.fn, jax.tree.map(lambda a: a * np.nan, t.frozen), t.description)
+  def poisoned(model, params, num_latents=16, provenance=None):
+    t = real(model, params, num_latents, provenance)
+    return dataclasses.replace(t, frozen=jax.tree.map(lambda a: a * np.nan, t.frozen))
   monkeypatch.setattr(distill, "network_teacher", poisoned)
   c = small_distill_config(data_dir)
   c.teacher.kind, c.teacher.workdir = "network", trained[0]
   # The Di4C loss value stays finite (its KL terms mask NaN teacher
   # probabilities), but the gradient does not: grad_norm catches it at step 1.
-  with pytest.raises(train.NonFiniteError, match=r"step 1 in \[.*'grad_norm', 'parameters'\]"):
-    distill.distill_and_evaluate(c, str(tmp_path / "s"))
+  with pytest.raises(trainer.NonFiniteError, match=r"step 1 in \[.*'grad_norm', 'parameters'\]"):
+    distill.distill_student(c, str(tmp_path / "s"))
   assert not [s for s in _steps(str(tmp_path / "s")) if s.isdigit()]
 
 
 def test_exploding_learning_rate_stops_before_saving(data_dir, tmp_path):
   c = small_config(data_dir, num_steps=6, ckpt_every=1, log_every=6)
   c.optim.update(lr=1e38, warmup_steps=0, clip=1e38)
-  with pytest.raises(train.NonFiniteError, match=r"step \d+ in \[.*parameters"):
-    train.train_and_evaluate(c, str(tmp_path / "lr"))
+  with pytest.raises(trainer.NonFiniteError, match=r"step \d+ in \[.*parameters"):
+    train.train_teacher(c, str(tmp_path / "lr"))
   # Whatever was saved before the blow-up is finite, and nothing after it.
   for s in _steps(str(tmp_path / "lr")):
     assert s.isdigit()
@@ -219,9 +219,9 @@ BAD_DATA = [
 def test_bad_data_is_a_clear_error(data_dir, tmp_path, monkeypatch, entry, what, tokens, match):
   monkeypatch.setattr(pipeline, "load", _fake_load(tokens()))
   if entry == "teacher":
-    run = lambda: train.train_and_evaluate(small_config(data_dir, batch_size=16), str(tmp_path / "w"))
+    run = lambda: train.train_teacher(small_config(data_dir, batch_size=16), str(tmp_path / "w"))
   else:
-    run = lambda: distill.distill_and_evaluate(small_distill_config(data_dir), str(tmp_path / "w"))
+    run = lambda: distill.distill_student(small_distill_config(data_dir), str(tmp_path / "w"))
   with pytest.raises(ValueError, match=match):
     run()
   assert not os.path.isdir(tmp_path / "w" / "checkpoints")
@@ -235,9 +235,9 @@ def _teacher_cfg(data_dir, path, value):
 
 
 BAD_TEACHER = [
-    ("train.num_steps", 0, "config.train.num_steps: must be > 0"),
+    ("train.num_steps", 0, "config.train.num_steps: must be a positive integer"),
     ("train.batch_size", 12, r"batch_size=12 must be divisible by the number of devices \(8\)"),
-    ("train.batch_size", -8, "config.train.batch_size: must be > 0"),
+    ("train.batch_size", -8, "config.train.batch_size: must be a positive integer"),
     ("optim.lr", -1e-3, "config.optim.lr: must be a positive number"),
     ("optim.lr", float("nan"), "config.optim.lr"),
     ("train.ckpt_every", 0, "config.train.ckpt_every"),
@@ -249,45 +249,47 @@ BAD_TEACHER = [
 @pytest.mark.parametrize("path,value,match", BAD_TEACHER, ids=[f"{p}={v}" for p, v, _ in BAD_TEACHER])
 def test_bad_teacher_config_names_the_field(data_dir, tmp_path, path, value, match):
   with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(_teacher_cfg(data_dir, path, value), str(tmp_path / "w"))
+    train.train_teacher(_teacher_cfg(data_dir, path, value), str(tmp_path / "w"))
   assert not os.path.isdir(tmp_path / "w" / "checkpoints")
 
 
 def test_bad_student_configs_name_the_field(data_dir, tmp_path):
   w = str(tmp_path / "w")
   with pytest.raises(ValueError, match=r"config.distill.preset='nope' is unknown; choose one of"):
-    distill.preset("nope")
+    configuration.distill_preset("nope")
   c = small_distill_config(data_dir)
   c.distill.latent_chunks = 3
   with pytest.raises(ValueError, match="config.distill.latent_chunks: must divide num_latents=4"):
-    distill.distill_and_evaluate(c, w)
+    distill.distill_student(c, w)
   c = small_distill_config(data_dir, num_steps=0)
   with pytest.raises(ValueError, match="config.train.num_steps"):
-    distill.distill_and_evaluate(c, w)
+    distill.distill_student(c, w)
   c = small_distill_config(data_dir)
   c.optim.lr = -1.0
   with pytest.raises(ValueError, match="config.optim.lr"):
-    distill.distill_and_evaluate(c, w)
+    distill.distill_student(c, w)
   c = small_distill_config(data_dir, batch_size=6)
   with pytest.raises(ValueError, match="batch_size=6 must be divisible"):
-    distill.distill_and_evaluate(c, w)
+    distill.distill_student(c, w)
   c = small_distill_config(data_dir)
   c.teacher.kind = "network"
   c.teacher.workdir = str(tmp_path / "no_such_teacher")
   with pytest.raises(FileNotFoundError, match="config.teacher.workdir must be the --workdir"):
-    distill.distill_and_evaluate(c, w)
+    distill.distill_student(c, w)
   c.teacher.kind = "oracle"
   with pytest.raises(ValueError, match="config.teacher.kind='oracle'; choose"):
-    distill.distill_and_evaluate(c, w)
+    distill.distill_student(c, w)
   assert not os.path.isdir(os.path.join(w, "checkpoints"))
 
 
-def test_loop_config_is_validated(tmp_path):
-  for field, value in [("num_steps", 0), ("log_every", -1), ("keep", 0), ("ckpt_every", 1.5)]:
-    loop = train.LoopConfig(workdir=str(tmp_path), num_steps=4, seed=0)
-    setattr(loop, field, value)
-    with pytest.raises(ValueError, match=f"LoopConfig.{field}"):
-      loop.validate()
+def test_loop_fields_are_validated_once_at_the_config(data_dir):
+  for field, value in [("num_steps", 0), ("log_every", -1), ("keep", 0), ("ckpt_every", 1.5),
+                       ("batch_size", True), ("sample_every", -1)]:
+    c = small_config(data_dir).to_dict()
+    c["train"][field] = value  # a plain dict: ConfigDict would refuse a float for an int
+    c = ml_collections.ConfigDict(c)
+    with pytest.raises(ValueError, match=rf"config\.train\.{field}: must be"):
+      configuration.validate(c, pipeline.data_spec(c.data))
 
 
 # ---------------------------------------------------------------------------
@@ -310,7 +312,6 @@ def _launch(module, *args, env=None, timeout=120):
 ])
 def test_launcher_flags_are_validated(args, match):
   from launch import common
-  from absl import flags
   flag_vals = {"--num_processes": 1, "--process_id": 0, "--coordinator_address": None}
   argv = ["prog"]
   for a in args:
@@ -336,59 +337,55 @@ def test_launcher_workdir_is_validated(tmp_path):
     common.check_workdir("  ")
 
 
+# A real SIGTERM to real launcher processes: tests/test_demo.py (the demo's
+# teacher stage) and tests/test_multiprocess.py (one of two processes).
+
+
 # ---------------------------------------------------------------------------
-# Preemption: a real SIGTERM to a real launcher process.
+# Provenance: a student's checkpoints name their teacher.
 # ---------------------------------------------------------------------------
 
 
-def test_sigterm_saves_and_resume_is_exact(data_dir, tmp_path):
-  n = 40
-  flags_ = [f"--config={os.path.join(REPO, 'configs', 'tiny.py')}",
-            f"--config.data.data_dir={data_dir}", "--config.data.num_train=2000",
-            "--config.data.num_test=200", "--config.model.width=32", "--config.model.depth=1",
-            "--config.model.heads=2", "--config.train.batch_size=64",
-            f"--config.train.num_steps={n}", "--config.train.log_every=1",
-            "--config.train.ckpt_every=1000", "--config.train.sample_every=0"]
-  # One compilation cache for the three runs: they compile the same program.
-  env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8",
-         "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
-         "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-         "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
-  # Uninterrupted.
-  r = _launch("launch.train", *flags_, f"--workdir={tmp_path / 'straight'}", env=env, timeout=300)
-  assert r.returncode == 0, r.stderr[-3000:]
-  # Interrupted by a real SIGTERM once training runs, then resumed.
-  proc = subprocess.Popen([sys.executable, "-m", "launch.train", *flags_,
-                           f"--workdir={tmp_path / 'p'}"], cwd=REPO,
-                          env=dict(os.environ, JAX_PLATFORMS="cpu", **env),
-                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-  lines = []
-  try:
-    deadline = time.time() + 240
-    for line in proc.stderr:
-      lines.append(line)
-      if "teacher step 3/" in line:
-        os.kill(proc.pid, signal.SIGTERM)
-        break
-      assert time.time() < deadline, "".join(lines[-20:])
-    rest = proc.stderr.read()
-    rc = proc.wait(timeout=120)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  log_text = "".join(lines) + rest
-  assert rc == 0, log_text[-3000:]
-  saved = [int(s) for s in _steps(str(tmp_path / "p")) if s.isdigit()]
-  assert len(saved) == 1 and 3 <= saved[0] < n, (saved, log_text[-2000:])
-  assert f"saved step {saved[0]} and stopping" in log_text
-  r = _launch("launch.train", *flags_, f"--workdir={tmp_path / 'p'}", env=env, timeout=300)
-  assert r.returncode == 0, r.stderr[-3000:]
-  assert f"resumed from step {saved[0]}" in r.stderr
-  c = small_config(data_dir)
-  spec, _, process, model, _ = train.setup_teacher(c)
-  abstract = jax.eval_shape(lambda: train.init_params(model, 0))
-  for ema in (False, True):
-    want, meta_a = train.load_params(str(tmp_path / "straight"), abstract, ema=ema)
-    got, meta_b = train.load_params(str(tmp_path / "p"), abstract, ema=ema)
-    _leaves_equal(want, got)
-    assert meta_a["fingerprint"] == meta_b["fingerprint"]  # the whole state, optimizer too
+def test_student_resumed_against_a_changed_teacher_is_refused(trained, data_dir, tmp_path):
+  teacher_dir = str(tmp_path / "teacher")
+  shutil.copytree(trained[0], teacher_dir)
+  c = small_distill_config(data_dir, num_steps=2, ckpt_every=2)
+  c.teacher.kind, c.teacher.workdir = "network", teacher_dir
+  student_dir = str(tmp_path / "student")
+  distill.distill_student(c, student_dir)
+  meta = trainer.load_params(student_dir, distill.setup_student(c).params)[1]
+  assert meta["provenance"]["workdir"] == os.path.abspath(teacher_dir)
+  assert meta["provenance"]["step"] == 4
+  # Finished against the same teacher: recognised as finished, nothing retrained.
+  distill.distill_student(c, student_dir)
+  assert _steps(student_dir) == ["2"]
+  # The teacher trains on (steps 5, 6): another step, other weights.
+  train.train_teacher(small_config(data_dir, num_steps=6, ckpt_every=1), teacher_dir)
+  c.train.num_steps = 4
+  with pytest.raises(trainer.ProvenanceChanged) as err:
+    distill.distill_student(c, student_dir)
+  assert "step=4" in str(err.value) and "step=6" in str(err.value)
+  assert "restart_if_changed" in str(err.value)
+  assert _steps(student_dir) == ["2"]  # the old checkpoints are untouched
+  # With the flag: the old checkpoints are set aside and the student starts afresh.
+  c.teacher.restart_if_changed = True
+  state = distill.distill_student(c, student_dir)
+  assert int(state.step) == 4
+  assert os.path.isdir(os.path.join(student_dir, "checkpoints.stale"))
+  meta = trainer.load_params(student_dir, distill.setup_student(c).params)[1]
+  assert meta["provenance"]["step"] == 6
+
+
+def test_a_failed_report_write_leaves_no_partial_file(tmp_path, monkeypatch):
+  """The report is written to a temporary file and renamed: a crash (or a
+  SIGTERM) mid-write leaves the previous file or none, never half of one."""
+  path = tmp_path / "results.md"
+  trainer.write_atomic(str(path), "old complete report\n")
+
+  def crash(*args):
+    raise KeyboardInterrupt("killed mid-write")
+  monkeypatch.setattr(os, "replace", crash)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.write_atomic(str(path), "new report " * 10000)
+  assert path.read_text() == "old complete report\n"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["results.md"]  # no temp file left

@@ -1,6 +1,12 @@
-"""Tests for mixture_dd.metrics and mixture_dd.reference_models."""
-import itertools
+"""Tests for mixture_dd.metrics and mixture_dd.reference_models.
 
+The metrics are float64 numpy on the host, so there is nothing to jit; the
+ones that take token or label arrays are checked in `chex.TestCase` classes
+under `chex.variants(with_device=True, without_device=True)`: on numpy
+arrays and on device arrays, as the samplers return them.
+"""
+
+import chex
 import numpy as np
 import pytest
 
@@ -54,7 +60,12 @@ def test_frechet_symmetric_and_singular():
   c1, c2 = _random_cov(rng, k, rank=3), _random_cov(rng, k, rank=2)
   d12 = metrics.frechet_distance(mu1, c1, mu2, c2)
   d21 = metrics.frechet_distance(mu2, c2, mu1, c1)
-  assert np.isfinite(d12) and d12 >= 0
+  # Another route: c1 c2 is similar to a PSD matrix, so its eigenvalues are
+  # real and >= 0 and tr((c1 c2)^{1/2}) is the sum of their square roots.
+  # Round-off of size 1e-16 in the zero eigenvalues costs 1e-8 in the roots.
+  tr_sqrt = np.sqrt(np.clip(np.linalg.eigvals(c1 @ c2).real, 0, None)).sum()
+  want = ((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * tr_sqrt
+  assert d12 == pytest.approx(want, abs=1e-6)
   assert d12 == pytest.approx(d21, rel=1e-8)
   # Fewer samples than features also gives singular fits.
   f1, f2 = rng.normal(size=(5, k)), rng.normal(size=(4, k)) + 1.0
@@ -73,40 +84,48 @@ def test_frechet_shape_errors():
 # Entropy.
 
 
-def test_unigram_entropy_uniform_and_constant():
-  v = 6
-  uniform = np.tile(np.arange(v), (4, 3))
-  assert metrics.unigram_entropy(uniform, v) == pytest.approx(np.log(v))
-  assert metrics.unigram_entropy(np.full((5, 9), 2), v) == 0.0
-  with pytest.raises(ValueError, match="must lie in"):
-    metrics.unigram_entropy(np.array([[0, v]]), v)
+class EntropyTest(chex.TestCase):
 
+  @chex.variants(with_device=True, without_device=True)
+  def test_unigram_entropy_uniform_and_constant(self):
+    v = 6
+    unigram_entropy = self.variant(metrics.unigram_entropy, static_argnums=1)
+    uniform = np.tile(np.arange(v), (4, 3))
+    assert unigram_entropy(uniform, v) == pytest.approx(np.log(v))
+    assert unigram_entropy(np.full((5, 9), 2), v) == 0.0
+    with pytest.raises(ValueError, match="must lie in"):
+      unigram_entropy(np.array([[0, v]]), v)
 
-def test_sample_entropy_per_token():
-  tokens = np.array([[0, 0, 0, 0], [0, 1, 2, 3], [5, 5, 9, 9]])
-  per = metrics.per_sample_entropy(tokens)
-  np.testing.assert_allclose(per, [0.0, np.log(4), np.log(2)], atol=1e-12)
-  assert metrics.sample_entropy_per_token(tokens) == pytest.approx(
-      (np.log(4) + np.log(2)) / 3)
-  # Pooled entropy can be high while every sample is degenerate.
-  degenerate = np.repeat(np.arange(8)[:, None], 10, axis=1)
-  assert metrics.sample_entropy_per_token(degenerate) == 0.0
-  assert metrics.unigram_entropy(degenerate, 8) == pytest.approx(np.log(8))
+  @chex.variants(with_device=True, without_device=True)
+  def test_sample_entropy_per_token(self):
+    per_sample_entropy = self.variant(metrics.per_sample_entropy)
+    sample_entropy_per_token = self.variant(metrics.sample_entropy_per_token)
+    tokens = np.array([[0, 0, 0, 0], [0, 1, 2, 3], [5, 5, 9, 9]])
+    per = per_sample_entropy(tokens)
+    chex.assert_shape(per, (3,))
+    np.testing.assert_allclose(per, [0.0, np.log(4), np.log(2)], atol=1e-12)
+    assert sample_entropy_per_token(tokens) == pytest.approx((np.log(4) + np.log(2)) / 3)
+    # Pooled entropy can be high while every sample is degenerate.
+    degenerate = np.repeat(np.arange(8)[:, None], 10, axis=1)
+    assert sample_entropy_per_token(degenerate) == 0.0
+    assert self.variant(metrics.unigram_entropy, static_argnums=1)(degenerate, 8) == (
+        pytest.approx(np.log(8)))
 
 
 # ----------------------------------------------------------------------------
 # BLEU.
 
 
-def test_self_bleu_identical_is_100():
-  text = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
-  assert metrics.self_bleu([text] * 4) == 100.0
-  assert metrics.self_bleu(np.array([text] * 3)) == 100.0
+class SelfBleuArrayTest(chex.TestCase):
 
-
-def test_self_bleu_disjoint_is_near_zero():
-  samples = np.arange(40).reshape(4, 10)
-  assert metrics.self_bleu(samples) < 5.0
+  @chex.variants(with_device=True, without_device=True)
+  def test_self_bleu_identical_is_100_and_disjoint_is_0(self):
+    self_bleu = self.variant(metrics.self_bleu)
+    text = [3, 1, 4, 1, 5, 9, 2, 6, 5, 3]
+    assert metrics.self_bleu([text] * 4) == 100.0
+    assert self_bleu(np.array([text] * 3)) == 100.0
+    # No shared token: every clipped unigram count is 0, so BLEU is exactly 0.
+    assert self_bleu(np.arange(40).reshape(4, 10)) == 0.0
 
 
 def test_bleu_hand_computed_pair():
@@ -139,14 +158,20 @@ def test_self_bleu_matches_brute_force():
 # Histograms.
 
 
-def test_histogram_and_kl_from_uniform():
-  freqs = metrics.histogram(np.array([0, 1, 1, 3]), 4)
-  np.testing.assert_allclose(freqs, [0.25, 0.5, 0.0, 0.25])
-  assert metrics.kl_from_uniform(np.full(5, 0.2)) == pytest.approx(0.0)
-  assert metrics.kl_from_uniform(freqs) == pytest.approx(
-      np.log(4) - (-(0.25 * np.log(0.25) * 2 + 0.5 * np.log(0.5))))
-  with pytest.raises(ValueError, match="must lie in"):
-    metrics.histogram(np.array([0, 4]), 4)
+class HistogramTest(chex.TestCase):
+
+  @chex.variants(with_device=True, without_device=True)
+  def test_histogram_and_kl_from_uniform(self):
+    # Labels come from the device; the frequencies are float64 numpy.
+    histogram = self.variant(metrics.histogram, static_argnums=1)
+    freqs = histogram(np.array([0, 1, 1, 3]), 4)
+    chex.assert_type(freqs, np.float64)
+    np.testing.assert_allclose(freqs, [0.25, 0.5, 0.0, 0.25])
+    assert metrics.kl_from_uniform(np.full(5, 0.2)) == pytest.approx(0.0)
+    assert metrics.kl_from_uniform(freqs) == pytest.approx(
+        np.log(4) - (-(0.25 * np.log(0.25) * 2 + 0.5 * np.log(0.5))))
+    with pytest.raises(ValueError, match="must lie in"):
+      histogram(np.array([0, 4]), 4)
 
 
 # ----------------------------------------------------------------------------
@@ -167,12 +192,12 @@ def test_digits_classifier_trains_and_roundtrips(tmp_path):
   rm.save_classifier(tmp_path / "clf", params, meta)
   loaded, loaded_meta = rm.load_classifier(tmp_path / "clf")
   assert loaded_meta == meta
+  chex.assert_trees_all_equal(loaded, params)
   np.testing.assert_array_equal(rm.classifier_predict(loaded, images, 17),
                                 rm.classifier_predict(params, images, 17))
   feats = rm.classifier_features(loaded, images, 17)
-  assert feats.shape == (len(images), 64)
-  np.testing.assert_array_equal(feats,
-                                rm.classifier_features(params, images, 17))
+  chex.assert_shape(feats, (len(images), 64))
+  chex.assert_trees_all_equal(feats, rm.classifier_features(params, images, 17))
   # Features separate the classes: FD(0s, 1s) >> FD(0s, other 0s).
   zeros, ones = feats[labels == 0], feats[labels == 1]
   same = metrics.frechet_distance_from_features(zeros[::2], zeros[1::2])
@@ -201,6 +226,7 @@ def test_char_lm_learns_pattern(pattern_lm, tmp_path):
   rm.save_char_lm(tmp_path / "lm", params, {"vocab_size": vocab})
   loaded, meta = rm.load_char_lm(tmp_path / "lm")
   assert meta == {"vocab_size": vocab}
+  chex.assert_trees_all_equal(loaded, params)
   np.testing.assert_array_equal(rm.log_likelihood(loaded, tokens[:8]),
                                 rm.log_likelihood(params, tokens[:8]))
 

@@ -6,6 +6,7 @@ checkpoint into the shared workdir. Teacher training and a Di4C
 distillation must end with the parameters of the single-process run.
 """
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -13,10 +14,9 @@ import time
 
 import jax
 import numpy as np
-import pytest
 
 from configs import tiny as tiny_cfg
-from mixture_dd import distill, train
+from mixture_dd import configuration, runs, train, trainer
 from mixture_dd.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -59,10 +59,10 @@ def _run_both(module, args, tmp_path, name):
 
 
 def _assert_same_params(multi, single, model, sig):
-  abstract = jax.eval_shape(lambda: train.init_params(model, 0))
+  abstract = jax.eval_shape(lambda: trainer.init_params(model, 0))
   for ema in (False, True):
-    a, meta_a = train.load_params(multi, abstract, sig, ema=ema)
-    b, meta_b = train.load_params(single, abstract, sig, ema=ema)
+    a, meta_a = trainer.load_params(multi, abstract, sig, ema=ema)
+    b, meta_b = trainer.load_params(single, abstract, sig, ema=ema)
     assert meta_a["seed"] == meta_b["seed"]
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
       # float32 all-reduce order differs between 2x2 and 1x4 devices.
@@ -97,8 +97,7 @@ def test_two_processes_match_one(tmp_path):
   multi, single, outs = _run_both("launch.train", teacher, tmp_path, "teacher")
   assert "teacher step 4/4" in outs[0]
   assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["2", "4"]
-  _, _, process, model, _ = train.setup_teacher(c)
-  from mixture_dd import configuration
+  model = train.setup_teacher(c).model
   _assert_same_params(multi, single, model, configuration.model_signature(c, spec))
 
   student = [f"--config={REPO}/configs/tiny_distill.py", *common,
@@ -106,6 +105,65 @@ def test_two_processes_match_one(tmp_path):
              "--config.train.ckpt_every=3"]
   multi, single, outs = _run_both("launch.distill", student, tmp_path, "student")
   assert "distill step 3/3" in outs[0]
-  run = distill.load_run(single)
-  _assert_same_params(multi, single, run.model, distill.student_signature(run.config, spec))
+  run = runs.load_run(single)
+  _assert_same_params(multi, single, run.model, configuration.model_signature(run.config, spec))
   print(f"two-process test wall time: {time.time() - t0:.1f}s")
+
+
+def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_resume_is_exact(tmp_path):
+  """A preemption notice to ONE process of a 2-process run (as a pod slice
+  gets): Orbax's reached_preemption agrees on one step, both processes save
+  it and exit with the preemption status; rerunning both resumes to the same
+  parameters, bit for bit, as an uninterrupted 2-process run."""
+  data_dir = tmp_path / "tfds"
+  c = tiny_cfg.get_config()
+  c.data.data_dir, c.data.num_train, c.data.num_test = str(data_dir), 2000, 200
+  c.model.update(width=32, depth=1, heads=2)
+  spec, _ = pipeline.load(c.data, "train")
+  args = [f"--config={REPO}/configs/tiny.py", f"--config.data.data_dir={data_dir}", *DATA, *MODEL,
+          "--config.train.batch_size=32", "--config.train.log_every=1",
+          "--config.train.ckpt_every=1000", "--config.train.sample_every=0"]
+
+  def both(workdir, num_steps, watch=None):
+    port = _free_port()
+    logs = [open(tmp_path / f"{workdir.name}_{i}_{time.time()}.log", "w+") for i in range(2)]
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "launch.train", *args, f"--config.train.num_steps={num_steps}",
+         f"--workdir={workdir}", "--num_processes=2", f"--process_id={i}",
+         f"--coordinator_address=localhost:{port}"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=logs[i], text=True)
+        for i in range(2)]
+    try:
+      if watch:
+        deadline = time.time() + 300
+        while watch not in open(logs[0].name).read():
+          assert time.time() < deadline and procs[0].poll() is None, open(logs[0].name).read()
+          time.sleep(0.05)
+        os.kill(procs[1].pid, signal.SIGTERM)  # only the second process is told
+      rcs = [p.wait(timeout=400) for p in procs]
+    finally:
+      for p in procs:
+        if p.poll() is None:
+          p.kill()
+    return rcs, [open(f.name).read() for f in logs]
+
+  n = 200
+  rcs, logs = both(tmp_path / "p", n, watch="teacher step 5/")
+  assert rcs == [trainer.EXIT_PREEMPTED] * 2, [log[-2000:] for log in logs]
+  saved = [int(s) for s in os.listdir(tmp_path / "p" / "checkpoints") if s.isdigit()]
+  assert len(saved) == 1 and 5 <= saved[0] < n, saved
+  for log in logs:
+    assert f"saved step {saved[0]}" in log, log[-2000:]
+  k = saved[0] + 3
+  rcs, logs = both(tmp_path / "p", k)
+  assert rcs == [0, 0] and f"resumed from step {saved[0]}" in logs[0], logs[0][-2000:]
+  rcs, logs = both(tmp_path / "straight", k)
+  assert rcs == [0, 0], logs[0][-2000:]
+  model = train.setup_teacher(c).model
+  abstract = jax.eval_shape(lambda: trainer.init_params(model, 0))
+  for ema in (False, True):
+    a, _ = trainer.load_params(str(tmp_path / "p"), abstract, ema=ema)
+    b, _ = trainer.load_params(str(tmp_path / "straight"), abstract, ema=ema)
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

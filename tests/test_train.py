@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from configs import tiny as tiny_cfg
-from mixture_dd import configuration, exact, losses, processes, train
+from mixture_dd import configuration, denoisers, exact, losses, processes, train, trainer
 from mixture_dd.data import pipeline
 
 
@@ -29,19 +29,20 @@ def _leaves_equal(a, b, atol=0.0):
 def test_sharded_step_matches_single_device(tmp_path):
   assert jax.device_count() == 8, "conftest should give 8 CPU devices"
   c = small_config(tmp_path)
-  spec, source, process, model, loss_fn = train.setup_teacher(c)
-  opt = train.make_optimizer(c.optim, 10)
-  step_fn = train.make_step(loss_fn, opt, c.optim.ema_decay)
+  setup = train.setup_teacher(c)
+  source, model, loss_fn = setup.source, setup.model, setup.loss_fn
+  opt = trainer.make_optimizer(c.optim, 10)
+  step_fn = trainer.make_step(loss_fn, opt, c.optim.ema_decay)
   batcher = pipeline.Batcher(source.tokens, source.labels, 64, seed=0)
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
                          axis_types=(jax.sharding.AxisType.Auto,))
-    state = train.replicate(train.init_state(train.init_params(model, 0), opt), mesh)
-    jstep = train.shard_step(step_fn, mesh)
+    state = trainer.replicate(trainer.init_state(trainer.init_params(model, 0), opt), mesh)
+    jstep = trainer.shard_step(step_fn, mesh)
     losses_seen = []
     for i in range(3):
-      state, m = jstep(state, train.global_batch(mesh, batcher.batch(i)), jax.random.key(i), None)
+      state, m = jstep(state, trainer.global_batch(mesh, batcher.batch(i)), jax.random.key(i), None)
       losses_seen.append(float(m["loss"]))
     results.append((losses_seen, jax.device_get(state.params)))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
@@ -50,11 +51,11 @@ def test_sharded_step_matches_single_device(tmp_path):
 
 def test_kill_and_resume_gives_identical_parameters(tmp_path):
   c = small_config(tmp_path)
-  straight = train.train_and_evaluate(c, str(tmp_path / "a"))
+  straight = train.train_teacher(c, str(tmp_path / "a"))
   half = small_config(tmp_path, num_steps=6, ckpt_every=3)
-  train.train_and_evaluate(half, str(tmp_path / "b"))
+  train.train_teacher(half, str(tmp_path / "b"))
   c2 = small_config(tmp_path)
-  resumed = train.train_and_evaluate(c2, str(tmp_path / "b"))
+  resumed = train.train_teacher(c2, str(tmp_path / "b"))
   assert int(resumed.step) == int(straight.step) == 12
   _leaves_equal(straight.params, resumed.params)
   _leaves_equal(straight.ema_params, resumed.ema_params)
@@ -63,27 +64,28 @@ def test_kill_and_resume_gives_identical_parameters(tmp_path):
 
 def test_incompatible_checkpoint_names_the_fields(tmp_path):
   c = small_config(tmp_path, num_steps=2, ckpt_every=2)
-  train.train_and_evaluate(c, str(tmp_path / "w"))
+  train.train_teacher(c, str(tmp_path / "w"))
   c.model.width = 64
-  with pytest.raises(train.IncompatibleCheckpoint, match="model.width"):
-    train.train_and_evaluate(c, str(tmp_path / "w"))
+  with pytest.raises(trainer.IncompatibleCheckpoint, match="model.width"):
+    train.train_teacher(c, str(tmp_path / "w"))
 
 
 def test_nan_stops_with_step_and_term_and_is_not_saved(tmp_path):
   c = small_config(tmp_path, num_steps=8, ckpt_every=2, log_every=8)
-  spec, source, process, model, loss_fn = train.setup_teacher(c)
+  setup = train.setup_teacher(c)
+  source, model, loss_fn = setup.source, setup.model, setup.loss_fn
 
   def bad_loss(params, batch, key, frozen=None):
     loss, m = loss_fn(params, batch, key)
     poison = jnp.where(m["loss"] > -1, jnp.nan, 0.0)  # always NaN, traced
     return loss, dict(m, consistency=poison)
-  opt = train.make_optimizer(c.optim, 8)
-  state = train.init_state(train.init_params(model, 0), opt)
+  opt = trainer.make_optimizer(c.optim, 8)
+  state = trainer.init_state(trainer.init_params(model, 0), opt)
   batcher = pipeline.Batcher(source.tokens, source.labels, 64, seed=0)
-  loop = train.LoopConfig(workdir=str(tmp_path / "nan"), num_steps=8, seed=0, log_every=8,
+  loop = trainer.LoopConfig(workdir=str(tmp_path / "nan"), num_steps=8, seed=0, log_every=8,
                           ckpt_every=2)
-  with pytest.raises(train.NonFiniteError, match=r"step 1 .*consistency"):
-    train.fit(loop, state, train.make_step(bad_loss, opt, 0.9), batcher, train.make_mesh(), {})
+  with pytest.raises(trainer.NonFiniteError, match=r"step 1 .*consistency"):
+    trainer.fit(loop, state, trainer.make_step(bad_loss, opt, 0.9), batcher, trainer.make_mesh(), {})
   ckpts = tmp_path / "nan" / "checkpoints"
   assert not ckpts.exists() or not [p for p in os.listdir(ckpts) if p.isdigit()]
 
@@ -101,7 +103,7 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, matc
   sec, name = field.split(".")
   c[sec][name] = value
   with pytest.raises(ValueError, match=match):
-    train.train_and_evaluate(c, str(tmp_path / "bad"))
+    train.train_teacher(c, str(tmp_path / "bad"))
   assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
@@ -126,13 +128,13 @@ def test_masked_elbo_of_the_ideal_denoiser_is_the_entropy():
   entropy = -np.sum(probs * np.log(probs)) / length
   proc = processes.Masked(s_vocab, "linear")
   states = exact.enumerate_states(s_vocab, length)
-  fn = lambda p, x, t, lab, key, tr: exact.ideal_log_marginals(proc, probs, length, x, t)
+  fn = denoisers.ideal(proc, length)
 
   @jax.jit
   def batch_loss(key):
     k_data, k_loss = jax.random.split(key)
     idx = jax.random.choice(k_data, len(probs), (512,), p=jnp.asarray(probs))
-    return losses.teacher_loss(fn, None, proc, jnp.asarray(states)[idx], k_loss)[0]
+    return losses.teacher_loss(fn, jnp.asarray(probs), proc, jnp.asarray(states)[idx], k_loss)[0]
   vals = np.array([float(batch_loss(jax.random.key(i))) for i in range(200)])
   se = vals.std(ddof=1) / np.sqrt(len(vals))
   assert abs(vals.mean() - entropy) < 4 * se, (vals.mean(), entropy, se)
@@ -140,7 +142,7 @@ def test_masked_elbo_of_the_ideal_denoiser_is_the_entropy():
 
 def test_uniform_xent_of_flat_logits_is_log_s():
   proc = processes.Uniform(5, "linear")
-  fn = lambda p, x, t, lab, key, tr: jnp.zeros(x.shape + (5,))
+  fn = denoisers.from_function(lambda p, x, t: jnp.zeros(x.shape + (5,)))
   loss, m = losses.teacher_loss(fn, None, proc, jnp.zeros((8, 4), jnp.int32), jax.random.key(0))
   np.testing.assert_allclose(loss, np.log(5), rtol=1e-6)
   assert "xent_per_token" in m
@@ -153,9 +155,9 @@ def test_stratified_times_cover_the_interval():
 
 
 def test_ema_warmup_follows_tauldr():
-  d = np.asarray([float(train.ema_decay_at(n, 0.9999)) for n in (0, 1, 10, 100, 10**6)])
+  d = np.asarray([float(trainer.ema_decay_at(n, 0.9999)) for n in (0, 1, 10, 100, 10**6)])
   np.testing.assert_allclose(d, [1 / 10, 2 / 11, 11 / 20, 101 / 110, 0.9999], rtol=1e-6)
-  assert float(train.ema_decay_at(5, 0.9, warmup=False)) == pytest.approx(0.9)
+  assert float(trainer.ema_decay_at(5, 0.9, warmup=False)) == pytest.approx(0.9)
   # After 5000 steps a warmed-up 0.9999 EMA holds a negligible share of the start.
-  share = np.prod(np.asarray(train.ema_decay_at(np.arange(5000), 0.9999), np.float64))
+  share = np.prod(np.asarray(trainer.ema_decay_at(np.arange(5000), 0.9999), np.float64))
   assert share < 1e-3 and 0.9999 ** 5000 > 0.6
