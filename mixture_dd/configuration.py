@@ -29,6 +29,7 @@ import ml_collections
 import numpy as np
 
 from mixture_dd import networks, processes
+from mixture_dd.data import pipeline
 
 SECTIONS = ("data", "process", "model", "loss", "optim", "train")
 DTYPES = ("float32", "bfloat16")
@@ -58,7 +59,6 @@ def base_config() -> ml_collections.ConfigDict:
 
 def data_config(name: str, **overrides) -> ml_collections.ConfigDict:
   """The data section: the data set's defaults with `overrides` checked."""
-  from mixture_dd.data import pipeline
   c = pipeline.default_data_config(name)
   unknown = set(overrides) - set(c)
   if unknown:

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixture_dd import exact, losses
+
 
 class Denoiser(Protocol):
   def __call__(self, params, x_t: jax.Array, t: jax.Array, key: jax.Array,
@@ -75,8 +77,6 @@ def mixture_marginals(component: Denoiser, num_latents: int) -> Denoiser:
   latents (one random offset per example, from the key): how a student is
   a teacher for the next round (di4c^2), and how its marginals are scored.
   """
-  from mixture_dd import losses
-
   def denoise(params, x_t, t, key, lam=None, labels=None):
     b = x_t.shape[0]
     offs = jax.random.uniform(key, (b, 1))
@@ -97,7 +97,6 @@ def with_labels(denoiser: Denoiser, labels) -> Denoiser:
 
 def ideal(process, length: int) -> Denoiser:
   """The exact ideal product denoiser of a tiny family; params = its probabilities `[S**D]`."""
-  from mixture_dd import exact
   return from_function(lambda probs, x_t, t: exact.ideal_log_marginals(process, probs, length,
                                                                        x_t, t))
 

@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mixture_dd import categorical
+
 NEG_INF = -1e6
 _TINY = 1e-30
 
@@ -113,7 +115,6 @@ class Process:
 
   def sample_xt(self, key, x0, t):
     """x_t ~ q_{t|0}(. | x0): `[batch, ...]` int32."""
-    from mixture_dd import categorical  # local: categorical is below processes
     return categorical.sample(key, self.log_q_t0(x0, t))
 
   def check_tokens(self, x, what="tokens"):
@@ -189,11 +190,14 @@ class _MatrixProcess(Process):
   """Processes whose q_{t|s} is a dense K x K matrix; posteriors by Bayes."""
 
   def log_q_t0(self, x0, t):
+    _bcast(t, x0)  # a scalar or one time per example, as for Masked
     m = self.transition(jnp.zeros_like(jnp.asarray(t, jnp.float32)), t)
     return _safe_log(_rows(m, x0))
 
   def log_posterior(self, x_t, x0, s, t):
     # q(x_s | x_t, x0) ∝ q_{s|0}(x_s | x0) q_{t|s}(x_t | x_s).
+    _bcast(s, x_t)
+    _bcast(t, x_t)
     s = jnp.asarray(s, jnp.float32)
     q_s0 = _rows(self.transition(jnp.zeros_like(s), s), x0)
     q_ts = _rows(jnp.swapaxes(self.transition(s, t), -1, -2), x_t)

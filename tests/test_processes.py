@@ -162,10 +162,9 @@ class TransitionTest(chex.TestCase):
     lp = log_posterior(x_t, x0, ss, ts)
     chex.assert_shape([lq, lp], (2, 3, proc.num_states))
     chex.assert_type([lq, lp], jnp.float32)
-    for b in range(2):
-      chex.assert_trees_all_close(lq[b], log_q_t0(x0[b:b + 1], ts[b])[0], atol=1e-5)
-      chex.assert_trees_all_close(
-          lp[b], log_posterior(x_t[b:b + 1], x0[b:b + 1], ss[b], ts[b])[0], atol=1e-5)
+    for b in range(2):  # row b of the batch at the scalar times (s_b, t_b)
+      chex.assert_trees_all_close(lq[b], log_q_t0(x0, ts[b])[b], atol=1e-5)
+      chex.assert_trees_all_close(lp[b], log_posterior(x_t, x0, ss[b], ts[b])[b], atol=1e-5)
     np.testing.assert_allclose(np.exp(lq[0]), np.asarray(transition(0.0, 0.3))[x0[0]], atol=1e-6)
 
   @chex.variants(with_jit=True, without_jit=True)
@@ -213,19 +212,11 @@ def test_make_process_and_errors():
     p.check_tokens(np.array([[0, 9]]))
 
 
-_UNCHECKED = pytest.mark.xfail(
-    strict=True, reason="_MatrixProcess.log_q_t0 / log_posterior do not validate per-example "
-    "times: a [2] time vector on a batch of 3 is silently clamped (example 3 gets time 2)")
-
-
-@pytest.mark.parametrize("proc", [ALL[0], pytest.param(ALL[4], marks=_UNCHECKED),
-                                  pytest.param(ALL[6], marks=_UNCHECKED)],
+@pytest.mark.parametrize("proc", [ALL[0], ALL[4], ALL[6]],
                          ids=["masked", "uniform", "gaussian"])
-@pytest.mark.parametrize("fn", ["log_q_t0", "log_posterior"])
-def test_times_must_be_scalar_or_one_per_example(proc, fn):
+def test_times_must_be_scalar_or_one_per_example(proc):
   x = jnp.zeros((3, 2), jnp.int32)
   with pytest.raises(ValueError, match="one per example"):
-    if fn == "log_q_t0":
-      proc.log_q_t0(x, jnp.full(2, 0.5))
-    else:
-      proc.log_posterior(x, x, jnp.full(2, 0.2), jnp.full(2, 0.5))
+    proc.log_q_t0(x, jnp.full(2, 0.5))
+  with pytest.raises(ValueError, match="one per example"):
+    proc.log_posterior(x, x, jnp.full(2, 0.2), jnp.full(2, 0.5))
