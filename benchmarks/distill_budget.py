@@ -12,6 +12,7 @@ method.
       --budgets=0,150,300,600,1200 --out=reports/budget_digits
 Writes budget.md, budget.json and budget.png under --out.
 """
+
 import json
 import os
 import time
@@ -25,8 +26,11 @@ from mixture_dd import distill, evaluate, runs
 
 _CONFIG = common.define_config_flag("Distillation config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The student's checkpoints go here.")
-_BUDGETS = flags.DEFINE_list("budgets", ["0", "150", "300", "600", "1200"],
-                             "Distillation steps at which the student is scored.")
+_BUDGETS = flags.DEFINE_list(
+  "budgets",
+  ["0", "150", "300", "600", "1200"],
+  "Distillation steps at which the student is scored.",
+)
 _STEPS = flags.DEFINE_list("steps", ["2", "4"], "Sampling steps N.")
 _NUM = flags.DEFINE_integer("num_samples", 2048, "Samples per (sampler, N).")
 _OUT = flags.DEFINE_string("out", "reports/budget", "budget.md, budget.json, budget.png.")
@@ -51,8 +55,9 @@ def main(argv):
   cache, length, process = {}, teacher.spec.length, teacher.process
 
   def scored(spec, n, name):
-    tokens, _, _ = evaluate.draw_samples(spec, process, length, n, _NUM.value,
-                                         min(256, _NUM.value), 0, cache)
+    tokens, _, _ = evaluate.draw_samples(
+      spec, process, length, n, _NUM.value, min(256, _NUM.value), 0, cache
+    )
     row = score(name, n, tokens)
     return [row[metric], row.get(f"{metric}_se", float("nan"))]
 
@@ -76,20 +81,32 @@ def main(argv):
 
 def _write(teacher, metric, steps, ref, data_ref, rows):
   os.makedirs(_OUT.value, exist_ok=True)
-  result = {"data": teacher.spec.name, "metric": metric, "num_samples": _NUM.value,
-            "teacher": {str(n): {f"{k}N": v for k, v in r.items()} for n, r in ref.items()},
-            "data_reference": data_ref.get(metric), "rows": rows,
-            "device": jax.devices()[0].platform}
+  result = {
+    "data": teacher.spec.name,
+    "metric": metric,
+    "num_samples": _NUM.value,
+    "teacher": {str(n): {f"{k}N": v for k, v in r.items()} for n, r in ref.items()},
+    "data_reference": data_ref.get(metric),
+    "rows": rows,
+    "device": jax.devices()[0].platform,
+  }
   with open(os.path.join(_OUT.value, "budget.json"), "w") as f:
     json.dump(result, f, indent=2)
   fmt = lambda v: f"{v[0]:.4g} ± {v[1]:.2g}"
-  lines = [f"# Distillation budget on {teacher.spec.name}: {metric} ({_NUM.value} samples)", "",
-           "| steps | distill s | " + " | ".join(f"student N={n}" for n in steps) + " |",
-           "|---|---|" + "---|" * len(steps)]
-  lines += [f"| {r['budget']} | {r['cpu_s']:.0f} | " + " | ".join(fmt(r[f'N{n}']) for n in steps)
-            + " |" for r in rows]
-  lines += ["", "Teacher: " + "; ".join(
-      f"N={k * n}: {fmt(ref[n][k])}" for n in steps for k in (1, 2, 4))]
+  lines = [
+    f"# Distillation budget on {teacher.spec.name}: {metric} ({_NUM.value} samples)",
+    "",
+    "| steps | distill s | " + " | ".join(f"student N={n}" for n in steps) + " |",
+    "|---|---|" + "---|" * len(steps),
+  ]
+  lines += [
+    f"| {r['budget']} | {r['cpu_s']:.0f} | " + " | ".join(fmt(r[f"N{n}"]) for n in steps) + " |"
+    for r in rows
+  ]
+  lines += [
+    "",
+    "Teacher: " + "; ".join(f"N={k * n}: {fmt(ref[n][k])}" for n in steps for k in (1, 2, 4)),
+  ]
   with open(os.path.join(_OUT.value, "budget.md"), "w") as f:
     f.write("\n".join(lines) + "\n")
   print("\n".join(lines), flush=True)
@@ -98,16 +115,19 @@ def _write(teacher, metric, steps, ref, data_ref, rows):
 
 def _plot(result, steps, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
   fig, axes = plt.subplots(1, len(steps), figsize=(4.2 * len(steps), 3.4), squeeze=False)
   budgets = [r["budget"] for r in result["rows"]]
   for ax, n in zip(axes[0], steps):
     vals = np.array([r[f"N{n}"] for r in result["rows"]])
     ax.errorbar(budgets, vals[:, 0], yerr=vals[:, 1], marker="o", label=f"student N={n}")
     for k, ls in ((1, ":"), (2, "--"), (4, "-.")):
-      ax.axhline(result["teacher"][str(n)][f"{k}N"][0], ls=ls, color="k", lw=1,
-                 label=f"teacher N={k * n}")
+      ax.axhline(
+        result["teacher"][str(n)][f"{k}N"][0], ls=ls, color="k", lw=1, label=f"teacher N={k * n}"
+      )
     ax.set_xlabel("distillation steps")
     ax.set_title(f"{result['data']}: {result['metric']} at N={n}")
     ax.legend(fontsize=7)

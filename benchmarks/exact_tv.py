@@ -6,6 +6,7 @@ the whole law is pushed through every step, lambda integrated on 32
 Gauss-Legendre nodes.
   python -m benchmarks.exact_tv --out=reports/exact_tv_student.md
 """
+
 import datetime
 import os
 import platform
@@ -25,11 +26,14 @@ FAMILIES = (("dirichlet", 0), ("markov", 1))
 def main(argv):
   del argv
   steps = [int(s) for s in _STEPS.value]
-  lines = [f"Exact TV to the data law, S = D = 3, masked linear schedule "
-           f"({datetime.date.today()}, {platform.machine()} CPU x{os.cpu_count()}, "
-           f"{_TRAIN.value} distillation steps, L = 32).", "",
-           "| family | sampler | " + " | ".join(f"N={n}" for n in steps) + " | train s |",
-           "|---|---|" + "---|" * len(steps) + "---|"]
+  lines = [
+    f"Exact TV to the data law, S = D = 3, masked linear schedule "
+    f"({datetime.date.today()}, {platform.machine()} CPU x{os.cpu_count()}, "
+    f"{_TRAIN.value} distillation steps, L = 32).",
+    "",
+    "| family | sampler | " + " | ".join(f"N={n}" for n in steps) + " | train s |",
+    "|---|---|" + "---|" * len(steps) + "---|",
+  ]
   for family, seed in FAMILIES:
     c = tiny_distill.get_config()
     c.data.update(family=family, seed=seed)
@@ -40,11 +44,18 @@ def main(argv):
     probs = exact.make_family(family, 3, 3, seed)
     fn_t = denoisers.exact_view(s.teacher.denoise, s.teacher.frozen)
     fn_s = denoisers.exact_view(denoisers.from_network(s.model), result.params)
-    tv = exact_report.tv_table(s.process, probs, 3, {"teacher (exact product)": (fn_t, False),
-                                                   "Di4C student": (fn_s, True)}, steps)
+    tv = exact_report.tv_table(
+      s.process,
+      probs,
+      3,
+      {"teacher (exact product)": (fn_t, False), "Di4C student": (fn_s, True)},
+      steps,
+    )
     for name, row in tv.items():
       extra = f"{secs:.0f}" if name == "Di4C student" else ""
-      lines.append(f"| {family} | {name} | " + " | ".join(f"{v:.4f}" for v in row) + f" | {extra} |")
+      lines.append(
+        f"| {family} | {name} | " + " | ".join(f"{v:.4f}" for v in row) + f" | {extra} |"
+      )
   text = "\n".join(lines)
   print(text)
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)

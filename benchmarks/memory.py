@@ -13,16 +13,17 @@ run, so it works on a CPU for sizes that would not fit.
 A chunk count that does not divide L is reported as n/a, as is every
 chunked column if the loss has no `latent_chunks` support.
 """
+
 from __future__ import annotations
 
 import datetime
 import os
 import platform
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
 import ml_collections
+from absl import app, flags
 
 from mixture_dd import configuration, denoisers, distill, trainer
 from mixture_dd.data import pipeline
@@ -37,7 +38,7 @@ _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
 _PRESET = flags.DEFINE_string("preset", "sdtt", "Di4C preset (tauldr, maskgit, sdtt).")
 _OUT = flags.DEFINE_string("out", "reports/memory.md", "Markdown report path.")
 
-MIB = 1024.0 ** 2
+MIB = 1024.0**2
 
 
 def _config(num_latents: int, chunks: int) -> ml_collections.ConfigDict:
@@ -61,15 +62,25 @@ def step_memory(num_latents: int, chunks: int) -> dict | None:
   teacher_model = configuration.make_model(c, spec, process)
   student_model = configuration.make_model(c, spec, process, latent=True)
   teacher = distill.network_teacher(teacher_model, trainer.init_params(teacher_model, 0))
-  loss_fn = distill.di4c_loss(denoisers.from_network(student_model, train=True), teacher, process,
-                              c.distill, target=denoisers.from_network(student_model))
+  loss_fn = distill.di4c_loss(
+    denoisers.from_network(student_model, train=True),
+    teacher,
+    process,
+    c.distill,
+    target=denoisers.from_network(student_model),
+  )
   opt = trainer.make_optimizer(c.optim, 100)
   state = trainer.init_state(trainer.init_params(student_model, 0), opt)
   step = trainer.make_step(loss_fn, opt, c.optim.ema_decay)
-  batch = {"tokens": jnp.zeros((_BATCH.value, _LENGTH.value), jnp.int32),
-           "labels": jnp.zeros((_BATCH.value,), jnp.int32)}
-  compiled = jax.jit(step, donate_argnums=(0,)).lower(
-      state, batch, jax.random.key(0), teacher.frozen).compile()
+  batch = {
+    "tokens": jnp.zeros((_BATCH.value, _LENGTH.value), jnp.int32),
+    "labels": jnp.zeros((_BATCH.value,), jnp.int32),
+  }
+  compiled = (
+    jax.jit(step, donate_argnums=(0,))
+    .lower(state, batch, jax.random.key(0), teacher.frozen)
+    .compile()
+  )
   m = compiled.memory_analysis()
   if m is None:
     return None
@@ -103,18 +114,18 @@ def main(argv):
     rows.append(row)
   head = ["L"] + [f"chunks={ch}: temp / peak MiB" for ch in chunks]
   lines = [
-      "# Peak memory of one Di4C train step",
-      "",
-      f"{datetime.date.today()}, {platform.node()}, jax {jax.__version__}, backend "
-      f"{jax.default_backend()} ({jax.devices()[0].device_kind}), one device. "
-      f"Student and product teacher: width {_WIDTH.value}, depth {_DEPTH.value}; "
-      f"D={_LENGTH.value}, S={_VOCAB.value}, batch {_BATCH.value}, preset {_PRESET.value}, "
-      "float32, AdamW. From XLA's `compiled.memory_analysis()` (nothing executed): temp = "
-      "temporary buffers, peak = temp + arguments + outputs - donated aliases (or XLA's peak "
-      "if larger).",
-      "",
-      "| " + " | ".join(head) + " |",
-      "|" + "---|" * len(head),
+    "# Peak memory of one Di4C train step",
+    "",
+    f"{datetime.date.today()}, {platform.node()}, jax {jax.__version__}, backend "
+    f"{jax.default_backend()} ({jax.devices()[0].device_kind}), one device. "
+    f"Student and product teacher: width {_WIDTH.value}, depth {_DEPTH.value}; "
+    f"D={_LENGTH.value}, S={_VOCAB.value}, batch {_BATCH.value}, preset {_PRESET.value}, "
+    "float32, AdamW. From XLA's `compiled.memory_analysis()` (nothing executed): temp = "
+    "temporary buffers, peak = temp + arguments + outputs - donated aliases (or XLA's peak "
+    "if larger).",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
   ] + ["| " + " | ".join(r) + " |" for r in rows]
   text = "\n".join(lines) + "\n"
   print(text)

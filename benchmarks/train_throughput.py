@@ -11,6 +11,7 @@ float32 2048x2048 matmul reaches on the same devices in the same run.
 A config is a name in configs/ (`markov`), a path (`configs/markov.py`), and
 either may carry a parameter string (`configs/cifar10_gaussian.py:tiny`).
 """
+
 from __future__ import annotations
 
 import datetime
@@ -19,19 +20,23 @@ import os
 import platform
 import time
 
-from absl import app, flags
 import jax
 import jax.numpy as jnp
+from absl import app, flags
 
 from mixture_dd import networks, train, trainer
 from mixture_dd.data import pipeline
 
-_CONFIGS = flags.DEFINE_list("configs", ["tiny", "markov", "digits", "pydoc_text"],
-                             "Config names in configs/ or paths, optionally with ':param'.")
+_CONFIGS = flags.DEFINE_list(
+  "configs",
+  ["tiny", "markov", "digits", "pydoc_text"],
+  "Config names in configs/ or paths, optionally with ':param'.",
+)
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per config.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
-_BATCH = flags.DEFINE_integer("batch_size", None,
-                              "Override train.batch_size (default: the config's).")
+_BATCH = flags.DEFINE_integer(
+  "batch_size", None, "Override train.batch_size (default: the config's)."
+)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Override data.data_dir for generated data.")
 _OUT = flags.DEFINE_string("out", "reports/train_throughput.md", "Markdown report path.")
 
@@ -64,7 +69,7 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
   b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
   f = jax.jit(jnp.matmul)
   jax.block_until_ready(f(a, b))
-  return 2.0 * n ** 3 / _time(lambda: f(a, b), reps) / 1e9
+  return 2.0 * n**3 / _time(lambda: f(a, b), reps) / 1e9
 
 
 def bench_config(config, steps: int, warmup: int) -> dict:
@@ -97,16 +102,24 @@ def bench_config(config, steps: int, warmup: int) -> dict:
   step_s = (time.perf_counter() - t0) / steps
   examples_s = batch_size / step_s
   flops = networks.flops_per_example(model)
-  return dict(params=networks.count_params(params), batch=batch_size, step_s=step_s,
-              examples_s=examples_s, model_gflops=3.0 * flops * examples_s / 1e9,
-              compile_s=compile_s, loss=float(m["loss"]))
+  return dict(
+    params=networks.count_params(params),
+    batch=batch_size,
+    step_s=step_s,
+    examples_s=examples_s,
+    model_gflops=3.0 * flops * examples_s / 1e9,
+    compile_s=compile_s,
+    loss=float(m["loss"]),
+  )
 
 
 def device_description() -> str:
   devs = jax.devices()
   kinds = sorted({d.device_kind for d in devs})
-  return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-          f"jax {jax.__version__}, {len(devs)} x {'/'.join(kinds)} ({jax.default_backend()})")
+  return (
+    f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
+    f"jax {jax.__version__}, {len(devs)} x {'/'.join(kinds)} ({jax.default_backend()})"
+  )
 
 
 def main(argv):
@@ -121,27 +134,32 @@ def main(argv):
     if _DATA_DIR.value and "data_dir" in config.data:
       config.data.data_dir = _DATA_DIR.value
     r = bench_config(config, _STEPS.value, _WARMUP.value)
-    print(f"{name}: {r['step_s']:.3f} s/step, {r['examples_s']:.1f} ex/s, "
-          f"{r['model_gflops']:.1f} GFLOP/s (compile {r['compile_s']:.1f} s)", flush=True)
+    print(
+      f"{name}: {r['step_s']:.3f} s/step, {r['examples_s']:.1f} ex/s, "
+      f"{r['model_gflops']:.1f} GFLOP/s (compile {r['compile_s']:.1f} s)",
+      flush=True,
+    )
     rows.append((name, r))
   # Re-measure the matmul after the models too: the ratio uses the better of
   # the two so a noisy first measurement cannot inflate MFU.
   peak = max(peak, matmul_gflops())
   lines = [
-      "# Teacher train-step throughput",
-      "",
-      f"{datetime.datetime.now().isoformat(timespec='seconds')} on {device_description()}.",
-      f"Timed {_STEPS.value} steps after {_WARMUP.value} warm-up steps (compilation excluded). "
-      "Model GFLOP/s = 3 x `networks.flops_per_example` x examples/s (matmuls only); "
-      "MFU = model GFLOP/s / float32 2048x2048 matmul GFLOP/s.",
-      "",
-      "| config | params | batch | s/step | examples/s | model GFLOP/s | matmul GFLOP/s | MFU |",
-      "|---|---:|---:|---:|---:|---:|---:|---:|",
+    "# Teacher train-step throughput",
+    "",
+    f"{datetime.datetime.now().isoformat(timespec='seconds')} on {device_description()}.",
+    f"Timed {_STEPS.value} steps after {_WARMUP.value} warm-up steps (compilation excluded). "
+    "Model GFLOP/s = 3 x `networks.flops_per_example` x examples/s (matmuls only); "
+    "MFU = model GFLOP/s / float32 2048x2048 matmul GFLOP/s.",
+    "",
+    "| config | params | batch | s/step | examples/s | model GFLOP/s | matmul GFLOP/s | MFU |",
+    "|---|---:|---:|---:|---:|---:|---:|---:|",
   ]
   for name, r in rows:
-    lines.append(f"| {name} | {r['params']:,} | {r['batch']} | {r['step_s']:.3f} | "
-                 f"{r['examples_s']:.1f} | {r['model_gflops']:.1f} | {peak:.1f} | "
-                 f"{r['model_gflops'] / peak:.1%} |")
+    lines.append(
+      f"| {name} | {r['params']:,} | {r['batch']} | {r['step_s']:.3f} | "
+      f"{r['examples_s']:.1f} | {r['model_gflops']:.1f} | {peak:.1f} | "
+      f"{r['model_gflops'] / peak:.1%} |"
+    )
   text = "\n".join(lines) + "\n"
   print(text)
   if _OUT.value:

@@ -16,6 +16,7 @@ Needs CIFAR-10 prepared with TFDS (see `mixture_dd.data.pipeline.load`):
   python -m launch.train --config=configs/cifar10_gaussian.py --workdir=workdirs/cifar10 \
       --config.data.data_dir=DIR
 """
+
 import ml_collections
 
 from mixture_dd import configuration
@@ -25,15 +26,41 @@ def get_config():
   c = configuration.base_config()
   c.data = configuration.data_config("cifar10")
   # A fresh section: the Gaussian process takes no `schedule`.
-  c.process = ml_collections.ConfigDict(dict(
-      name="gaussian", vocab_size=None, rate_sigma=6.0, q_sigma=512.0, time_base=3.0,
-      time_exp=100.0))
-  c.model.update(width=768, depth=12, heads=12, mlp_ratio=4, dropout=0.0,
-                 positions="learned", class_conditional=False, dtype="bfloat16")
+  c.process = ml_collections.ConfigDict(
+    dict(
+      name="gaussian", vocab_size=None, rate_sigma=6.0, q_sigma=512.0, time_base=3.0, time_exp=100.0
+    )
+  )
+  c.model.update(
+    width=768,
+    depth=12,
+    heads=12,
+    mlp_ratio=4,
+    dropout=0.0,
+    positions="learned",
+    class_conditional=False,
+    dtype="bfloat16",
+  )
   c.loss.t_min = 0.01
   # Plain Adam as in tauLDR: AdamW with zero weight decay, constant after warm-up.
-  c.optim.update(lr=2e-4, warmup_steps=5000, weight_decay=0.0, b1=0.9, b2=0.999, clip=1.0,
-                 ema_decay=0.9999, schedule="constant")
-  c.train.update(batch_size=128, num_steps=1_000_000, log_every=1000, ckpt_every=10_000,
-                 keep=3, sample_every=50_000, sample_steps=256, num_samples=64)
+  c.optim.update(
+    lr=2e-4,
+    warmup_steps=5000,
+    weight_decay=0.0,
+    b1=0.9,
+    b2=0.999,
+    clip=1.0,
+    ema_decay=0.9999,
+    schedule="constant",
+  )
+  c.train.update(
+    batch_size=128,
+    num_steps=1_000_000,
+    log_every=1000,
+    ckpt_every=10_000,
+    keep=3,
+    sample_every=50_000,
+    sample_steps=256,
+    num_samples=64,
+  )
   return c

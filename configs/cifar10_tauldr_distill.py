@@ -6,6 +6,7 @@ L = 16, Adam 2e-4 with clipping 1.0. For accelerators:
   python -m launch.distill --config=configs/cifar10_tauldr_distill.py --workdir=... \
       --config.teacher.workdir=<a configs/cifar10_gaussian.py run>
 """
+
 import ml_collections
 
 from mixture_dd import configuration
@@ -15,10 +16,17 @@ def get_config():
   c = configuration.distill_base_config("tauldr")
   c.teacher.update(kind="network", workdir="workdirs/cifar10_teacher")
   c.distill.update(data_weight=1.0, latent_chunks=4)  # di4c-d; chunks bound memory
-  c.optim.update(lr=2e-4, warmup_steps=0, weight_decay=0.0, clip=1.0, ema_decay=0.9999,
-                 schedule="constant")
-  c.train.update(batch_size=128, num_steps=100_000, log_every=100, ckpt_every=5000,
-                 sample_every=10_000, sample_steps=10)
+  c.optim.update(
+    lr=2e-4, warmup_steps=0, weight_decay=0.0, clip=1.0, ema_decay=0.9999, schedule="constant"
+  )
+  c.train.update(
+    batch_size=128,
+    num_steps=100_000,
+    log_every=100,
+    ckpt_every=5000,
+    sample_every=10_000,
+    sample_steps=10,
+  )
   c.train.eval_weights = "ema"  # tauLDR samples from its warmed-up EMA
   c.model = ml_collections.ConfigDict(dict(dropout=0.1))  # the official student's dropout
   return c

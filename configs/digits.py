@@ -7,6 +7,7 @@ the earlier 1000-step teacher gave FD 33-35, hardly recognisable digits.
   python -m launch.train --config=configs/digits.py --workdir=workdirs/demo/teacher
 `configs/digits.py:ci` is the seconds-long variant the tests run.
 """
+
 from mixture_dd import configuration
 
 
@@ -16,8 +17,9 @@ def get_config(scale: str = "full"):
   c.process.update(name="masked", schedule="loglinear")
   c.model.update(width=96, depth=3, heads=4, positions="learned")
   c.optim.update(lr=1e-3, warmup_steps=100, ema_decay=0.995)
-  c.train.update(batch_size=64, num_steps=2400, log_every=200, ckpt_every=800,
-                 sample_every=0, sample_steps=64)
+  c.train.update(
+    batch_size=64, num_steps=2400, log_every=200, ckpt_every=800, sample_every=0, sample_steps=64
+  )
   if scale == "ci":
     c.model.update(width=32, depth=1, heads=2)
     # 60 steps (a few seconds), so that a test can preempt it mid-way.

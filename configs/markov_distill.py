@@ -6,15 +6,25 @@
       --student_workdir=workdirs/markov_student --steps=2,4,8,16,32 --out_dir=reports/markov
 About 10 minutes on 2 CPU cores.
 """
+
 from mixture_dd import configuration
 
 
 def get_config():
   c = configuration.distill_base_config("sdtt")
   c.teacher.update(kind="network", workdir="workdirs/markov_teacher")
-  c.distill.update(num_latents=16, t_sampling="uniform", delta="const", delta_lo=0.05,
-                   delta_hi=0.05, distil_threshold=0.05, data_weight=1.0, alpha_scale=1.0,
-                   student_start="centred", latent_init_scale=1.0)
+  c.distill.update(
+    num_latents=16,
+    t_sampling="uniform",
+    delta="const",
+    delta_lo=0.05,
+    delta_hi=0.05,
+    distil_threshold=0.05,
+    data_weight=1.0,
+    alpha_scale=1.0,
+    student_start="centred",
+    latent_init_scale=1.0,
+  )
   c.optim.update(lr=3e-4, warmup_steps=20, ema_decay=0.99, schedule="cosine")
   c.train.update(batch_size=16, num_steps=600, log_every=50, ckpt_every=200)
   return c

@@ -3,6 +3,7 @@
 Sized for a 2-core CPU: about 9 minutes (0.35 s/step).
   python -m launch.train --config=configs/pydoc_text.py --workdir=workdirs/pydoc_teacher
 """
+
 from mixture_dd import configuration
 
 
@@ -12,6 +13,7 @@ def get_config():
   c.process.update(name="masked", schedule="loglinear")
   c.model.update(width=96, depth=3, heads=4, positions="rope")
   c.optim.update(lr=1e-3, warmup_steps=100, ema_decay=0.999)
-  c.train.update(batch_size=64, num_steps=1500, log_every=100, ckpt_every=500,
-                 sample_every=1500, sample_steps=64)
+  c.train.update(
+    batch_size=64, num_steps=1500, log_every=100, ckpt_every=500, sample_every=1500, sample_steps=64
+  )
   return c

@@ -7,14 +7,23 @@ uniform t, Delta = 0.05, distillation below t = 0.05, di4c-d with alpha as
 tauLDR's): SDTT's own Delta of 1/1024 is sized for 1024-step teachers and
 a 100k-step budget, not for a few hundred CPU steps.
 """
+
 from mixture_dd import configuration
 
 
 def get_config():
   c = configuration.distill_base_config("sdtt")
   c.teacher.update(kind="network", workdir="workdirs/text_teacher")
-  c.distill.update(num_latents=16, t_sampling="uniform", delta="const", delta_lo=0.05,
-                   delta_hi=0.05, distil_threshold=0.05, data_weight=1.0, alpha_scale=1.0)
+  c.distill.update(
+    num_latents=16,
+    t_sampling="uniform",
+    delta="const",
+    delta_lo=0.05,
+    delta_hi=0.05,
+    distil_threshold=0.05,
+    data_weight=1.0,
+    alpha_scale=1.0,
+  )
   c.optim.update(lr=3e-4, warmup_steps=20, ema_decay=0.99, schedule="cosine")
   c.train.update(batch_size=8, num_steps=600, log_every=50, ckpt_every=200)
   return c

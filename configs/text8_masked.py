@@ -13,6 +13,7 @@ text8 needs network to build once (see `mixture_dd.data.builders.prepare`):
   python -m launch.train --config=configs/text8_masked.py --workdir=workdirs/text8 \
       --config.data.data_dir=DIR
 """
+
 from mixture_dd import configuration
 
 
@@ -20,10 +21,34 @@ def get_config():
   c = configuration.base_config()
   c.data = configuration.data_config("text8", length=256)
   c.process.update(name="masked", schedule="loglinear")
-  c.model.update(width=768, depth=12, heads=12, mlp_ratio=4, dropout=0.1, positions="rope",
-                 class_conditional=False, dtype="bfloat16")
-  c.optim.update(lr=3e-4, warmup_steps=2500, weight_decay=0.0, b1=0.9, b2=0.999, clip=1.0,
-                 ema_decay=0.9999, schedule="constant")
-  c.train.update(batch_size=512, num_steps=1_000_000, log_every=1000, ckpt_every=10_000,
-                 keep=3, sample_every=50_000, sample_steps=256, num_samples=64)
+  c.model.update(
+    width=768,
+    depth=12,
+    heads=12,
+    mlp_ratio=4,
+    dropout=0.1,
+    positions="rope",
+    class_conditional=False,
+    dtype="bfloat16",
+  )
+  c.optim.update(
+    lr=3e-4,
+    warmup_steps=2500,
+    weight_decay=0.0,
+    b1=0.9,
+    b2=0.999,
+    clip=1.0,
+    ema_decay=0.9999,
+    schedule="constant",
+  )
+  c.train.update(
+    batch_size=512,
+    num_steps=1_000_000,
+    log_every=1000,
+    ckpt_every=10_000,
+    keep=3,
+    sample_every=50_000,
+    sample_steps=256,
+    num_samples=64,
+  )
   return c

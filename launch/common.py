@@ -9,6 +9,7 @@ Multi-process runs (one process per host, or several on one machine):
 Every process must see the same --workdir (a shared file system); each one
 reads only its slice of every global batch.
 """
+
 import logging
 import os
 import re
@@ -21,15 +22,28 @@ from ml_collections import config_flags
 
 from mixture_dd import trainer
 
-_COORD = flags.DEFINE_string("coordinator_address", os.environ.get("MDD_COORDINATOR"),
-                             "host:port of process 0 for multi-process runs (or $MDD_COORDINATOR).")
-_NPROC = flags.DEFINE_integer("num_processes", int(os.environ.get("MDD_NUM_PROCESSES", "1")),
-                              "Number of processes (or $MDD_NUM_PROCESSES).")
-_PID = flags.DEFINE_integer("process_id", int(os.environ.get("MDD_PROCESS_ID", "0")),
-                            "This process's id (or $MDD_PROCESS_ID).")
+_COORD = flags.DEFINE_string(
+  "coordinator_address",
+  os.environ.get("MDD_COORDINATOR"),
+  "host:port of process 0 for multi-process runs (or $MDD_COORDINATOR).",
+)
+_NPROC = flags.DEFINE_integer(
+  "num_processes",
+  int(os.environ.get("MDD_NUM_PROCESSES", "1")),
+  "Number of processes (or $MDD_NUM_PROCESSES).",
+)
+_PID = flags.DEFINE_integer(
+  "process_id",
+  int(os.environ.get("MDD_PROCESS_ID", "0")),
+  "This process's id (or $MDD_PROCESS_ID).",
+)
 
-_DEBUG = flags.DEFINE_bool("debug", False, "Show the Python traceback of a user error "
-                           "(bad config field, missing workdir, wrong checkpoint).")
+_DEBUG = flags.DEFINE_bool(
+  "debug",
+  False,
+  "Show the Python traceback of a user error "
+  "(bad config field, missing workdir, wrong checkpoint).",
+)
 
 # Errors a user can fix from the command line: one line and exit status 2,
 # not a traceback. Anything else is a bug and keeps its traceback.
@@ -50,6 +64,7 @@ def run(main) -> None:
   """absl's app.run, with a launcher's exits: a preempted run exits with
   trainer.EXIT_PREEMPTED and the line to rerun; a user error prints one
   line (the traceback with --debug) and exits with EXIT_USER_ERROR."""
+
   def wrapped(argv):
     try:
       return main(argv)
@@ -61,6 +76,7 @@ def run(main) -> None:
         raise
       print(f"error: {e}  (rerun with --debug for the traceback)", file=sys.stderr, flush=True)
       sys.exit(EXIT_USER_ERROR)
+
   app.run(wrapped)
 
 
@@ -77,8 +93,10 @@ def check_workdir(workdir: str) -> str:
 def setup(argv):
   """Checks the launcher flags, sets up logging and (if asked) jax.distributed."""
   if len(argv) > 1:
-    raise ValueError(f"unexpected arguments {argv[1:]}; all options are --flags "
-                     "(e.g. --config=configs/tiny.py --workdir=DIR)")
+    raise ValueError(
+      f"unexpected arguments {argv[1:]}; all options are --flags "
+      "(e.g. --config=configs/tiny.py --workdir=DIR)"
+    )
   # Our progress lines at INFO; the libraries' (Orbax logs every file it
   # writes) only from WARNING up.
   absl_logging.set_verbosity(absl_logging.WARNING)
@@ -101,16 +119,22 @@ def distributed_setup(num_processes: int, process_id: int, coordinator_address: 
   if num_processes < 1:
     raise ValueError(f"--num_processes={num_processes}: must be >= 1")
   if not 0 <= process_id < num_processes:
-    raise ValueError(f"--process_id={process_id}: must be in [0, {num_processes}) for "
-                     f"--num_processes={num_processes}")
+    raise ValueError(
+      f"--process_id={process_id}: must be in [0, {num_processes}) for "
+      f"--num_processes={num_processes}"
+    )
   if num_processes == 1:
     return
   if not coordinator_address:
-    raise ValueError("--num_processes > 1 needs --coordinator_address=host:port (the address "
-                     "of process 0, the same for every process)")
+    raise ValueError(
+      "--num_processes > 1 needs --coordinator_address=host:port (the address "
+      "of process 0, the same for every process)"
+    )
   if not re.fullmatch(r"[^\s:]+:\d{1,5}|\[[0-9a-fA-F:]+\]:\d{1,5}", coordinator_address):
-    raise ValueError(f"--coordinator_address={coordinator_address!r}: expected host:port, "
-                     "e.g. localhost:12345 or 10.0.0.1:12345")
+    raise ValueError(
+      f"--coordinator_address={coordinator_address!r}: expected host:port, "
+      "e.g. localhost:12345 or 10.0.0.1:12345"
+    )
   # Only read by the CPU backend (gloo collectives across processes); set
   # before the backend starts, which asking jax.default_backend() would do.
   jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -8,24 +8,31 @@ Each stage resumes from its checkpoints, so a second run reuses the teacher
 (preemption) ends the demo with exit status 75 and no report; the same
 command then resumes it.
 """
+
 import os
 import time
 
 from absl import flags
 
-from mixture_dd.configs import digits, digits_distill
 from launch import common
 from mixture_dd import distill, evaluate, runs, train
+from mixture_dd.configs import digits, digits_distill
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "teacher/ and student/ go here.")
 _OUT = flags.DEFINE_string("out_dir", "reports/demo", "The report folder.")
 _SCALE = flags.DEFINE_enum("scale", "full", ["full", "ci"], "ci: a seconds-long smoke run.")
 _STEPS = flags.DEFINE_list("steps", ["1", "2", "4", "8", "16"], "Teacher's sampling steps N.")
-_STUDENT_STEPS = flags.DEFINE_list("student_steps", ["1", "2", "4", "8"],
-                                   "Student's sampling steps N (against the teacher at N, 2N).")
-_NUM = flags.DEFINE_integer("num_samples", 2048,
-                            "Samples per sampler and N (FD's standard error is about 0.5-1 at "
-                            "2048; differences of 3 are noise at 256).")
+_STUDENT_STEPS = flags.DEFINE_list(
+  "student_steps",
+  ["1", "2", "4", "8"],
+  "Student's sampling steps N (against the teacher at N, 2N).",
+)
+_NUM = flags.DEFINE_integer(
+  "num_samples",
+  2048,
+  "Samples per sampler and N (FD's standard error is about 0.5-1 at "
+  "2048; differences of 3 are noise at 256).",
+)
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS cache (default ~/.cache/mixture_dd/tfds).")
 
 
@@ -47,9 +54,16 @@ def main(argv):
   print(f"[3/3] evaluation -> {_OUT.value} ({time.time() - t0:.0f} s so far)", flush=True)
   steps = [int(s) for s in _STEPS.value]
   num = _NUM.value if _SCALE.value == "full" else min(_NUM.value, 32)
-  evaluate.evaluate(runs.load_run(teacher_dir), runs.load_run(student_dir), steps,
-                    num, seed=0, out_dir=_OUT.value, batch_size=min(256, num),
-                    student_steps=[int(s) for s in _STUDENT_STEPS.value])
+  evaluate.evaluate(
+    runs.load_run(teacher_dir),
+    runs.load_run(student_dir),
+    steps,
+    num,
+    seed=0,
+    out_dir=_OUT.value,
+    batch_size=min(256, num),
+    student_steps=[int(s) for s in _STUDENT_STEPS.value],
+  )
   print(open(os.path.join(_OUT.value, "results.md")).read())
   print(f"done in {time.time() - t0:.0f} s; report in {_OUT.value}")
 

@@ -1,7 +1,8 @@
 r"""Theorem 1, measured: exact TV of the ideal product sampler against steps.
 
-  python -m launch.exact_demo --out=reports/exact_tv.md
+python -m launch.exact_demo --out=reports/exact_tv.md
 """
+
 from absl import flags
 
 from launch import common
@@ -13,7 +14,7 @@ _MAX_LOG2 = flags.DEFINE_integer("max_log2_steps", 7, "Steps N = 1, 2, ..., 2^ma
 
 def main(argv):
   del argv
-  print(exact_report.product_tv_report([2 ** k for k in range(_MAX_LOG2.value + 1)], _OUT.value))
+  print(exact_report.product_tv_report([2**k for k in range(_MAX_LOG2.value + 1)], _OUT.value))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ r"""Draws samples from a teacher, a student, or a hybrid of the two.
   python -m launch.sample --workdir=... --sampler=confidence --label=3 --guidance=2.0 --steps=4 ...
 Writes OUT.npz plus OUT.png (images) or OUT.txt (text).
 """
+
 import time
 
 import jax
@@ -24,9 +25,15 @@ _SECOND = flags.DEFINE_string("second_workdir", None, "Hybrid: this run takes th
 _NUM_FIRST = flags.DEFINE_integer("num_first", None, "Hybrid: steps taken by --workdir's model.")
 _STEPS = flags.DEFINE_integer("steps", 8, "Number of sampling steps N.")
 _NUM = flags.DEFINE_integer("num_samples", 64, "How many samples.")
-_SAMPLER = flags.DEFINE_enum("sampler", "analytic", ["analytic", "confidence"],
-                             "analytic x0 sampler or MaskGIT's confidence sampler.")
-_GRID = flags.DEFINE_enum("grid", "uniform", list(samplers.GRIDS), "Time grid of the analytic sampler.")
+_SAMPLER = flags.DEFINE_enum(
+  "sampler",
+  "analytic",
+  ["analytic", "confidence"],
+  "analytic x0 sampler or MaskGIT's confidence sampler.",
+)
+_GRID = flags.DEFINE_enum(
+  "grid", "uniform", list(samplers.GRIDS), "Time grid of the analytic sampler."
+)
 _FINAL = flags.DEFINE_enum("final", "argmax", list(samplers.FINALS), "Last denoise at t_min.")
 _LABEL = flags.DEFINE_integer("label", None, "Class label for class-conditional runs.")
 _GUIDANCE = flags.DEFINE_float("guidance", 0.0, "Classifier-free guidance scale w (0 = off).")
@@ -61,20 +68,48 @@ def main(argv):
   if _SAMPLER.value == "confidence":
     if _SECOND.value:
       raise ValueError("--second_workdir (hybrid) works with --sampler=analytic only")
-    x = samplers.confidence_sample(key, run.process, den, run.params, _NUM.value,
-                                   run.spec.length, _STEPS.value, _TEMP.value, uncond=uncond,
-                                   guidance=_GUIDANCE.value)
+    x = samplers.confidence_sample(
+      key,
+      run.process,
+      den,
+      run.params,
+      _NUM.value,
+      run.spec.length,
+      _STEPS.value,
+      _TEMP.value,
+      uncond=uncond,
+      guidance=_GUIDANCE.value,
+    )
   elif _SECOND.value:
     second = runs.load_run(_SECOND.value)
     if _NUM_FIRST.value is None:
       raise ValueError("--second_workdir needs --num_first")
-    x = samplers.sample(key, run.process, den, run.params, _NUM.value, run.spec.length,
-                        _STEPS.value, grid=_GRID.value, final=_FINAL.value,
-                        second=second.denoiser(labels), second_params=second.params,
-                        num_first=_NUM_FIRST.value)
+    x = samplers.sample(
+      key,
+      run.process,
+      den,
+      run.params,
+      _NUM.value,
+      run.spec.length,
+      _STEPS.value,
+      grid=_GRID.value,
+      final=_FINAL.value,
+      second=second.denoiser(labels),
+      second_params=second.params,
+      num_first=_NUM_FIRST.value,
+    )
   else:
-    x = samplers.sample(key, run.process, den, run.params, _NUM.value, run.spec.length,
-                        _STEPS.value, grid=_GRID.value, final=_FINAL.value)
+    x = samplers.sample(
+      key,
+      run.process,
+      den,
+      run.params,
+      _NUM.value,
+      run.spec.length,
+      _STEPS.value,
+      grid=_GRID.value,
+      final=_FINAL.value,
+    )
   x = np.asarray(x)
   print(f"{_NUM.value} samples in {time.time() - t0:.2f} s (incl. compile)")
   for path in visualize.save_samples(x, run.spec, _OUT.value, title=f"N={_STEPS.value}"):

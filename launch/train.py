@@ -6,6 +6,7 @@ r"""Trains a product-denoiser teacher.
 Multi-process: add --num_processes=N --process_id=I --coordinator_address=host:port
 (see launch/common.py); every process gets the same --workdir.
 """
+
 from absl import flags
 
 from launch import common

@@ -11,18 +11,18 @@ its complement 1 - V (from the complemented bits) keep full float32 relative
 precision, so E is accurate from about 5e-20 up to 44: the truncation is at
 probability 2^-64 instead of 2^-24. No float64 (and no jax_enable_x64) needed.
 """
+
 from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
 
-_TWO_M32 = 2.0 ** -32
+_TWO_M32 = 2.0**-32
 
 
 def _uniform64(hi, lo):
   """(n + 1/2) 2^-64 for n = hi 2^32 + lo, with float32 relative precision."""
-  return (hi.astype(jnp.float32) * _TWO_M32
-          + (lo.astype(jnp.float32) + 0.5) * (_TWO_M32 * _TWO_M32))
+  return hi.astype(jnp.float32) * _TWO_M32 + (lo.astype(jnp.float32) + 0.5) * (_TWO_M32 * _TWO_M32)
 
 
 def exponential(key, shape):

@@ -20,6 +20,7 @@ Validation happens here, once (`validate`); every check raises a ValueError
 that names the field and what it accepts. The modules downstream assume a
 valid config.
 """
+
 from __future__ import annotations
 
 import json
@@ -42,18 +43,51 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.data = data_config("digits")
-  c.process = ml_collections.ConfigDict(dict(
-      name="masked", vocab_size=ml_collections.config_dict.placeholder(int), schedule="loglinear"))
-  c.model = ml_collections.ConfigDict(dict(
-      width=128, depth=4, heads=4, mlp_ratio=4, dropout=0.0, positions="rope",
-      class_conditional=False, label_dropout=0.1, dtype="float32"))
+  c.process = ml_collections.ConfigDict(
+    dict(
+      name="masked", vocab_size=ml_collections.config_dict.placeholder(int), schedule="loglinear"
+    )
+  )
+  c.model = ml_collections.ConfigDict(
+    dict(
+      width=128,
+      depth=4,
+      heads=4,
+      mlp_ratio=4,
+      dropout=0.0,
+      positions="rope",
+      class_conditional=False,
+      label_dropout=0.1,
+      dtype="float32",
+    )
+  )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
-  c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-3, warmup_steps=100, weight_decay=0.0, b1=0.9, b2=0.999, clip=1.0,
-      ema_decay=0.999, ema_warmup=True, schedule="cosine"))
-  c.train = ml_collections.ConfigDict(dict(
-      batch_size=128, num_steps=2000, log_every=50, ckpt_every=500, keep=3,
-      sample_every=1000, sample_steps=64, num_samples=64, eval_weights="ema"))
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      lr=1e-3,
+      warmup_steps=100,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.999,
+      clip=1.0,
+      ema_decay=0.999,
+      ema_warmup=True,
+      schedule="cosine",
+    )
+  )
+  c.train = ml_collections.ConfigDict(
+    dict(
+      batch_size=128,
+      num_steps=2000,
+      log_every=50,
+      ckpt_every=500,
+      keep=3,
+      sample_every=1000,
+      sample_steps=64,
+      num_samples=64,
+      eval_weights="ema",
+    )
+  )
   return c
 
 
@@ -62,8 +96,9 @@ def data_config(name: str, **overrides) -> ml_collections.ConfigDict:
   c = pipeline.default_data_config(name)
   unknown = set(overrides) - set(c)
   if unknown:
-    raise ValueError(f"config.data: {sorted(unknown)} are not fields of {name!r}; "
-                     f"it accepts {sorted(c)}")
+    raise ValueError(
+      f"config.data: {sorted(unknown)} are not fields of {name!r}; it accepts {sorted(c)}"
+    )
   c.update(overrides)
   return c
 
@@ -73,46 +108,123 @@ def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
   teacher's run (config.teacher.workdir) unless the file sets them."""
   c = ml_collections.ConfigDict()
   c.seed = 0
-  c.teacher = ml_collections.ConfigDict(dict(
-      kind="network", workdir=ml_collections.config_dict.placeholder(str), num_latents=16,
-      restart_if_changed=False))
+  c.teacher = ml_collections.ConfigDict(
+    dict(
+      kind="network",
+      workdir=ml_collections.config_dict.placeholder(str),
+      num_latents=16,
+      restart_if_changed=False,
+    )
+  )
   # Filled from the teacher's run by `resolve`; only a data_dir of one's own.
   c.data = ml_collections.ConfigDict(dict(data_dir=ml_collections.config_dict.placeholder(str)))
   c.distill = distill_preset(preset)
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
-  c.optim = ml_collections.ConfigDict(dict(
-      lr=1e-4, warmup_steps=50, weight_decay=0.0, b1=0.9, b2=0.999, clip=1.0,
-      ema_decay=0.99, ema_warmup=True, schedule="constant", latent_lr_mult=1.0))
-  c.train = ml_collections.ConfigDict(dict(
-      batch_size=32, num_steps=500, log_every=50, ckpt_every=250, keep=3,
-      sample_every=0, sample_steps=8, num_samples=64, eval_weights="ema"))
+  c.optim = ml_collections.ConfigDict(
+    dict(
+      lr=1e-4,
+      warmup_steps=50,
+      weight_decay=0.0,
+      b1=0.9,
+      b2=0.999,
+      clip=1.0,
+      ema_decay=0.99,
+      ema_warmup=True,
+      schedule="constant",
+      latent_lr_mult=1.0,
+    )
+  )
+  c.train = ml_collections.ConfigDict(
+    dict(
+      batch_size=32,
+      num_steps=500,
+      log_every=50,
+      ckpt_every=250,
+      keep=3,
+      sample_every=0,
+      sample_steps=8,
+      num_samples=64,
+      eval_weights="ema",
+    )
+  )
   return c
 
 
 PRESETS = {
-    # tauLDR / CIFAR-10: every example gets both terms; a fresh x_delta per
-    # (example, latent) at delta = 0.01 w.p. 1/2, else U[0.01, 0.02].
-    "tauldr": dict(num_latents=16, t_sampling="uniform", t_min=0.01, t_offset_by_delta=True,
-                   delta="loguniform", delta_lo=1e-3, delta_hi=1e-2, delta_frac=0.5,
-                   distil_mode="separate", distil_lo=0.01, distil_hi=0.02, distil_p_lo=0.5,
-                   distil_threshold=0.0, distil_weight=1.0, alpha_scale=1.0, data_weight=0.0,
-                   marginal_weight=1.0, small_t_prob=0.0, small_t_max=0.0,
-                   teacher_step="analytic", confidence_temperature=0.0),
-    # MaskGIT / ImageNet: progress r = 1 - t; distil on r >= 0.95 with the same
-    # x_t; the consistency target's teacher step is MaskGIT's confidence step.
-    "maskgit": dict(num_latents=32, t_sampling="uniform", t_min=0.0, t_offset_by_delta=False,
-                    delta="const", delta_lo=0.05, delta_hi=0.05, delta_frac=0.5,
-                    distil_mode="same", distil_lo=0.0, distil_hi=0.0, distil_p_lo=0.0,
-                    distil_threshold=0.05, distil_weight=20.0, alpha_scale=0.1, data_weight=0.0,
-                    marginal_weight=1.0, small_t_prob=0.0, small_t_max=0.0,
-                    teacher_step="confidence", confidence_temperature=4.5),
-    # SDTT / OpenWebText: one t per batch, 30 % of batches near the data end.
-    "sdtt": dict(num_latents=16, t_sampling="per_batch", t_min=0.0, t_offset_by_delta=False,
-                 delta="min_frac", delta_lo=1.0 / 1024, delta_hi=1.0 / 1024, delta_frac=0.5,
-                 distil_mode="same", distil_lo=0.0, distil_hi=0.0, distil_p_lo=0.0,
-                 distil_threshold=0.02, distil_weight=1.0, alpha_scale=0.1, data_weight=0.0,
-                 marginal_weight=1.0, small_t_prob=0.3, small_t_max=0.02,
-                 teacher_step="analytic", confidence_temperature=0.0),
+  # tauLDR / CIFAR-10: every example gets both terms; a fresh x_delta per
+  # (example, latent) at delta = 0.01 w.p. 1/2, else U[0.01, 0.02].
+  "tauldr": dict(
+    num_latents=16,
+    t_sampling="uniform",
+    t_min=0.01,
+    t_offset_by_delta=True,
+    delta="loguniform",
+    delta_lo=1e-3,
+    delta_hi=1e-2,
+    delta_frac=0.5,
+    distil_mode="separate",
+    distil_lo=0.01,
+    distil_hi=0.02,
+    distil_p_lo=0.5,
+    distil_threshold=0.0,
+    distil_weight=1.0,
+    alpha_scale=1.0,
+    data_weight=0.0,
+    marginal_weight=1.0,
+    small_t_prob=0.0,
+    small_t_max=0.0,
+    teacher_step="analytic",
+    confidence_temperature=0.0,
+  ),
+  # MaskGIT / ImageNet: progress r = 1 - t; distil on r >= 0.95 with the same
+  # x_t; the consistency target's teacher step is MaskGIT's confidence step.
+  "maskgit": dict(
+    num_latents=32,
+    t_sampling="uniform",
+    t_min=0.0,
+    t_offset_by_delta=False,
+    delta="const",
+    delta_lo=0.05,
+    delta_hi=0.05,
+    delta_frac=0.5,
+    distil_mode="same",
+    distil_lo=0.0,
+    distil_hi=0.0,
+    distil_p_lo=0.0,
+    distil_threshold=0.05,
+    distil_weight=20.0,
+    alpha_scale=0.1,
+    data_weight=0.0,
+    marginal_weight=1.0,
+    small_t_prob=0.0,
+    small_t_max=0.0,
+    teacher_step="confidence",
+    confidence_temperature=4.5,
+  ),
+  # SDTT / OpenWebText: one t per batch, 30 % of batches near the data end.
+  "sdtt": dict(
+    num_latents=16,
+    t_sampling="per_batch",
+    t_min=0.0,
+    t_offset_by_delta=False,
+    delta="min_frac",
+    delta_lo=1.0 / 1024,
+    delta_hi=1.0 / 1024,
+    delta_frac=0.5,
+    distil_mode="same",
+    distil_lo=0.0,
+    distil_hi=0.0,
+    distil_p_lo=0.0,
+    distil_threshold=0.02,
+    distil_weight=1.0,
+    alpha_scale=0.1,
+    data_weight=0.0,
+    marginal_weight=1.0,
+    small_t_prob=0.3,
+    small_t_max=0.02,
+    teacher_step="analytic",
+    confidence_temperature=0.0,
+  ),
 }
 # How the student starts from its teacher (see `start_student`).
 STUDENT_STARTS = ("exact", "gate", "fan_in", "centred", "normal")
@@ -127,8 +239,15 @@ def distill_preset(name: str, **overrides) -> ml_collections.ConfigDict:
   """The `distill` config section of a reference setup, with overrides."""
   if name not in PRESETS:
     raise ValueError(f"config.distill.preset={name!r} is unknown; choose one of {sorted(PRESETS)}")
-  c = ml_collections.ConfigDict(dict(PRESETS[name], preset=name, latent_chunks=1,
-                                     student_start=DEFAULT_START, latent_init_scale=1.0))
+  c = ml_collections.ConfigDict(
+    dict(
+      PRESETS[name],
+      preset=name,
+      latent_chunks=1,
+      student_start=DEFAULT_START,
+      latent_init_scale=1.0,
+    )
+  )
   unknown = set(overrides) - set(c)
   if unknown:
     raise ValueError(f"config.distill: unknown fields {sorted(unknown)}; accepted: {sorted(c)}")
@@ -140,31 +259,56 @@ def validate_distill(d) -> None:
   def req(cond, field, msg):
     if not cond:
       raise ValueError(f"config.distill.{field}: {msg}")
+
   req(d.preset in PRESETS, "preset", f"{d.preset!r} is unknown; choose one of {sorted(PRESETS)}")
   req(d.num_latents >= 1, "num_latents", f"must be >= 1, got {d.num_latents}")
-  req(d.latent_chunks >= 1 and d.num_latents % d.latent_chunks == 0, "latent_chunks",
-      f"must divide num_latents={d.num_latents}, got {d.latent_chunks}")
+  req(
+    d.latent_chunks >= 1 and d.num_latents % d.latent_chunks == 0,
+    "latent_chunks",
+    f"must divide num_latents={d.num_latents}, got {d.latent_chunks}",
+  )
   req(d.t_sampling in T_SAMPLINGS, "t_sampling", f"{d.t_sampling!r}; choose one of {T_SAMPLINGS}")
   req(d.delta in DELTAS, "delta", f"{d.delta!r}; choose one of {DELTAS}")
-  req(0 < d.delta_lo <= d.delta_hi < 1, "delta_lo", f"need 0 < delta_lo <= delta_hi < 1, got "
-      f"{d.delta_lo}, {d.delta_hi}")
-  req(d.distil_mode in DISTIL_MODES, "distil_mode", f"{d.distil_mode!r}; choose one of {DISTIL_MODES}")
+  req(
+    0 < d.delta_lo <= d.delta_hi < 1,
+    "delta_lo",
+    f"need 0 < delta_lo <= delta_hi < 1, got {d.delta_lo}, {d.delta_hi}",
+  )
+  req(
+    d.distil_mode in DISTIL_MODES, "distil_mode", f"{d.distil_mode!r}; choose one of {DISTIL_MODES}"
+  )
   if d.distil_mode == "separate":
-    req(0 < d.distil_lo <= d.distil_hi < 1, "distil_lo",
-        f"need 0 < distil_lo <= distil_hi < 1, got {d.distil_lo}, {d.distil_hi}")
+    req(
+      0 < d.distil_lo <= d.distil_hi < 1,
+      "distil_lo",
+      f"need 0 < distil_lo <= distil_hi < 1, got {d.distil_lo}, {d.distil_hi}",
+    )
   req(0.0 <= d.t_min < 1.0, "t_min", f"must be in [0, 1), got {d.t_min}")
   req(d.latent_init_scale >= 0, "latent_init_scale", f"must be >= 0, got {d.latent_init_scale}")
-  req(d.student_start in STUDENT_STARTS, "student_start",
-      f"{d.student_start!r}; choose one of {STUDENT_STARTS}")
-  req(d.student_start not in ("fan_in", "centred", "normal") or d.latent_init_scale > 0,
-      "latent_init_scale",
-      f"student_start={d.student_start!r} needs latent_init_scale > 0 (0 is the exact start: "
-      "use student_start='exact')")
-  req(d.teacher_step in TEACHER_STEPS, "teacher_step",
-      f"{d.teacher_step!r}; choose one of {TEACHER_STEPS}")
+  req(
+    d.student_start in STUDENT_STARTS,
+    "student_start",
+    f"{d.student_start!r}; choose one of {STUDENT_STARTS}",
+  )
+  req(
+    d.student_start not in ("fan_in", "centred", "normal") or d.latent_init_scale > 0,
+    "latent_init_scale",
+    f"student_start={d.student_start!r} needs latent_init_scale > 0 (0 is the exact start: "
+    "use student_start='exact')",
+  )
+  req(
+    d.teacher_step in TEACHER_STEPS,
+    "teacher_step",
+    f"{d.teacher_step!r}; choose one of {TEACHER_STEPS}",
+  )
   req(0.0 <= d.distil_p_lo <= 1.0, "distil_p_lo", f"must be in [0, 1], got {d.distil_p_lo}")
-  for f in ("distil_weight", "data_weight", "alpha_scale", "marginal_weight",
-            "confidence_temperature"):
+  for f in (
+    "distil_weight",
+    "data_weight",
+    "alpha_scale",
+    "marginal_weight",
+    "confidence_temperature",
+  ):
     req(d[f] >= 0, f, f"must be >= 0, got {d[f]}")
 
 
@@ -185,43 +329,79 @@ def validate(config, spec) -> None:
     _require(sec in config, sec, f"missing section; a config needs {SECTIONS}")
   vocab = config.process.vocab_size
   if vocab is not None:
-    _require(int(vocab) >= spec.vocab_size, "process.vocab_size",
-             f"{vocab} is smaller than the data's vocabulary ({spec.vocab_size} for "
-             f"{spec.name}); set it to {spec.vocab_size} or leave it None")
-  _require(config.process.name in processes.PROCESSES, "process.name",
-           f"{config.process.name!r} is unknown; choose one of {processes.PROCESSES}")
+    _require(
+      int(vocab) >= spec.vocab_size,
+      "process.vocab_size",
+      f"{vocab} is smaller than the data's vocabulary ({spec.vocab_size} for "
+      f"{spec.name}); set it to {spec.vocab_size} or leave it None",
+    )
+  _require(
+    config.process.name in processes.PROCESSES,
+    "process.name",
+    f"{config.process.name!r} is unknown; choose one of {processes.PROCESSES}",
+  )
   m = config.model
-  _require(m.positions in networks.POSITIONS, "model.positions",
-           f"{m.positions!r}; choose one of {networks.POSITIONS}")
-  _require(m.width > 0 and m.heads > 0 and m.width % m.heads == 0, "model.width",
-           f"width {m.width} must be a positive multiple of model.heads={m.heads}")
+  _require(
+    m.positions in networks.POSITIONS,
+    "model.positions",
+    f"{m.positions!r}; choose one of {networks.POSITIONS}",
+  )
+  _require(
+    m.width > 0 and m.heads > 0 and m.width % m.heads == 0,
+    "model.width",
+    f"width {m.width} must be a positive multiple of model.heads={m.heads}",
+  )
   _require(m.depth >= 1, "model.depth", f"must be >= 1, got {m.depth}")
   _require(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r}; choose one of {DTYPES}")
-  _require(0.0 <= m.label_dropout < 1.0, "model.label_dropout", f"must be in [0, 1), got {m.label_dropout}")
+  _require(
+    0.0 <= m.label_dropout < 1.0, "model.label_dropout", f"must be in [0, 1), got {m.label_dropout}"
+  )
   if m.class_conditional:
-    _require(spec.num_classes > 0, "model.class_conditional",
-             f"data set {spec.name} has no labels; set it to False")
+    _require(
+      spec.num_classes > 0,
+      "model.class_conditional",
+      f"data set {spec.name} has no labels; set it to False",
+    )
   if "length" in m and m.length is not None:
-    _require(m.length == spec.length, "model.length",
-             f"{m.length} differs from the data's length {spec.length}")
+    _require(
+      m.length == spec.length,
+      "model.length",
+      f"{m.length} differs from the data's length {spec.length}",
+    )
   o = config.optim
   _require(o.lr > 0 and np.isfinite(o.lr), "optim.lr", f"must be a positive number, got {o.lr}")
   _require(o.warmup_steps >= 0, "optim.warmup_steps", f"must be >= 0, got {o.warmup_steps}")
   _require(o.clip > 0, "optim.clip", f"must be > 0, got {o.clip}")
   _require(0.0 <= o.ema_decay < 1.0, "optim.ema_decay", f"must be in [0, 1), got {o.ema_decay}")
-  _require(o.get("latent_lr_mult", 1.0) > 0, "optim.latent_lr_mult",
-           f"must be > 0, got {o.get('latent_lr_mult')}")
-  _require(isinstance(o.get("ema_warmup", True), bool), "optim.ema_warmup",
-           f"must be True or False, got {o.get('ema_warmup')!r}")
-  _require(o.schedule in LR_SCHEDULES, "optim.schedule", f"{o.schedule!r}; choose one of {LR_SCHEDULES}")
+  _require(
+    o.get("latent_lr_mult", 1.0) > 0,
+    "optim.latent_lr_mult",
+    f"must be > 0, got {o.get('latent_lr_mult')}",
+  )
+  _require(
+    isinstance(o.get("ema_warmup", True), bool),
+    "optim.ema_warmup",
+    f"must be True or False, got {o.get('ema_warmup')!r}",
+  )
+  _require(
+    o.schedule in LR_SCHEDULES, "optim.schedule", f"{o.schedule!r}; choose one of {LR_SCHEDULES}"
+  )
   t = config.train
   for f in ("batch_size", "num_steps", "log_every", "ckpt_every", "keep"):
     _require(_is_int(t[f]) and t[f] > 0, f"train.{f}", f"must be a positive integer, got {t[f]!r}")
-  _require(_is_int(t.sample_every) and t.sample_every >= 0, "train.sample_every",
-           f"must be an integer >= 0 (0 = never), got {t.sample_every!r}")
-  _require(t.get("eval_weights", "ema") in EVAL_WEIGHTS, "train.eval_weights",
-           f"{t.get('eval_weights')!r}; choose one of {EVAL_WEIGHTS}")
-  _require(0.0 <= config.loss.t_min < 1.0, "loss.t_min", f"must be in [0, 1), got {config.loss.t_min}")
+  _require(
+    _is_int(t.sample_every) and t.sample_every >= 0,
+    "train.sample_every",
+    f"must be an integer >= 0 (0 = never), got {t.sample_every!r}",
+  )
+  _require(
+    t.get("eval_weights", "ema") in EVAL_WEIGHTS,
+    "train.eval_weights",
+    f"{t.get('eval_weights')!r}; choose one of {EVAL_WEIGHTS}",
+  )
+  _require(
+    0.0 <= config.loss.t_min < 1.0, "loss.t_min", f"must be in [0, 1), got {config.loss.t_min}"
+  )
 
 
 def make_process(config, spec) -> processes.Process:
@@ -233,15 +413,24 @@ def make_process(config, spec) -> processes.Process:
 
 def make_model(config, spec, process, latent: bool = False) -> networks.Transformer:
   import jax.numpy as jnp
+
   m = config.model
   return networks.Transformer(
-      num_states=process.num_states, vocab_size=process.vocab_size, length=spec.length,
-      width=m.width, depth=m.depth, heads=m.heads, mlp_ratio=m.mlp_ratio,
-      dropout=m.dropout, positions=m.positions,
-      num_classes=spec.num_classes if m.class_conditional else 0,
-      latent=latent, latent_entry=latent_entry(config) if latent else "add",
-      mask_id=process.mask_id,
-      dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32)
+    num_states=process.num_states,
+    vocab_size=process.vocab_size,
+    length=spec.length,
+    width=m.width,
+    depth=m.depth,
+    heads=m.heads,
+    mlp_ratio=m.mlp_ratio,
+    dropout=m.dropout,
+    positions=m.positions,
+    num_classes=spec.num_classes if m.class_conditional else 0,
+    latent=latent,
+    latent_entry=latent_entry(config) if latent else "add",
+    mask_id=process.mask_id,
+    dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
+  )
 
 
 def entry_for_start(student_start: str | None) -> str:
@@ -261,8 +450,11 @@ def model_signature(config, spec) -> dict:
   A student (config.is_student) adds its latent path's entry."""
   # Parameters are float32 at any activation dtype, so model.dtype is free
   # to change between a checkpoint and its use (as dropout is).
-  sig = {f"model.{k}": v for k, v in config.model.to_dict().items()
-         if k not in ("dropout", "label_dropout", "dtype")}
+  sig = {
+    f"model.{k}": v
+    for k, v in config.model.to_dict().items()
+    if k not in ("dropout", "label_dropout", "dtype")
+  }
   sig.update({f"process.{k}": v for k, v in config.process.to_dict().items()})
   sig["process.vocab_size"] = config.process.vocab_size or spec.vocab_size
   sig["data.length"] = spec.length
@@ -282,8 +474,9 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
   path = os.path.join(workdir, "config.json")
   if not os.path.exists(path):
     raise FileNotFoundError(
-        f"{path} not found: config.teacher.workdir must be the --workdir of a finished "
-        "`launch.train` (or `launch.distill`) run")
+      f"{path} not found: config.teacher.workdir must be the --workdir of a finished "
+      "`launch.train` (or `launch.distill`) run"
+    )
   with open(path) as f:
     return ml_collections.ConfigDict(json.load(f))
 
@@ -296,8 +489,10 @@ def resolve(config) -> ml_collections.ConfigDict:
   kind = config.teacher.kind
   if kind == "network":
     if not config.teacher.workdir:
-      raise ValueError("config.teacher.workdir is not set: give the --workdir of a finished "
-                       "launch.train run (e.g. --config.teacher.workdir=workdirs/digits_teacher)")
+      raise ValueError(
+        "config.teacher.workdir is not set: give the --workdir of a finished "
+        "launch.train run (e.g. --config.teacher.workdir=workdirs/digits_teacher)"
+      )
     tconf = read_run_config(config.teacher.workdir)
     for sec in ("data", "process", "model"):
       merged = ml_collections.ConfigDict(tconf[sec].to_dict())
@@ -307,13 +502,16 @@ def resolve(config) -> ml_collections.ConfigDict:
         merged.update({k: v for k, v in config[sec].to_dict().items() if v is not None})
       config[sec] = merged
     if config.data.name != tconf.data.name:
-      raise ValueError(f"config.data.name={config.data.name!r} differs from the teacher's "
-                       f"data {tconf.data.name!r}")
+      raise ValueError(
+        f"config.data.name={config.data.name!r} differs from the teacher's data {tconf.data.name!r}"
+      )
   elif kind == "ideal":
     if config.data.name != "tiny":
       raise ValueError("config.teacher.kind='ideal' needs config.data.name='tiny' (its exact law)")
   else:
-    raise ValueError(f"config.teacher.kind={kind!r}; choose 'network' (a workdir of ours) or "
-                     "'ideal' (the exact denoiser of a tiny family)")
+    raise ValueError(
+      f"config.teacher.kind={kind!r}; choose 'network' (a workdir of ours) or "
+      "'ideal' (the exact denoiser of a tiny family)"
+    )
   config.is_student = True
   return config

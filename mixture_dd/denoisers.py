@@ -16,6 +16,7 @@ Everything that calls a model takes this one interface: the samplers, the
 teacher loss, the Di4C loss (student and teacher), evaluation and the exact
 toolkit (through `exact_view`).
 """
+
 from __future__ import annotations
 
 import functools
@@ -29,9 +30,15 @@ from mixture_dd import exact, losses
 
 
 class Denoiser(Protocol):
-  def __call__(self, params, x_t: jax.Array, t: jax.Array, key: jax.Array,
-               lam: jax.Array | None = None, labels: jax.Array | None = None) -> jax.Array:
-    ...
+  def __call__(
+    self,
+    params,
+    x_t: jax.Array,
+    t: jax.Array,
+    key: jax.Array,
+    lam: jax.Array | None = None,
+    labels: jax.Array | None = None,
+  ) -> jax.Array: ...
 
 
 def from_network(model, train: bool = False) -> Denoiser:
@@ -40,33 +47,41 @@ def from_network(model, train: bool = False) -> Denoiser:
   train=True turns dropout on (its randomness from `key`). Labels reach the
   model only if it is class-conditional; lam only if it has a latent path.
   """
+
   def denoise(params, x_t, t, key, lam=None, labels=None):
     kw = {}
     if model.num_classes and labels is not None:
       kw["labels"] = labels
     if model.latent:
       if lam is None:
-        raise ValueError("this network is a mixture student: pass lam `[batch]`, or sample "
-                         "through denoisers.mixture(...)")
+        raise ValueError(
+          "this network is a mixture student: pass lam `[batch]`, or sample "
+          "through denoisers.mixture(...)"
+        )
       kw["lam"] = lam
     rngs = {"dropout": key} if train else {}
     return model.apply({"params": params}, x_t, t, train=train, rngs=rngs, **kw)
+
   return denoise
 
 
 def from_function(fn: Callable) -> Denoiser:
   """A product denoiser from a plain `fn(params, x_t, t) -> logits`."""
+
   def denoise(params, x_t, t, key, lam=None, labels=None):
     return fn(params, x_t, t)
+
   return denoise
 
 
 def mixture(component: Denoiser) -> Denoiser:
   """A mixture's samples: a fresh lambda ~ U[0, 1) per sequence per call
   (shared by all D positions), drawn from the key."""
+
   def denoise(params, x_t, t, key, lam=None, labels=None):
     lam = jax.random.uniform(key, (x_t.shape[0],), jnp.float32)
     return component(params, x_t, t, key, lam=lam, labels=labels)
+
   return denoise
 
 
@@ -77,14 +92,20 @@ def mixture_marginals(component: Denoiser, num_latents: int) -> Denoiser:
   latents (one random offset per example, from the key): how a student is
   a teacher for the next round (di4c^2), and how its marginals are scored.
   """
+
   def denoise(params, x_t, t, key, lam=None, labels=None):
     b = x_t.shape[0]
     offs = jax.random.uniform(key, (b, 1))
     lams = jnp.mod(offs + jnp.arange(num_latents) / num_latents, 1.0)  # [B, L]
     rep = lambda a: None if a is None else jnp.repeat(a, num_latents, axis=0)
-    lp = jax.nn.log_softmax(component(params, rep(x_t), rep(t), key, lam=lams.reshape(-1),
-                                      labels=rep(labels)).astype(jnp.float32), -1)
+    lp = jax.nn.log_softmax(
+      component(params, rep(x_t), rep(t), key, lam=lams.reshape(-1), labels=rep(labels)).astype(
+        jnp.float32
+      ),
+      -1,
+    )
     return losses.mixture_log_marginals(lp.reshape((b, num_latents) + lp.shape[1:]))
+
   return denoise
 
 
@@ -97,8 +118,9 @@ def with_labels(denoiser: Denoiser, labels) -> Denoiser:
 
 def ideal(process, length: int) -> Denoiser:
   """The exact ideal product denoiser of a tiny family; params = its probabilities `[S**D]`."""
-  return from_function(lambda probs, x_t, t: exact.ideal_log_marginals(process, probs, length,
-                                                                       x_t, t))
+  return from_function(
+    lambda probs, x_t, t: exact.ideal_log_marginals(process, probs, length, x_t, t)
+  )
 
 
 def exact_view(denoiser: Denoiser, params, size: int | None = None) -> Callable:
@@ -109,6 +131,7 @@ def exact_view(denoiser: Denoiser, params, size: int | None = None) -> Callable:
   compiles once: the exact toolkit evaluates only the reachable states,
   whose count changes from step to step.
   """
+
   @jax.jit
   def f(params, x, t, lam):
     n = x.shape[0]
@@ -125,4 +148,5 @@ def exact_view(denoiser: Denoiser, params, size: int | None = None) -> Callable:
       pad[:n] = x
       x = pad
     return np.asarray(f(params, x, float(t), None if lam is None else float(lam)))[:n]
+
   return view

@@ -12,6 +12,7 @@ The pieces, in the order a distillation step uses them:
   * `setup_student` / `distill_student`: a run from a config, handed to the
     one trainer (trainer.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixture_dd import categorical, configuration, denoisers, exact, losses, networks, samplers
-from mixture_dd import trainer
+from mixture_dd import (
+  categorical,
+  configuration,
+  denoisers,
+  exact,
+  losses,
+  networks,
+  samplers,
+  trainer,
+)
 from mixture_dd.data import pipeline
 from mixture_dd.denoisers import Denoiser
 
@@ -47,8 +56,9 @@ def sample_times(key, batch: int, d):
   """
   k_t, k_d, k_small, k_pick, k_dist = jax.random.split(key, 5)
   if d.delta == "loguniform":
-    delta = jnp.exp(jax.random.uniform(k_d, (batch,), minval=np.log(d.delta_lo),
-                                       maxval=np.log(d.delta_hi)))
+    delta = jnp.exp(
+      jax.random.uniform(k_d, (batch,), minval=np.log(d.delta_lo), maxval=np.log(d.delta_hi))
+    )
   else:
     delta = jnp.full((batch,), d.delta_lo)
   if d.t_sampling == "uniform":
@@ -66,8 +76,11 @@ def sample_times(key, batch: int, d):
   if d.distil_mode == "separate":
     k_u, k_lo = jax.random.split(k_dist)
     shape = (batch, d.num_latents)
-    distil_t = jnp.where(jax.random.bernoulli(k_lo, d.distil_p_lo, shape), d.distil_lo,
-                         jax.random.uniform(k_u, shape, minval=d.distil_lo, maxval=d.distil_hi))
+    distil_t = jnp.where(
+      jax.random.bernoulli(k_lo, d.distil_p_lo, shape),
+      d.distil_lo,
+      jax.random.uniform(k_u, shape, minval=d.distil_lo, maxval=d.distil_hi),
+    )
     w_distil = jnp.ones((batch,))
     w_consis = jnp.ones((batch,))
   else:
@@ -97,6 +110,7 @@ class Teacher:
   provenance: what a student's checkpoints record about this teacher (a
   resumed distillation must find the same).
   """
+
   denoise: Denoiser
   frozen: Any
   description: str
@@ -104,23 +118,33 @@ class Teacher:
   provenance: dict | None = None
 
 
-def network_teacher(model: networks.Transformer, params, num_latents: int = 16,
-                    provenance: dict | None = None) -> Teacher:
+def network_teacher(
+  model: networks.Transformer, params, num_latents: int = 16, provenance: dict | None = None
+) -> Teacher:
   """Our network as a teacher: a product, or (latent=True) a mixture teacher
   whose marginals average its components over `num_latents` stratified
   latents (di4c^2: a student teaches the next round)."""
   net = denoisers.from_network(model)
   if not model.latent:
     return Teacher(net, params, "product network", provenance=provenance)
-  return Teacher(denoisers.mixture_marginals(net, num_latents), params,
-                 f"mixture network (L={num_latents})", net, provenance)
+  return Teacher(
+    denoisers.mixture_marginals(net, num_latents),
+    params,
+    f"mixture network (L={num_latents})",
+    net,
+    provenance,
+  )
 
 
 def ideal_teacher(process, probs, length: int) -> Teacher:
   """The exact ideal product denoiser of a tiny family (exact.py)."""
   probs = jnp.asarray(probs, jnp.float32)
-  return Teacher(denoisers.ideal(process, length), probs, "exact ideal product denoiser",
-                 provenance={"kind": "ideal", "checksum": trainer.checksum(probs)})
+  return Teacher(
+    denoisers.ideal(process, length),
+    probs,
+    "exact ideal product denoiser",
+    provenance={"kind": "ideal", "checksum": trainer.checksum(probs)},
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -128,8 +152,15 @@ def ideal_teacher(process, probs, length: int) -> Teacher:
 # ---------------------------------------------------------------------------
 
 
-def di4c_loss(student: Denoiser, teacher: Teacher, process, d, label_dropout: float = 0.0,
-              num_classes: int = 0, target: Denoiser | None = None):
+def di4c_loss(
+  student: Denoiser,
+  teacher: Teacher,
+  process,
+  d,
+  label_dropout: float = 0.0,
+  num_classes: int = 0,
+  target: Denoiser | None = None,
+):
   """`loss_fn(params, batch, key, frozen) -> (loss, metrics)` of method.md sec. 4.
 
   `student` is the mixture student's component (a denoiser taking lam) in
@@ -167,8 +198,14 @@ def di4c_loss(student: Denoiser, teacher: Teacher, process, d, label_dropout: fl
     def one(x_c, t_c, lam_c, key_c):
       r = lambda a: None if a is None else jnp.repeat(a, per, axis=0)
       net = student if train else target
-      logits = net(params, x_c.reshape((b * per,) + x_c.shape[2:]), t_c.reshape(-1), key_c,
-                   lam=lam_c.reshape(-1), labels=r(labels))
+      logits = net(
+        params,
+        x_c.reshape((b * per,) + x_c.shape[2:]),
+        t_c.reshape(-1),
+        key_c,
+        lam=lam_c.reshape(-1),
+        labels=r(labels),
+      )
       lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
       return lp.reshape((b, per) + lp.shape[1:])
 
@@ -176,8 +213,9 @@ def di4c_loss(student: Denoiser, teacher: Teacher, process, d, label_dropout: fl
       return one(x, t, lam, key)
     fn = jax.checkpoint(one) if remat else one
     split = lambda a: jnp.moveaxis(a.reshape((b, chunks, per) + a.shape[2:]), 1, 0)
-    out = jax.lax.map(lambda a: fn(*a), (split(x), split(t), split(lam),
-                                         jax.random.split(key, chunks)))
+    out = jax.lax.map(
+      lambda a: fn(*a), (split(x), split(t), split(lam), jax.random.split(key, chunks))
+    )
     return jnp.moveaxis(out, 0, 1).reshape((b, num_l) + out.shape[3:])
 
   def per_latent(a):  # [B, ...] -> [B, L, ...]
@@ -186,9 +224,28 @@ def di4c_loss(student: Denoiser, teacher: Teacher, process, d, label_dropout: fl
   def loss_fn(params, batch, key, frozen):
     x0 = batch["tokens"]
     b, length = x0.shape
-    keys = dict(zip(["times", "xt", "teacher", "lam_t", "drop_t", "step", "lam_u", "draw",
-                     "xd", "teacher_d", "lam_d", "drop_d", "labels", "mu", "drop_u"],
-                    jax.random.split(key, 15)))
+    keys = dict(
+      zip(
+        [
+          "times",
+          "xt",
+          "teacher",
+          "lam_t",
+          "drop_t",
+          "step",
+          "lam_u",
+          "draw",
+          "xd",
+          "teacher_d",
+          "lam_d",
+          "drop_d",
+          "labels",
+          "mu",
+          "drop_u",
+        ],
+        jax.random.split(key, 15),
+      )
+    )
     labels = batch.get("labels") if num_classes else None
     # The same dropped labels go to the teacher and the student.
     labels = losses.drop_labels(keys["labels"], labels, label_dropout, num_classes)
@@ -196,7 +253,8 @@ def di4c_loss(student: Denoiser, teacher: Teacher, process, d, label_dropout: fl
     t, u = tm["t"], tm["u"]
     x_t = process.sample_xt(keys["xt"], x0, t)
     teacher_logits = jax.lax.stop_gradient(
-        teacher.denoise(frozen, x_t, t, keys["teacher"], labels=labels))
+      teacher.denoise(frozen, x_t, t, keys["teacher"], labels=labels)
+    )
     teacher_lp = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), -1)
     lam = jax.random.uniform(keys["lam_t"], (b, num_l))
     lp = student_lp(params, per_latent(x_t), per_latent(t), lam, labels, keys["drop_t"], True)
@@ -209,17 +267,29 @@ def di4c_loss(student: Denoiser, teacher: Teacher, process, d, label_dropout: fl
     else:  # a mixture teacher: each copy steps with its own teacher latent
       mu = jax.random.uniform(keys["mu"], (b * num_l,))
       step_logits = jax.lax.stop_gradient(
-          teacher.component(frozen, x_rep, t_rep, keys["mu"], lam=mu, labels=rep(labels)))
+        teacher.component(frozen, x_rep, t_rep, keys["mu"], lam=mu, labels=rep(labels))
+      )
     if d.teacher_step == "confidence":
       n_after = jnp.round(length * (1.0 - process.alpha(u_rep))).astype(jnp.int32)
-      x_u = samplers.confidence_step(keys["step"], process, x_rep, step_logits, n_after,
-                                     d.confidence_temperature * t_rep)
+      x_u = samplers.confidence_step(
+        keys["step"], process, x_rep, step_logits, n_after, d.confidence_temperature * t_rep
+      )
     else:
       x_u = samplers.analytic_step(keys["step"], process, x_rep, t_rep, u_rep, step_logits)
     x_u = jax.lax.stop_gradient(x_u.reshape(b, num_l, length))
     lam_u = jax.random.uniform(keys["lam_u"], (b, num_l))
-    q = jax.lax.stop_gradient(student_lp(jax.lax.stop_gradient(params), x_u, per_latent(u),
-                                         lam_u, labels, keys["drop_u"], False, remat=False))
+    q = jax.lax.stop_gradient(
+      student_lp(
+        jax.lax.stop_gradient(params),
+        x_u,
+        per_latent(u),
+        lam_u,
+        labels,
+        keys["drop_u"],
+        False,
+        remat=False,
+      )
+    )
     x0_i = categorical.sample(keys["draw"], q)  # [B, L, D]: x0^(i) ~ q_i
     consis = losses.consistency_term(lp, q, x0_i)
 
@@ -228,31 +298,40 @@ def di4c_loss(student: Denoiser, teacher: Teacher, process, d, label_dropout: fl
     else:  # a fresh x_delta per (example, latent)
       dt = tm["distil_t"]  # [B, L]
       x_d = process.sample_xt(keys["xd"], rep(x0), dt.reshape(-1))
-      t_lp = jax.nn.log_softmax(jax.lax.stop_gradient(
+      t_lp = jax.nn.log_softmax(
+        jax.lax.stop_gradient(
           teacher.denoise(frozen, x_d, dt.reshape(-1), keys["teacher_d"], labels=rep(labels))
-      ).astype(jnp.float32), -1)
+        ).astype(jnp.float32),
+        -1,
+      )
       lam_d = jax.random.uniform(keys["lam_d"], (b, num_l))
-      lp_d = student_lp(params, x_d.reshape(b, num_l, length), dt, lam_d, labels, keys["drop_d"],
-                        True)
+      lp_d = student_lp(
+        params, x_d.reshape(b, num_l, length), dt, lam_d, labels, keys["drop_d"], True
+      )
       distil = losses.distillation_term(t_lp.reshape(lp_d.shape), lp_d)
     marginal = losses.marginal_term(lp, teacher_lp)
     data_corr = losses.data_correlation_term(lp, x0, tm["alpha"])
 
-    per_example = (d.distil_weight * tm["w_distil"] * distil + tm["w_consis"] * consis
-                   + d.marginal_weight * marginal + d.data_weight * data_corr)
+    per_example = (
+      d.distil_weight * tm["w_distil"] * distil
+      + tm["w_consis"] * consis
+      + d.marginal_weight * marginal
+      + d.data_weight * data_corr
+    )
     loss = jnp.mean(per_example)
     gate_mean = lambda v, w: jnp.sum(w * v) / jnp.maximum(jnp.sum(w), 1.0)
     metrics = {
-        "distillation": gate_mean(distil, tm["w_distil"]),
-        "consistency": gate_mean(consis, tm["w_consis"]),
-        "marginal": jnp.mean(marginal),
-        "data_correlation": jnp.mean(data_corr),
-        "frac_distil": jnp.mean(tm["w_distil"]),
-        # NaN here names the teacher when its outputs go bad (the KLs mask
-        # NaN probabilities, so the loss alone would stay finite).
-        "teacher_check": jnp.where(jnp.all(jnp.isfinite(teacher_lp)), 0.0, jnp.nan),
+      "distillation": gate_mean(distil, tm["w_distil"]),
+      "consistency": gate_mean(consis, tm["w_consis"]),
+      "marginal": jnp.mean(marginal),
+      "data_correlation": jnp.mean(data_corr),
+      "frac_distil": jnp.mean(tm["w_distil"]),
+      # NaN here names the teacher when its outputs go bad (the KLs mask
+      # NaN probabilities, so the loss alone would stay finite).
+      "teacher_check": jnp.where(jnp.all(jnp.isfinite(teacher_lp)), 0.0, jnp.nan),
     }
     return loss, metrics
+
   return loss_fn
 
 
@@ -265,6 +344,7 @@ def di4c_loss(student: Denoiser, teacher: Teacher, process, d, label_dropout: fl
 class StudentSetup:
   """A distillation run's pieces: the resolved config, data, process, the
   student network, its teacher, its initial parameters and its loss."""
+
   config: Any
   spec: pipeline.DataSpec
   source: Any
@@ -281,13 +361,18 @@ def load_teacher(config, spec, process) -> Teacher:
     probs = exact.make_family(config.data.family, spec.vocab_size, spec.length, config.data.seed)
     return ideal_teacher(process, probs, spec.length)
   tconf = configuration.read_run_config(config.teacher.workdir)
-  t_model = configuration.make_model(tconf, spec, process,
-                                     latent=bool(tconf.get("is_student", False)))
+  t_model = configuration.make_model(
+    tconf, spec, process, latent=bool(tconf.get("is_student", False))
+  )
   abstract = jax.eval_shape(lambda: trainer.init_params(t_model, 0))
-  t_params, meta = trainer.load_params(config.teacher.workdir, abstract,
-                                       configuration.model_signature(tconf, spec))
-  provenance = {"workdir": os.path.abspath(config.teacher.workdir), "step": int(meta["step"]),
-                "checksum": trainer.checksum(t_params)}
+  t_params, meta = trainer.load_params(
+    config.teacher.workdir, abstract, configuration.model_signature(tconf, spec)
+  )
+  provenance = {
+    "workdir": os.path.abspath(config.teacher.workdir),
+    "step": int(meta["step"]),
+    "checksum": trainer.checksum(t_params),
+  }
   return network_teacher(t_model, t_params, config.teacher.num_latents, provenance)
 
 
@@ -306,14 +391,24 @@ def setup_student(config) -> StudentSetup:
     params = trainer.init_params(model, config.seed)
     if config.teacher.kind == "network":
       params = networks.student_params_from_teacher(teacher.frozen, params)
-    params = start_student(params, jax.random.key(config.seed + 1), config.distill.student_start,
-                           config.distill.latent_init_scale)
+    params = start_student(
+      params,
+      jax.random.key(config.seed + 1),
+      config.distill.student_start,
+      config.distill.latent_init_scale,
+    )
   # Own buffers: the train step donates the student's state, and the teacher
   # (frozen) must not lose the arrays they would otherwise share.
   params = jax.tree.map(jnp.copy, params)
-  loss_fn = di4c_loss(denoisers.from_network(model, train=True), teacher, process, config.distill,
-                      config.model.label_dropout, model.num_classes,
-                      target=denoisers.from_network(model))
+  loss_fn = di4c_loss(
+    denoisers.from_network(model, train=True),
+    teacher,
+    process,
+    config.distill,
+    config.model.label_dropout,
+    model.num_classes,
+    target=denoisers.from_network(model),
+  )
   return StudentSetup(config, spec, source, process, model, teacher, params, loss_fn)
 
 
@@ -324,16 +419,26 @@ def student_task(setup: StudentSetup) -> trainer.Task:
 
   def sample_fn(params, key, num):
     return samplers.sample(key, process, denoise, params, num, spec.length, c.train.sample_steps)
+
   return trainer.Task(
-      desc="distill", loss_fn=setup.loss_fn, params=setup.params,
-      batcher=pipeline.make_batcher(setup.source, c.train.batch_size, seed=c.seed,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count(),
-                                    vocab_size=spec.vocab_size),
-      signature=configuration.model_signature(c, spec),
-      meta={"kind": "student", "data": spec.name, "teacher": setup.teacher.description},
-      spec=spec, frozen=setup.teacher.frozen, provenance=setup.teacher.provenance,
-      sample_fn=sample_fn)
+    desc="distill",
+    loss_fn=setup.loss_fn,
+    params=setup.params,
+    batcher=pipeline.make_batcher(
+      setup.source,
+      c.train.batch_size,
+      seed=c.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      vocab_size=spec.vocab_size,
+    ),
+    signature=configuration.model_signature(c, spec),
+    meta={"kind": "student", "data": spec.name, "teacher": setup.teacher.description},
+    spec=spec,
+    frozen=setup.teacher.frozen,
+    provenance=setup.teacher.provenance,
+    sample_fn=sample_fn,
+  )
 
 
 def distill_student(config, workdir: str) -> trainer.TrainState:
@@ -345,10 +450,18 @@ def distill_student(config, workdir: str) -> trainer.TrainState:
   preemption save.
   """
   setup = setup_student(config)
-  log.info("distilling %s into a mixture student (L=%d, preset %s)", setup.teacher.description,
-           setup.config.distill.num_latents, setup.config.distill.preset)
-  return trainer.run(student_task(setup), setup.config, workdir,
-                     restart_if_changed=bool(setup.config.teacher.get("restart_if_changed")))
+  log.info(
+    "distilling %s into a mixture student (L=%d, preset %s)",
+    setup.teacher.description,
+    setup.config.distill.num_latents,
+    setup.config.distill.preset,
+  )
+  return trainer.run(
+    student_task(setup),
+    setup.config,
+    workdir,
+    restart_if_changed=bool(setup.config.teacher.get("restart_if_changed")),
+  )
 
 
 def start_student(params, key, start: str, scale: float = 0.0):
@@ -373,12 +486,14 @@ def start_student(params, key, start: str, scale: float = 0.0):
   kernel = params[networks.LATENT_MODULE]["dense_out"]["kernel"]
   std = scale if start == "normal" else scale / np.sqrt(kernel.shape[0])
   params[networks.LATENT_MODULE]["dense_out"]["kernel"] = std * jax.random.normal(
-      key, kernel.shape, kernel.dtype)
+    key, kernel.shape, kernel.dtype
+  )
   return params
 
 
-def marginal_kl(teacher: Teacher, model: networks.Transformer, params, process, tokens, key,
-                num_latents: int = 64) -> float:
+def marginal_kl(
+  teacher: Teacher, model: networks.Transformer, params, process, tokens, key, num_latents: int = 64
+) -> float:
   """E KL(teacher_t || student mixture marginal_t) per token, in nats.
 
   Over x0 = the rows of `tokens` `[n, D]`, stratified t ~ U[0, 1] and
@@ -398,6 +513,7 @@ def marginal_kl(teacher: Teacher, model: networks.Transformer, params, process, 
     t_lp = jax.nn.log_softmax(teacher.denoise(frozen, x_t, t, k_teacher), -1)
     s_lp = student.denoise(params, x_t, t, k_lam)
     return jnp.sum(losses.kl_categorical(t_lp, s_lp)) / (n * length)
+
   return float(kl(params, teacher.frozen, key))
 
 
@@ -405,13 +521,15 @@ def marginal_kl(teacher: Teacher, model: networks.Transformer, params, process, 
 class QuickResult:
   """What `quick_distill` returns: the set-up, the trained parameters (EMA
   or raw as config.train.eval_weights) and the loss of every step."""
+
   setup: StudentSetup
   params: Any
   losses: np.ndarray
 
 
-def quick_distill(config, num_steps: int | None = None, chunk: int = 100,
-                  log_every: int = 0) -> QuickResult:
+def quick_distill(
+  config, num_steps: int | None = None, chunk: int = 100, log_every: int = 0
+) -> QuickResult:
   """Distillation without checkpoints (`trainer.fit_scanned`), for small
   experiments, notebooks and tests. Single device."""
   setup = setup_student(config)
@@ -419,10 +537,19 @@ def quick_distill(config, num_steps: int | None = None, chunk: int = 100,
   num_steps = num_steps or c.train.num_steps
   opt = trainer.make_optimizer(c.optim, num_steps)
   step = trainer.make_step(setup.loss_fn, opt, c.optim.ema_decay, c.optim.ema_warmup)
-  batcher = pipeline.make_batcher(setup.source, c.train.batch_size, seed=c.seed,
-                                 vocab_size=setup.spec.vocab_size)
-  state, seen = trainer.fit_scanned(trainer.init_state(setup.params, opt), step, batcher,
-                                    num_steps, c.seed, setup.teacher.frozen, chunk, log_every,
-                                    "quick_distill")
+  batcher = pipeline.make_batcher(
+    setup.source, c.train.batch_size, seed=c.seed, vocab_size=setup.spec.vocab_size
+  )
+  state, seen = trainer.fit_scanned(
+    trainer.init_state(setup.params, opt),
+    step,
+    batcher,
+    num_steps,
+    c.seed,
+    setup.teacher.frozen,
+    chunk,
+    log_every,
+    "quick_distill",
+  )
   params = state.ema_params if c.train.eval_weights == "ema" else state.params
   return QuickResult(setup, params, seen)

@@ -25,6 +25,7 @@ Every data set also gets the per-call latency of each denoiser (median of
 repetitions, same machine, same run) and the wall time of sampling per N.
 Writes results.json, results.md and quality_vs_steps.png under out_dir.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -65,6 +66,7 @@ class SamplerSpec:
   `samplers.sample` treats them as static (a new function object would
   recompile the whole sampler).
   """
+
   name: str
   denoiser: Callable
   params: Any
@@ -88,16 +90,24 @@ def sampler_specs(teacher, student=None, hybrid_teacher_steps: int = 0) -> dict[
     s_den = student.denoiser()
     specs["student"] = SamplerSpec("student", s_den, student.params)
     if hybrid_teacher_steps > 0:
-      specs["hybrid"] = SamplerSpec("hybrid", s_den, student.params, t_den, teacher.params,
-                                    hybrid_teacher_steps)
+      specs["hybrid"] = SamplerSpec(
+        "hybrid", s_den, student.params, t_den, teacher.params, hybrid_teacher_steps
+      )
   elif hybrid_teacher_steps > 0:
     raise ValueError("hybrid_teacher_steps > 0 needs a student run")
   return specs
 
 
-def draw_samples(spec: SamplerSpec, process, length: int, num_steps: int, num_samples: int,
-                 batch_size: int, seed: int, cache: dict | None = None
-                 ) -> tuple[np.ndarray, float, float]:
+def draw_samples(
+  spec: SamplerSpec,
+  process,
+  length: int,
+  num_steps: int,
+  num_samples: int,
+  batch_size: int,
+  seed: int,
+  cache: dict | None = None,
+) -> tuple[np.ndarray, float, float]:
   """`num_samples` samples `[num_samples, length]` int32 in fixed-size batches.
 
   Compiles once per sampler and batch size (the number of steps is a traced
@@ -113,10 +123,18 @@ def draw_samples(spec: SamplerSpec, process, length: int, num_steps: int, num_sa
   first = jnp.asarray(spec.num_first(num_steps) or 0, jnp.int32)
   start = time.perf_counter()
   if (spec.name, batch_size) not in cache:
-    lowered = samplers.sample.lower(base, process, spec.denoiser, spec.params,
-                                    batch_size=batch_size, length=length, num_steps=n,
-                                    second=spec.second, second_params=spec.second_params,
-                                    num_first=first)
+    lowered = samplers.sample.lower(
+      base,
+      process,
+      spec.denoiser,
+      spec.params,
+      batch_size=batch_size,
+      length=length,
+      num_steps=n,
+      second=spec.second,
+      second_params=spec.second_params,
+      num_first=first,
+    )
     cache[(spec.name, batch_size)] = lowered.compile()
   compiled = cache[(spec.name, batch_size)]
   compile_s = time.perf_counter() - start
@@ -124,8 +142,11 @@ def draw_samples(spec: SamplerSpec, process, length: int, num_steps: int, num_sa
   start = time.perf_counter()
   for b in range(math.ceil(num_samples / batch_size)):
     key = jax.random.fold_in(base, b)
-    out.append(np.asarray(compiled(key, spec.params, num_steps=n,
-                                   second_params=spec.second_params, num_first=first)))
+    out.append(
+      np.asarray(
+        compiled(key, spec.params, num_steps=n, second_params=spec.second_params, num_first=first)
+      )
+    )
   sample_s = time.perf_counter() - start
   return np.concatenate(out)[:num_samples].astype(np.int32), sample_s, compile_s
 
@@ -157,13 +178,21 @@ def latency(run, batch_size: int, reps: int = 10, warmup: int = 2) -> float:
 def exact_view(run) -> Callable:
   """A run's `fn(x [n, D], t, lam) -> [n, D, S]` for `exact.sampler_distribution`,
   padded to all S**D states so that it compiles once."""
-  return denoisers.exact_view(denoisers.from_network(run.model), run.params,
-                              run.process.num_states ** run.spec.length)
+  return denoisers.exact_view(
+    denoisers.from_network(run.model), run.params, run.process.num_states**run.spec.length
+  )
 
 
-def exact_law(process, length: int, num_steps: int, first, second=None,
-              num_first: int | None = None, num_latent_nodes: int = 32,
-              final: str = "argmax") -> np.ndarray:
+def exact_law(
+  process,
+  length: int,
+  num_steps: int,
+  first,
+  second=None,
+  num_first: int | None = None,
+  num_latent_nodes: int = 32,
+  final: str = "argmax",
+) -> np.ndarray:
   """Exact law `[S**D]` of `samplers.sample` on the uniform grid.
 
   first, second: (fn(x, t, lam), is_mixture) as for
@@ -181,8 +210,8 @@ def exact_law(process, length: int, num_steps: int, first, second=None,
     fn = lambda x, t, lam, f1=first[0]: fn2(x, t, lam) if use_second(t) else f1(x, t, lam)
     is_mix = is_mix or mix2
   law, leftover = exact.sampler_distribution(
-      process, fn, length, times, final=final,
-      num_latent_nodes=num_latent_nodes if is_mix else None)
+    process, fn, length, times, final=final, num_latent_nodes=num_latent_nodes if is_mix else None
+  )
   if leftover > 1e-6:
     raise ValueError(f"{leftover:.3g} of the mass ended on non-data states")
   return law
@@ -194,11 +223,15 @@ def empirical_law(tokens: np.ndarray, num_values: int) -> np.ndarray:
   return np.bincount(idx, minlength=num_values ** tokens.shape[1]) / len(tokens)
 
 
-def tiny_metrics(probs: np.ndarray, law: np.ndarray, tokens: np.ndarray | None,
-                 num_values: int) -> dict:
+def tiny_metrics(
+  probs: np.ndarray, law: np.ndarray, tokens: np.ndarray | None, num_values: int
+) -> dict:
   """TV, KL(data || sampler), KL(sampler || data) of an exact law; empirical TV."""
-  out = {"tv": exact.total_variation(probs, law), "kl": exact.kl_divergence(probs, law),
-         "kl_reverse": exact.kl_divergence(law, probs)}
+  out = {
+    "tv": exact.total_variation(probs, law),
+    "kl": exact.kl_divergence(probs, law),
+    "kl_reverse": exact.kl_divergence(law, probs),
+  }
   if tokens is not None:
     out["tv_empirical"] = exact.total_variation(probs, empirical_law(tokens, num_values))
   return out
@@ -212,9 +245,13 @@ def tiny_metrics(probs: np.ndarray, law: np.ndarray, tokens: np.ndarray | None,
 def markov_metrics(tokens: np.ndarray, init: np.ndarray, trans: np.ndarray) -> dict:
   """Oracle NLL per token (mean, standard error over sequences) and entropy."""
   nll = -markov.log_prob(tokens, init, trans) / tokens.shape[1]  # [n]
-  return {"nll_per_token": float(nll.mean()),
-          "nll_per_token_se": float(nll.std(ddof=1) / np.sqrt(len(nll))) if len(nll) > 1 else float("nan"),
-          "entropy_per_token": metrics.sample_entropy_per_token(tokens)}
+  return {
+    "nll_per_token": float(nll.mean()),
+    "nll_per_token_se": float(nll.std(ddof=1) / np.sqrt(len(nll)))
+    if len(nll) > 1
+    else float("nan"),
+    "entropy_per_token": metrics.sample_entropy_per_token(tokens),
+  }
 
 
 CONFIDENT = 0.9  # a sample is "recognised" if the classifier gives its label p > this
@@ -230,10 +267,14 @@ def digits_metrics(tokens: np.ndarray, clf_params, levels: int, ref_features: np
   hist = metrics.histogram(probs.argmax(-1), 10)
   fd = lambda f: metrics.frechet_distance_from_features(f, ref_features)
   conf = float(np.mean(probs.max(-1) > CONFIDENT))
-  return {"fd": fd(feats), "fd_se": metrics.bootstrap_se(fd, feats, BOOTSTRAP),
-          "recognised": conf, "recognised_se": float(np.sqrt(conf * (1 - conf) / len(feats))),
-          "label_kl_uniform": metrics.kl_from_uniform(hist),
-          "label_hist": [round(float(h), 4) for h in hist]}
+  return {
+    "fd": fd(feats),
+    "fd_se": metrics.bootstrap_se(fd, feats, BOOTSTRAP),
+    "recognised": conf,
+    "recognised_se": float(np.sqrt(conf * (1 - conf) / len(feats))),
+    "label_kl_uniform": metrics.kl_from_uniform(hist),
+    "label_hist": [round(float(h), 4) for h in hist],
+  }
 
 
 def text_metrics(tokens: np.ndarray, lm_params, vocab_size: int) -> dict:
@@ -242,9 +283,12 @@ def text_metrics(tokens: np.ndarray, lm_params, vocab_size: int) -> dict:
   length = tokens.shape[1]
   ll = reference_models.log_likelihood(lm_params, tokens)  # [n] nats per sequence
   ppl = lambda v: float(np.exp(-np.mean(v) / length))
-  out = {"gen_ppl": ppl(ll), "gen_ppl_se": metrics.bootstrap_se(ppl, ll, BOOTSTRAP),
-         "unigram_entropy": metrics.unigram_entropy(tokens, vocab_size),
-         "entropy_per_token": metrics.sample_entropy_per_token(tokens)}
+  out = {
+    "gen_ppl": ppl(ll),
+    "gen_ppl_se": metrics.bootstrap_se(ppl, ll, BOOTSTRAP),
+    "unigram_entropy": metrics.unigram_entropy(tokens, vocab_size),
+    "entropy_per_token": metrics.sample_entropy_per_token(tokens),
+  }
   if len(tokens) >= 2:
     out["self_bleu"] = metrics.self_bleu(tokens[:SELF_BLEU_SUBSET])
   return out
@@ -270,7 +314,8 @@ def digits_classifier(reference_dir: str, train, test, levels: int):
     return reference_models.load_classifier(reference_dir)
   log.info("training the digits classifier (cached in %s)", reference_dir)
   params, meta = reference_models.train_digits_classifier(
-      train.tokens, train.labels, levels, eval_images=test.tokens, eval_labels=test.labels)
+    train.tokens, train.labels, levels, eval_images=test.tokens, eval_labels=test.labels
+  )
   reference_models.save_classifier(reference_dir, params, meta)
   return params, meta
 
@@ -282,8 +327,12 @@ def char_lm(reference_dir: str, train, test, vocab_size: int, steps: int = 1000)
     return reference_models.load_char_lm(reference_dir)
   log.info("training the reference char LM (%d steps, cached in %s)", steps, reference_dir)
   params = reference_models.train_char_lm(train.tokens, vocab_size, steps=steps)
-  meta = {"steps": steps, "vocab_size": vocab_size, "length": int(train.tokens.shape[1]),
-          "test_ppl": reference_models.generative_perplexity(params, test.tokens)}
+  meta = {
+    "steps": steps,
+    "vocab_size": vocab_size,
+    "length": int(train.tokens.shape[1]),
+    "test_ppl": reference_models.generative_perplexity(params, test.tokens),
+  }
   reference_models.save_char_lm(reference_dir, params, meta)
   return params, meta
 
@@ -311,14 +360,27 @@ def tiny_scorer(teacher, student, specs, reference_dir, num_latent_nodes):
   def score(sampler, n, tokens):
     s = specs[sampler]
     if sampler == "hybrid":
-      law = exact_law(teacher.process, spec.length, n, student_fn, fns["teacher"],
-                      s.num_first(n), num_latent_nodes)
+      law = exact_law(
+        teacher.process,
+        spec.length,
+        n,
+        student_fn,
+        fns["teacher"],
+        s.num_first(n),
+        num_latent_nodes,
+      )
     else:
-      law = exact_law(teacher.process, spec.length, n, fns[sampler],
-                      num_latent_nodes=num_latent_nodes)
+      law = exact_law(
+        teacher.process, spec.length, n, fns[sampler], num_latent_nodes=num_latent_nodes
+      )
     return tiny_metrics(probs, law, tokens, spec.vocab_size)
-  ref = {"tv": 0.0, "kl": 0.0, "kl_reverse": 0.0,
-         "tv_empirical": exact.total_variation(probs, empirical_law(test.tokens, spec.vocab_size))}
+
+  ref = {
+    "tv": 0.0,
+    "kl": 0.0,
+    "kl_reverse": 0.0,
+    "tv_empirical": exact.total_variation(probs, empirical_law(test.tokens, spec.vocab_size)),
+  }
   return score, ref, {"family": cfg.family, "num_test": len(test)}
 
 
@@ -343,8 +405,12 @@ def digits_scorer(teacher, student, specs, reference_dir, num_latent_nodes):
   clf, meta = digits_classifier(rdir, train_src, test, spec.vocab_size)
   train_feats = reference_models.classifier_features(clf, train_src.tokens, spec.vocab_size)
   ref = digits_metrics(test.tokens, clf, spec.vocab_size, train_feats)
-  extras = {"classifier": meta, "reference_dir": rdir, "num_test": len(test),
-            "note": "fd is against the train split; the data row is the test split's fd"}
+  extras = {
+    "classifier": meta,
+    "reference_dir": rdir,
+    "num_test": len(test),
+    "note": "fd is against the train split; the data row is the test split's fd",
+  }
   return (lambda s, n, x: digits_metrics(x, clf, spec.vocab_size, train_feats)), ref, extras
 
 
@@ -385,14 +451,26 @@ def _check_compatible(teacher, student) -> None:
   if teacher.spec != student.spec:
     raise ValueError(f"teacher and student data differ: {teacher.spec} vs {student.spec}")
   if teacher.config.process.to_dict() != student.config.process.to_dict():
-    raise ValueError(f"teacher and student processes differ: {teacher.config.process} vs "
-                     f"{student.config.process}")
+    raise ValueError(
+      f"teacher and student processes differ: {teacher.config.process} vs {student.config.process}"
+    )
 
 
-def evaluate(teacher, student, steps: list[int], num_samples: int, seed: int, out_dir: str,
-             hybrid_teacher_steps: int = 0, reference_dir: str | None = None, *,
-             batch_size: int = 256, num_latent_nodes: int = 32, latency_reps: int = 10,
-             student_steps: list[int] | None = None) -> dict:
+def evaluate(
+  teacher,
+  student,
+  steps: list[int],
+  num_samples: int,
+  seed: int,
+  out_dir: str,
+  hybrid_teacher_steps: int = 0,
+  reference_dir: str | None = None,
+  *,
+  batch_size: int = 256,
+  num_latent_nodes: int = 32,
+  latency_reps: int = 10,
+  student_steps: list[int] | None = None,
+) -> dict:
   """Samples and scores teacher / student / hybrid at every N in `steps`.
 
   Args:
@@ -425,21 +503,32 @@ def evaluate(teacher, student, steps: list[int], num_samples: int, seed: int, ou
   os.makedirs(os.path.join(out_dir, "samples"), exist_ok=True)
 
   score, data_ref, extras = make_scorer(teacher, student, specs, reference_dir, num_latent_nodes)
-  lat = {"batch_size": batch_size, "reps": latency_reps,
-         "teacher_s": latency(teacher, batch_size, latency_reps)}
+  lat = {
+    "batch_size": batch_size,
+    "reps": latency_reps,
+    "teacher_s": latency(teacher, batch_size, latency_reps),
+  }
   if student is not None:
     lat["student_s"] = latency(student, batch_size, latency_reps)
     lat["ratio_student_over_teacher"] = lat["student_s"] / lat["teacher_s"]
-  log.info("per-call latency (batch %d): %s", batch_size,
-           ", ".join(f"{k}={v:.4g}" for k, v in lat.items() if isinstance(v, float)))
+  log.info(
+    "per-call latency (batch %d): %s",
+    batch_size,
+    ", ".join(f"{k}={v:.4g}" for k, v in lat.items() if isinstance(v, float)),
+  )
 
   rows, kept, cache = [], {}, {}
   student_steps = steps if student_steps is None else student_steps
-  todo = [(name, n) for n in sorted(set(steps) | set(student_steps)) for name in specs
-          if specs[name].applies(n) and n in (steps if name == "teacher" else student_steps)]
+  todo = [
+    (name, n)
+    for n in sorted(set(steps) | set(student_steps))
+    for name in specs
+    if specs[name].applies(n) and n in (steps if name == "teacher" else student_steps)
+  ]
   for i, (name, n) in enumerate(todo):
-    tokens, sample_s, compile_s = draw_samples(specs[name], process, spec.length, n,
-                                               num_samples, batch_size, seed, cache)
+    tokens, sample_s, compile_s = draw_samples(
+      specs[name], process, spec.length, n, num_samples, batch_size, seed, cache
+    )
     row = {"sampler": name, "steps": n, "sample_time_s": sample_s, "compile_s": compile_s}
     if name == "hybrid":
       row["teacher_steps"] = hybrid_teacher_steps
@@ -449,16 +538,33 @@ def evaluate(teacher, student, steps: list[int], num_samples: int, seed: int, ou
     _save_samples(tokens, spec, out_dir, f"{name}_N{n}")
     log.info("[%d/%d] %s N=%d: %s", i + 1, len(todo), name, n, _short(row))
   if spec.kind == "image" and spec.image_shape is not None:
-    _save_panels(specs, kept, student_steps if student is not None else steps, spec, process,
-                 out_dir, seed, cache)
+    _save_panels(
+      specs,
+      kept,
+      student_steps if student is not None else steps,
+      spec,
+      process,
+      out_dir,
+      seed,
+      cache,
+    )
 
-  results = {"data": spec.name, "data_config": teacher.config.data.to_dict(),
-             "process": teacher.config.process.to_dict(),
-             "steps": sorted(set(steps) | set(student_steps)),
-             "num_samples": num_samples, "seed": seed, "hybrid_teacher_steps": hybrid_teacher_steps,
-             "primary_metric": PRIMARY[spec.name], "latency": lat, "data_reference": data_ref,
-             "extras": extras, "rows": rows, "device": str(jax.devices()[0].platform),
-             "runs": {"teacher": _describe(teacher), "student": _describe(student)}}
+  results = {
+    "data": spec.name,
+    "data_config": teacher.config.data.to_dict(),
+    "process": teacher.config.process.to_dict(),
+    "steps": sorted(set(steps) | set(student_steps)),
+    "num_samples": num_samples,
+    "seed": seed,
+    "hybrid_teacher_steps": hybrid_teacher_steps,
+    "primary_metric": PRIMARY[spec.name],
+    "latency": lat,
+    "data_reference": data_ref,
+    "extras": extras,
+    "rows": rows,
+    "device": str(jax.devices()[0].platform),
+    "runs": {"teacher": _describe(teacher), "student": _describe(student)},
+  }
   write_report(results, out_dir)
   return results
 
@@ -471,8 +577,9 @@ def _describe(run) -> str | None:
 
 
 def _short(row: dict) -> str:
-  return ", ".join(f"{k}={v:.4g}" for k, v in row.items()
-                   if isinstance(v, float) and k not in ("compile_s",))
+  return ", ".join(
+    f"{k}={v:.4g}" for k, v in row.items() if isinstance(v, float) and k not in ("compile_s",)
+  )
 
 
 def _save_samples(tokens, spec, out_dir, tag):
@@ -485,13 +592,17 @@ def _save_samples(tokens, spec, out_dir, tag):
 def _save_panels(specs, kept, steps, spec, process, out_dir, seed, cache):
   """PNG per N: teacher N | student N | teacher 4N, the same number of samples."""
   for n in steps:
-    panels = [(f"{name} N={n}", kept[(name, n)][:NUM_PICTURES])
-              for name in ("teacher", "student", "hybrid") if (name, n) in kept]
+    panels = [
+      (f"{name} N={n}", kept[(name, n)][:NUM_PICTURES])
+      for name in ("teacher", "student", "hybrid")
+      if (name, n) in kept
+    ]
     if (("teacher", 4 * n)) in kept:
       far = kept[("teacher", 4 * n)]
     else:
-      far, _, _ = draw_samples(specs["teacher"], process, spec.length, 4 * n,
-                               NUM_PICTURES, NUM_PICTURES, seed, cache)
+      far, _, _ = draw_samples(
+        specs["teacher"], process, spec.length, 4 * n, NUM_PICTURES, NUM_PICTURES, seed, cache
+      )
     panels.append((f"teacher N={4 * n}", far[:NUM_PICTURES]))
     visualize.save_panels(panels, spec, os.path.join(out_dir, f"panels_N{n}.png"))
 
@@ -506,8 +617,11 @@ def _metric_columns(results: dict) -> list[str]:
   cols = []
   for row in results["rows"]:
     for k, v in row.items():
-      if k not in ("sampler", "steps", "teacher_steps") and isinstance(v, (int, float)) \
-          and k not in cols:
+      if (
+        k not in ("sampler", "steps", "teacher_steps")
+        and isinstance(v, (int, float))
+        and k not in cols
+      ):
         cols.append(k)
   timing = [c for c in cols if c.endswith("_s")]
   rest = [c for c in cols if c not in timing]
@@ -527,28 +641,38 @@ def _fmt(v) -> str:
 def write_report(results: dict, out_dir: str) -> None:
   """results.json, results.md (rows = sampler x N) and quality_vs_steps.png."""
   os.makedirs(out_dir, exist_ok=True)
-  trainer.write_atomic(os.path.join(out_dir, "results.json"),
-                json.dumps(results, indent=2, default=str))
+  trainer.write_atomic(
+    os.path.join(out_dir, "results.json"), json.dumps(results, indent=2, default=str)
+  )
   cols = _metric_columns(results)
   ref = results["data_reference"]
-  lines = [f"# Evaluation on {results['data']} ({results['num_samples']} samples per row, "
-           f"seed {results['seed']})", ""]
+  lines = [
+    f"# Evaluation on {results['data']} ({results['num_samples']} samples per row, "
+    f"seed {results['seed']})",
+    "",
+  ]
   runs = [f"- {k}: {v}" for k, v in results.get("runs", {}).items() if v]
   lines += runs + [""] if runs else []
-  lines += ["| sampler | N | " + " | ".join(cols) + " |",
-           "|---|---|" + "---|" * len(cols),
-           "| data | - | " + " | ".join(_fmt(ref.get(c)) for c in cols) + " |"]
+  lines += [
+    "| sampler | N | " + " | ".join(cols) + " |",
+    "|---|---|" + "---|" * len(cols),
+    "| data | - | " + " | ".join(_fmt(ref.get(c)) for c in cols) + " |",
+  ]
   for row in results["rows"]:
-    lines.append(f"| {row['sampler']} | {row['steps']} | "
-                 + " | ".join(_fmt(row.get(c)) for c in cols) + " |")
+    lines.append(
+      f"| {row['sampler']} | {row['steps']} | " + " | ".join(_fmt(row.get(c)) for c in cols) + " |"
+    )
   lines += step_reduction_table(results)
   lat = results["latency"]
-  lines += ["", f"Per-call denoiser latency (batch {lat['batch_size']}, median of {lat['reps']}): "
-            + ", ".join(f"{k} = {_fmt(v)}" for k, v in lat.items()
-                        if k not in ("batch_size", "reps"))]
+  lines += [
+    "",
+    f"Per-call denoiser latency (batch {lat['batch_size']}, median of {lat['reps']}): "
+    + ", ".join(f"{k} = {_fmt(v)}" for k, v in lat.items() if k not in ("batch_size", "reps")),
+  ]
   if results.get("hybrid_teacher_steps"):
-    lines.append(f"hybrid: student for N - {results['hybrid_teacher_steps']} steps, then the "
-                 "teacher.")
+    lines.append(
+      f"hybrid: student for N - {results['hybrid_teacher_steps']} steps, then the teacher."
+    )
   for k, v in results.get("extras", {}).items():
     lines.append(f"- {k}: {v}")
   trainer.write_atomic(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
@@ -574,10 +698,16 @@ def step_reduction_table(results: dict) -> list[str]:
   if not ns:
     return []
   has_hybrid = any(("hybrid", n) in by for n in ns)
-  head = ["N", "student N", "teacher N", "teacher 2N", "teacher 4N"] + (["hybrid N"] if has_hybrid
-                                                                       else [])
-  out = ["", f"Step reduction in {metric} (± standard error):", "",
-         "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+  head = ["N", "student N", "teacher N", "teacher 2N", "teacher 4N"] + (
+    ["hybrid N"] if has_hybrid else []
+  )
+  out = [
+    "",
+    f"Step reduction in {metric} (± standard error):",
+    "",
+    "| " + " | ".join(head) + " |",
+    "|" + "---|" * len(head),
+  ]
   for n in ns:
     cells = [str(n), _with_se(by.get(("student", n)), metric)]
     cells += [_with_se(by.get(("teacher", k * n)), metric) for k in (1, 2, 4)]
@@ -590,10 +720,13 @@ def step_reduction_table(results: dict) -> list[str]:
 def plot_quality(results: dict, path: str, cols: list[str] | None = None) -> None:
   """One panel per quality metric: x = N (log2), a line per sampler, data dashed."""
   import matplotlib  # pylint: disable=g-import-not-at-top
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  cols = [c for c in (cols or _metric_columns(results))
-          if not c.endswith("_s") and not c.endswith("_se")]
+
+  cols = [
+    c for c in (cols or _metric_columns(results)) if not c.endswith("_s") and not c.endswith("_se")
+  ]
   fig, axes = plt.subplots(1, len(cols), figsize=(4 * len(cols), 3.4), squeeze=False)
   ref = results["data_reference"]
   for ax, col in zip(axes[0], cols):

@@ -4,6 +4,7 @@ Everything here is float64 numpy on the host: these are references, not
 training code. States of S^D are enumerated in lexicographic order with the
 first dimension most significant, so state index = sum_d x^d * S^(D-1-d).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,10 +14,11 @@ FAMILIES = ("copies", "noisy_copies", "dirichlet", "markov")
 
 def enumerate_states(num_values: int, length: int) -> np.ndarray:
   """All of S^D as an int array [S**D, D], lexicographic order."""
-  if num_values ** length > 2 ** 22:
+  if num_values**length > 2**22:
     raise ValueError(
-        f"S^D = {num_values}^{length} is too large to enumerate; the exact "
-        "toolkit is for tiny spaces (|S|^D up to a few thousand).")
+      f"S^D = {num_values}^{length} is too large to enumerate; the exact "
+      "toolkit is for tiny spaces (|S|^D up to a few thousand)."
+    )
   grids = np.meshgrid(*[np.arange(num_values)] * length, indexing="ij")
   return np.stack([g.reshape(-1) for g in grids], axis=-1).astype(np.int64)
 
@@ -29,8 +31,14 @@ def state_index(x: np.ndarray, num_values: int) -> np.ndarray:
   return (x * weights).sum(-1)
 
 
-def make_family(name: str, num_values: int, length: int, seed: int = 0,
-                noise: float = 0.1, concentration: float = 0.3) -> np.ndarray:
+def make_family(
+  name: str,
+  num_values: int,
+  length: int,
+  seed: int = 0,
+  noise: float = 0.1,
+  concentration: float = 0.3,
+) -> np.ndarray:
   """A named, seeded, strongly correlated distribution over S^D.
 
   Returns probabilities [S**D] (float64, sums to one).
@@ -87,6 +95,7 @@ def ideal_log_marginals(process, probs, length: int, x_t, t):
   """
   import jax
   import jax.numpy as jnp
+
   s_vocab = process.vocab_size
   states = enumerate_states(s_vocab, length)
   onehot = jnp.asarray(np.eye(s_vocab, dtype=np.float32)[states])  # [M, D, S]
@@ -118,11 +127,11 @@ def ideal_log_marginals(process, probs, length: int, x_t, t):
 def _push(weights, kernel, num_states, chunk_elems=1 << 22):
   """sum_i w_i prod_d kernel[i, d, x^d] for every x in K^D -> `[K**D]`."""
   n, length, _ = kernel.shape
-  out = np.zeros(num_states ** length)
-  step = max(1, chunk_elems // num_states ** length)
+  out = np.zeros(num_states**length)
+  step = max(1, chunk_elems // num_states**length)
   for lo in range(0, n, step):
-    k = kernel[lo:lo + step]
-    acc = weights[lo:lo + step, None] * k[:, 0, :]
+    k = kernel[lo : lo + step]
+    acc = weights[lo : lo + step, None] * k[:, 0, :]
     for d in range(1, length):
       acc = (acc[:, :, None] * k[:, d, None, :]).reshape(acc.shape[0], -1)
     out += acc.sum(0)
@@ -132,6 +141,7 @@ def _push(weights, kernel, num_states, chunk_elems=1 << 22):
 def _posterior_table(process, s, t):
   """float64 `[K, S, K]`: q(x_s = b | x_t = i, x0 = a) for all (i, a, b)."""
   import jax.numpy as jnp
+
   k, sv = process.num_states, process.vocab_size
   xt = jnp.repeat(jnp.arange(k), sv)[None, :]
   a = jnp.tile(jnp.arange(sv), k)[None, :]
@@ -152,8 +162,14 @@ def latent_nodes(num_nodes: int):
   return 0.5 * (x + 1.0), 0.5 * w
 
 
-def sampler_distribution(process, log_marginals_fn, length: int, times,
-                         final: str = "none", num_latent_nodes: int | None = None):
+def sampler_distribution(
+  process,
+  log_marginals_fn,
+  length: int,
+  times,
+  final: str = "none",
+  num_latent_nodes: int | None = None,
+):
   """The exact law over S^D of an N-step analytic sampler.
 
   log_marginals_fn(x [n, D] int32, t float, lam float | None) -> `[n, D, S]`
@@ -187,14 +203,15 @@ def sampler_distribution(process, log_marginals_fn, length: int, times,
       kern = np.einsum("nda,ndab->ndb", m, table[x])
       new += w * _push(dist[live], kern, k)
     dist = new
-  return _finalize_distribution(process, log_marginals_fn, states, dist, float(times[-1]),
-                                final, nodes, node_w, length)
+  return _finalize_distribution(
+    process, log_marginals_fn, states, dist, float(times[-1]), final, nodes, node_w, length
+  )
 
 
 def _finalize_distribution(process, fn, states, dist, t, final, nodes, node_w, length):
   sv = process.vocab_size
   is_data = (states < sv).all(-1)
-  out = np.zeros(sv ** length)
+  out = np.zeros(sv**length)
   if final == "none":
     out += dist[is_data]
     return out, float(dist[~is_data].sum())

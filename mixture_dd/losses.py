@@ -4,6 +4,7 @@ All losses are pure functions of (params, batch, key) built around a
 `denoisers.Denoiser`; they return a scalar and a dict of per-term metrics
 for logging.
 """
+
 from __future__ import annotations
 
 import chex
@@ -39,8 +40,7 @@ def drop_labels(key, labels, rate: float, num_classes: int):
   return jnp.where(jax.random.bernoulli(key, rate, labels.shape), num_classes, labels)
 
 
-def teacher_loss(denoiser, params, process: Process, x0, key, t_min: float = 0.0,
-                 labels=None):
+def teacher_loss(denoiser, params, process: Process, x0, key, t_min: float = 0.0, labels=None):
   """The teacher's objective, per token (nats), averaged over the batch.
 
   * Masked process: the continuous-time ELBO of MDLM / MD4,

@@ -9,6 +9,7 @@ arrays (or lists of token lists) and returns plain floats or numpy arrays.
   * Self-BLEU (diversity: lower is more diverse).
   * Class histograms and their KL divergence from uniform (mode coverage).
 """
+
 from __future__ import annotations
 
 import collections
@@ -34,8 +35,7 @@ def _psd_sqrt(mat: np.ndarray) -> np.ndarray:
   return (evecs * np.sqrt(np.clip(evals, 0.0, None))) @ evecs.T
 
 
-def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray,
-                     cov2: np.ndarray) -> float:
+def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
   """Frechet (2-Wasserstein squared) distance between two Gaussians.
 
     d = ||mu1 - mu2||^2 + tr(cov1) + tr(cov2) - 2 tr((cov1 cov2)^{1/2}).
@@ -59,14 +59,12 @@ def frechet_distance(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray,
   cov1 = np.asarray(cov1, np.float64)
   cov2 = np.asarray(cov2, np.float64)
   if mu1.ndim != 1 or mu1.shape != mu2.shape:
-    raise ValueError(
-        f"means must be vectors of equal length, got {mu1.shape} and "
-        f"{mu2.shape}")
+    raise ValueError(f"means must be vectors of equal length, got {mu1.shape} and {mu2.shape}")
   k = mu1.shape[0]
   if cov1.shape != (k, k) or cov2.shape != (k, k):
     raise ValueError(
-        f"covariances must be [{k}, {k}] to match the means, got {cov1.shape} "
-        f"and {cov2.shape}")
+      f"covariances must be [{k}, {k}] to match the means, got {cov1.shape} and {cov2.shape}"
+    )
   s1 = _psd_sqrt(cov1)
   inner = s1 @ cov2 @ s1
   evals = np.linalg.eigvalsh(0.5 * (inner + inner.T))
@@ -82,8 +80,7 @@ def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
   if f.ndim != 2:
     raise ValueError(f"features must be [n, k], got shape {f.shape}")
   if f.shape[0] < 2:
-    raise ValueError(
-        f"need at least 2 feature vectors for a covariance, got {f.shape[0]}")
+    raise ValueError(f"need at least 2 feature vectors for a covariance, got {f.shape[0]}")
   return f.mean(0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
 
 
@@ -93,15 +90,14 @@ def frechet_distance_from_features(f1: np.ndarray, f2: np.ndarray) -> float:
   f2 = np.asarray(f2)
   if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
     raise ValueError(
-        f"feature sets must be [n1, k] and [n2, k] with the same k, got "
-        f"{f1.shape} and {f2.shape}")
+      f"feature sets must be [n1, k] and [n2, k] with the same k, got {f1.shape} and {f2.shape}"
+    )
   mu1, cov1 = gaussian_fit(f1)
   mu2, cov2 = gaussian_fit(f2)
   return frechet_distance(mu1, cov1, mu2, cov2)
 
 
-def bootstrap_se(statistic, data: np.ndarray, num_resamples: int = 100,
-                 seed: int = 0) -> float:
+def bootstrap_se(statistic, data: np.ndarray, num_resamples: int = 100, seed: int = 0) -> float:
   """Bootstrap standard error of `statistic(data)` over the rows of `data`.
 
   Resamples the rows with replacement `num_resamples` times (fixed seed);
@@ -143,10 +139,9 @@ def unigram_entropy(tokens: np.ndarray, vocab_size: int) -> float:
     raise ValueError("tokens is empty")
   if tokens.min() < 0 or tokens.max() >= vocab_size:
     raise ValueError(
-        f"tokens must lie in [0, {vocab_size}), got range "
-        f"[{tokens.min()}, {tokens.max()}]")
-  counts = np.bincount(tokens.reshape(-1).astype(np.int64),
-                       minlength=vocab_size)
+      f"tokens must lie in [0, {vocab_size}), got range [{tokens.min()}, {tokens.max()}]"
+    )
+  counts = np.bincount(tokens.reshape(-1).astype(np.int64), minlength=vocab_size)
   return float(_entropy_of_counts(counts))
 
 
@@ -166,8 +161,7 @@ def per_sample_entropy(tokens: np.ndarray) -> np.ndarray:
   # Count runs in each sorted row instead of a [n, V] histogram, so a large
   # vocabulary (e.g. GPT-2's 50k) costs nothing extra.
   s = np.sort(tokens, axis=1)
-  new_run = np.concatenate(
-      [np.ones((n, 1), bool), s[:, 1:] != s[:, :-1]], axis=1)
+  new_run = np.concatenate([np.ones((n, 1), bool), s[:, 1:] != s[:, :-1]], axis=1)
   run_id = np.cumsum(new_run, axis=1) - 1
   flat = (np.arange(n)[:, None] * d + run_id).reshape(-1)
   counts = np.bincount(flat, minlength=n * d).reshape(n, d)
@@ -191,8 +185,7 @@ def sample_entropy_per_token(tokens: np.ndarray) -> float:
 
 
 def _ngram_counts(seq: Sequence[int], order: int) -> collections.Counter:
-  return collections.Counter(
-      tuple(seq[i:i + order]) for i in range(len(seq) - order + 1))
+  return collections.Counter(tuple(seq[i : i + order]) for i in range(len(seq) - order + 1))
 
 
 def _to_token_lists(samples: TokenSamples) -> list[list[int]]:
@@ -209,8 +202,7 @@ def _closest_ref_length(hyp_len: int, ref_lens: np.ndarray) -> int:
   return int(ref_lens[gap == gap.min()].min())
 
 
-def _bleu_from_stats(hyp_len: int, ref_len: int, matches: Sequence[int],
-                     max_order: int) -> float:
+def _bleu_from_stats(hyp_len: int, ref_len: int, matches: Sequence[int], max_order: int) -> float:
   """BLEU in [0, 100] from clipped match counts per order 1..max_order."""
   if hyp_len == 0:
     return 0.0
@@ -230,9 +222,9 @@ def _bleu_from_stats(hyp_len: int, ref_len: int, matches: Sequence[int],
   return float(100.0 * np.exp(brevity + log_p / max_order))
 
 
-def sentence_bleu(hypothesis: Sequence[int],
-                  references: Sequence[Sequence[int]],
-                  max_order: int = 4) -> float:
+def sentence_bleu(
+  hypothesis: Sequence[int], references: Sequence[Sequence[int]], max_order: int = 4
+) -> float:
   """BLEU (in [0, 100]) of one token sequence against several references.
 
   Uniform weights over 1..max_order-grams, counts clipped by the maximum
@@ -309,8 +301,7 @@ def self_bleu(samples: TokenSamples, max_order: int = 4) -> float:
   for i in range(len(seqs)):
     others = np.delete(lengths, i)
     ref_len = _closest_ref_length(int(lengths[i]), others)
-    scores.append(
-        _bleu_from_stats(int(lengths[i]), ref_len, matches[i], max_order))
+    scores.append(_bleu_from_stats(int(lengths[i]), ref_len, matches[i], max_order))
   return float(np.mean(scores))
 
 
@@ -333,8 +324,8 @@ def histogram(labels: np.ndarray, num_classes: int) -> np.ndarray:
     raise ValueError("labels is empty")
   if labels.min() < 0 or labels.max() >= num_classes:
     raise ValueError(
-        f"labels must lie in [0, {num_classes}), got range "
-        f"[{labels.min()}, {labels.max()}]")
+      f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]"
+    )
   counts = np.bincount(labels.astype(np.int64), minlength=num_classes)
   return counts / counts.sum()
 

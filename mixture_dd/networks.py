@@ -18,10 +18,10 @@ from typing import Any
 
 import chex
 import flax.linen as nn
-from flax import traverse_util
-from flax.core import unfreeze
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
+from flax.core import unfreeze
 
 # Name of the student's latent-path sub-module; everything under it is
 # student-only and kept by `student_params_from_teacher`.
@@ -46,8 +46,9 @@ _Embed = functools.partial(nn.Embed, param_dtype=PARAM_DTYPE)
 Dtype = Any
 
 
-def timestep_embedding(t: jax.Array, dim: int = TIME_EMBED_DIM,
-                       max_period: float = 10000.0) -> jax.Array:
+def timestep_embedding(
+  t: jax.Array, dim: int = TIME_EMBED_DIM, max_period: float = 10000.0
+) -> jax.Array:
   """Sinusoidal embedding of `1000 * t` (DiT / DDPM convention).
 
   Args:
@@ -61,8 +62,7 @@ def timestep_embedding(t: jax.Array, dim: int = TIME_EMBED_DIM,
   if dim % 2:
     raise ValueError(f"timestep embedding dim must be even, got {dim}")
   half = dim // 2
-  freqs = jnp.exp(-math.log(max_period)
-                  * jnp.arange(half, dtype=jnp.float32) / half)
+  freqs = jnp.exp(-math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / half)
   args = 1000.0 * t.astype(jnp.float32)[:, None] * freqs[None, :]
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
@@ -111,6 +111,7 @@ class LatentEmbed(nn.Module):
   teacher's, so a small random start moves the mixture's marginals only at
   second order while its components differ at first order.
   """
+
   width: int
   entry: str = "add"
   dtype: Dtype = jnp.float32
@@ -124,16 +125,18 @@ class LatentEmbed(nn.Module):
     h = _Dense(self.width, dtype=self.dtype, name="dense_in")(h)
     h = nn.silu(h)
     if self.entry == "centred":
-      e = _Dense(self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros,
-                 name="dense_out")(h)
+      e = _Dense(self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="dense_out")(
+        h
+      )
       return e[:-CENTRING_NODES] - jnp.mean(e[-CENTRING_NODES:], axis=0, keepdims=True)
     if self.entry == "gate":
       e = _Dense(self.width, dtype=self.dtype, name="dense_out")(h)
       gate = self.param("gate", nn.initializers.zeros, (self.width,), PARAM_DTYPE)
       return e * gate.astype(self.dtype)
     # Zero init: the student starts exactly at the teacher (see Transformer).
-    return _Dense(self.width, dtype=self.dtype,
-                  kernel_init=nn.initializers.zeros, name="dense_out")(h)
+    return _Dense(
+      self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="dense_out"
+    )(h)
 
 
 class Attention(nn.Module):
@@ -151,6 +154,7 @@ class Attention(nn.Module):
   Shapes: x `[batch, length, width]` -> `[batch, length, width]`, with
   q/k/v `[batch, length, heads, width // heads]` inside.
   """
+
   heads: int
   rope: bool
   dtype: Dtype = jnp.float32
@@ -164,8 +168,9 @@ class Attention(nn.Module):
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if self.rope:
       q, k = apply_rope(q), apply_rope(k)
-    out = jax.nn.dot_product_attention(q, k, v, scale=1.0 / math.sqrt(head_dim),
-                                       implementation=None)
+    out = jax.nn.dot_product_attention(
+      q, k, v, scale=1.0 / math.sqrt(head_dim), implementation=None
+    )
     out = out.astype(self.dtype).reshape(batch, length, width)
     return _Dense(width, dtype=self.dtype, name="out")(out)
 
@@ -176,6 +181,7 @@ class DiTBlock(nn.Module):
   Shapes: x `[batch, length, width]`, c `[batch, width]` -> like x. Dropout
   acts on each residual branch (attention and MLP outputs) before its gate.
   """
+
   heads: int
   mlp_ratio: int
   rope: bool
@@ -186,20 +192,17 @@ class DiTBlock(nn.Module):
   def __call__(self, x: jax.Array, c: jax.Array, train: bool) -> jax.Array:
     width = x.shape[-1]
     # Zero init makes every gate 0, so the block is the identity at init.
-    mod = _Dense(6 * width, dtype=self.dtype,
-                 kernel_init=nn.initializers.zeros,
-                 name="adaln")(nn.silu(c))
+    mod = _Dense(6 * width, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="adaln")(
+      nn.silu(c)
+    )
     shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = jnp.split(mod, 6, -1)
 
-    h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype,
-                     name="ln_attn")(x)
-    h = Attention(self.heads, self.rope, self.dtype,
-                  name="attn")(_modulate(h, shift_a, scale_a))
+    h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="ln_attn")(x)
+    h = Attention(self.heads, self.rope, self.dtype, name="attn")(_modulate(h, shift_a, scale_a))
     h = nn.Dropout(self.dropout)(h, deterministic=not train)
     x = x + gate_a[:, None, :] * h
 
-    h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype,
-                     name="ln_mlp")(x)
+    h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="ln_mlp")(x)
     h = _modulate(h, shift_m, scale_m)
     h = _Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(h)
     h = nn.gelu(h, approximate=True)
@@ -235,6 +238,7 @@ class Transformer(nn.Module):
       float32; attention softmax, the final LayerNorm and the logits
       projection run in float32, and the logits are float32.
   """
+
   num_states: int
   vocab_size: int
   length: int
@@ -255,14 +259,11 @@ class Transformer(nn.Module):
     if self.vocab_size < 1:
       raise ValueError(f"vocab_size must be >= 1, got {self.vocab_size}")
     if self.num_states < self.vocab_size:
-      raise ValueError(
-          f"num_states ({self.num_states}) must be >= vocab_size "
-          f"({self.vocab_size})")
+      raise ValueError(f"num_states ({self.num_states}) must be >= vocab_size ({self.vocab_size})")
     if self.length < 1:
       raise ValueError(f"length must be >= 1, got {self.length}")
     if self.width < 1 or self.heads < 1 or self.width % self.heads:
-      raise ValueError(
-          f"width ({self.width}) must be divisible by heads ({self.heads})")
+      raise ValueError(f"width ({self.width}) must be divisible by heads ({self.heads})")
     if self.depth < 0:
       raise ValueError(f"depth must be >= 0, got {self.depth}")
     if self.mlp_ratio < 1:
@@ -270,27 +271,30 @@ class Transformer(nn.Module):
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
     if self.positions not in POSITIONS:
-      raise ValueError(
-          f"positions must be one of {POSITIONS}, got {self.positions!r}")
+      raise ValueError(f"positions must be one of {POSITIONS}, got {self.positions!r}")
     if self.positions == "rope" and (self.width // self.heads) % 2:
       raise ValueError(
-          f"positions='rope' needs an even head dim, got width/heads = "
-          f"{self.width}/{self.heads}")
+        f"positions='rope' needs an even head dim, got width/heads = {self.width}/{self.heads}"
+      )
     if self.latent_entry not in LATENT_ENTRIES:
-      raise ValueError(f"latent_entry must be one of {LATENT_ENTRIES}, "
-                       f"got {self.latent_entry!r}")
+      raise ValueError(f"latent_entry must be one of {LATENT_ENTRIES}, got {self.latent_entry!r}")
     if self.num_classes < 0:
       raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
-    if self.mask_id is not None and not (
-        self.vocab_size <= self.mask_id < self.num_states):
+    if self.mask_id is not None and not (self.vocab_size <= self.mask_id < self.num_states):
       raise ValueError(
-          f"mask_id ({self.mask_id}) must satisfy vocab_size "
-          f"({self.vocab_size}) <= mask_id < num_states ({self.num_states})")
+        f"mask_id ({self.mask_id}) must satisfy vocab_size "
+        f"({self.vocab_size}) <= mask_id < num_states ({self.num_states})"
+      )
 
   @nn.compact
-  def __call__(self, x: jax.Array, t: jax.Array, lam: jax.Array | None = None,
-               labels: jax.Array | None = None,
-               train: bool = False) -> jax.Array:
+  def __call__(
+    self,
+    x: jax.Array,
+    t: jax.Array,
+    lam: jax.Array | None = None,
+    labels: jax.Array | None = None,
+    train: bool = False,
+  ) -> jax.Array:
     """Computes per-position logits over the data values.
 
     Args:
@@ -307,8 +311,7 @@ class Transformer(nn.Module):
     self.validate_config()
     x = jnp.asarray(x)
     if x.ndim != 2 or x.shape[1] != self.length:
-      raise ValueError(
-          f"x must have shape [batch, length={self.length}], got {x.shape}")
+      raise ValueError(f"x must have shape [batch, length={self.length}], got {x.shape}")
     if not jnp.issubdtype(x.dtype, jnp.integer):
       raise ValueError(f"x must be an integer array, got dtype {x.dtype}")
     batch = x.shape[0]
@@ -330,8 +333,7 @@ class Transformer(nn.Module):
         labels = jnp.full((batch,), self.num_classes, jnp.int32)
       labels = jnp.asarray(labels)
       chex.assert_shape(labels, (batch,))
-      c = c + _Embed(self.num_classes + 1, self.width, dtype=self.dtype,
-                     name="class_embed")(labels)
+      c = c + _Embed(self.num_classes + 1, self.width, dtype=self.dtype, name="class_embed")(labels)
     if self.latent:
       lam = jnp.asarray(lam)
       chex.assert_shape(lam, (batch,))
@@ -340,29 +342,34 @@ class Transformer(nn.Module):
       # exactly 0, so a student built from a teacher reproduces the teacher
       # bit-for-bit at step 0 (an extra token would perturb attention even
       # with a zero embedding), and the sequence does not grow.
-      c = c + LatentEmbed(self.width, self.latent_entry, self.dtype,
-                          name=LATENT_MODULE)(lam)
+      c = c + LatentEmbed(self.width, self.latent_entry, self.dtype, name=LATENT_MODULE)(lam)
 
-    h = _Embed(self.num_states, self.width, dtype=self.dtype,
-               name="token_embed")(x)
+    h = _Embed(self.num_states, self.width, dtype=self.dtype, name="token_embed")(x)
     if self.positions == "learned":
-      pos = self.param("pos_embed", nn.initializers.normal(0.02),
-                       (self.length, self.width), PARAM_DTYPE)
+      pos = self.param(
+        "pos_embed", nn.initializers.normal(0.02), (self.length, self.width), PARAM_DTYPE
+      )
       h = h + pos[None].astype(self.dtype)
     for i in range(self.depth):
-      h = DiTBlock(self.heads, self.mlp_ratio, self.positions == "rope",
-                   self.dropout, self.dtype, name=f"block_{i}")(h, c, train)
+      h = DiTBlock(
+        self.heads,
+        self.mlp_ratio,
+        self.positions == "rope",
+        self.dropout,
+        self.dtype,
+        name=f"block_{i}",
+      )(h, c, train)
 
     # Final layer: adaLN-modulated LayerNorm, projection in float32.
-    mod = _Dense(2 * self.width, dtype=self.dtype,
-                 kernel_init=nn.initializers.zeros,
-                 name="final_adaln")(nn.silu(c))
+    mod = _Dense(
+      2 * self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="final_adaln"
+    )(nn.silu(c))
     shift, scale = jnp.split(mod, 2, axis=-1)
-    h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=jnp.float32,
-                     name="final_ln")(h.astype(jnp.float32))
+    h = nn.LayerNorm(use_scale=False, use_bias=False, dtype=jnp.float32, name="final_ln")(
+      h.astype(jnp.float32)
+    )
     h = _modulate(h, shift.astype(jnp.float32), scale.astype(jnp.float32))
-    logits = _Dense(self.vocab_size, dtype=jnp.float32,
-                    name="logits")(h)
+    logits = _Dense(self.vocab_size, dtype=jnp.float32, name="logits")(h)
 
     if self.mask_id is not None:
       # MDLM substitution: an unmasked token is known to be clean, so its
@@ -415,18 +422,15 @@ def student_params_from_teacher(teacher_params, student_params):
     elif path not in student:
       problems.append(f"{name}: in teacher, missing from student")
     elif _signature(leaf) != _signature(student[path]):
-      (t_shape, t_dtype), (s_shape, s_dtype) = (
-          _signature(leaf), _signature(student[path]))
-      problems.append(f"{name}: teacher {t_shape} {t_dtype} vs "
-                      f"student {s_shape} {s_dtype}")
+      (t_shape, t_dtype), (s_shape, s_dtype) = (_signature(leaf), _signature(student[path]))
+      problems.append(f"{name}: teacher {t_shape} {t_dtype} vs student {s_shape} {s_dtype}")
   for path in student:
     if not is_latent(path) and path not in teacher:
       problems.append(f"{'/'.join(path)}: in student, missing from teacher")
   if not any(is_latent(p) for p in student):
     problems.append(f"student has no '{LATENT_MODULE}' parameters")
   if problems:
-    raise ValueError("teacher and student parameters are incompatible:\n  "
-                     + "\n  ".join(problems))
+    raise ValueError("teacher and student parameters are incompatible:\n  " + "\n  ".join(problems))
   merged = {p: (student[p] if is_latent(p) else teacher[p]) for p in student}
   return traverse_util.unflatten_dict(merged)
 
@@ -448,15 +452,15 @@ def flops_per_example(model: Transformer) -> float:
   """
   l, w, v = model.length, model.width, model.vocab_size
   per_block = (
-      2 * l * w * 3 * w          # qkv
-      + 2 * l * l * w            # scores q.k over all heads
-      + 2 * l * l * w            # probs @ v
-      + 2 * l * w * w            # output projection
-      + 2 * 2 * l * w * model.mlp_ratio * w)  # MLP in + out
+    2 * l * w * 3 * w  # qkv
+    + 2 * l * l * w  # scores q.k over all heads
+    + 2 * l * l * w  # probs @ v
+    + 2 * l * w * w  # output projection
+    + 2 * 2 * l * w * model.mlp_ratio * w
+  )  # MLP in + out
   return float(model.depth * per_block + 2 * l * w * v)
 
 
 def count_params(params) -> int:
   """Total number of scalar parameters in a pytree."""
-  return int(sum(math.prod(leaf.shape)
-                 for leaf in jax.tree_util.tree_leaves(params)))
+  return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))

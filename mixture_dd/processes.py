@@ -14,6 +14,7 @@ Conventions shared by all processes:
   * Log-probabilities use a large finite negative (-1e6) for impossible
     states, never -inf, so that 0 * log 0 terms in KLs stay finite.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,10 +54,10 @@ def _arccos(t):
 
 
 SCHEDULES: dict[str, Callable] = {
-    "loglinear": _loglinear,
-    "linear": _linear,
-    "cosine": _cosine,
-    "arccos": _arccos,
+  "loglinear": _loglinear,
+  "linear": _linear,
+  "cosine": _cosine,
+  "arccos": _arccos,
 }
 
 
@@ -73,7 +74,8 @@ def _bcast(t, x):
     return t
   if t.ndim != 1 or t.shape[0] != x.shape[0]:
     raise ValueError(
-        f"times must be a scalar or one per example [batch={x.shape[0]}]; got shape {t.shape}")
+      f"times must be a scalar or one per example [batch={x.shape[0]}]; got shape {t.shape}"
+    )
   return t.reshape(t.shape + (1,) * (x.ndim - 1))
 
 
@@ -88,6 +90,7 @@ def _safe_log(p):
 
 class Process:
   """A per-dimension forward process. Subclasses implement the methods below."""
+
   name: str
   num_states: int
   vocab_size: int
@@ -124,14 +127,16 @@ class Process:
       raise ValueError(f"{what} must be integers, got dtype {x.dtype}")
     if x.size and (x.min() < 0 or x.max() >= self.num_states):
       raise ValueError(
-          f"{what} out of range [0, {self.num_states}) for the {self.name} process "
-          f"(vocab_size={self.vocab_size}); got min {x.min()}, max {x.max()}. "
-          "Set config.process.vocab_size to the data's vocabulary size.")
+        f"{what} out of range [0, {self.num_states}) for the {self.name} process "
+        f"(vocab_size={self.vocab_size}); got min {x.min()}, max {x.max()}. "
+        "Set config.process.vocab_size to the data's vocabulary size."
+      )
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Masked(Process):
   """Absorbing ("masked") diffusion: a token is clean w.p. alpha_t, else MASK."""
+
   vocab_size: int
   schedule: str = "loglinear"
   name: str = "masked"
@@ -220,6 +225,7 @@ def _rows(m, idx):
 @dataclasses.dataclass(frozen=True, eq=False)
 class Uniform(_MatrixProcess):
   """Uniform diffusion: q_{t|0} = alpha_t I + (1 - alpha_t) 11^T / S."""
+
   vocab_size: int
   schedule: str = "linear"
   name: str = "uniform"
@@ -262,6 +268,7 @@ class GaussianCTMC(_MatrixProcess):
   eigenvectors as with a general `eig`. (tauLDR's own rate matrix differs in
   detail; the roles of rate_sigma and Q_sigma are the same.)
   """
+
   vocab_size: int
   rate_sigma: float = 6.0
   q_sigma: float = 512.0
@@ -277,7 +284,7 @@ class GaussianCTMC(_MatrixProcess):
     logpi = -0.5 * ((lv - (k - 1) / 2.0) / self.q_sigma) ** 2
     pi = np.exp(logpi - logpi.max())
     pi /= pi.sum()
-    w = np.exp(-((lv[:, None] - lv[None, :]) ** 2) / self.rate_sigma ** 2)
+    w = np.exp(-((lv[:, None] - lv[None, :]) ** 2) / self.rate_sigma**2)
     np.fill_diagonal(w, 0.0)
     rate = w * np.sqrt(pi[None, :] / pi[:, None])
     rate -= np.diag(rate.sum(1))
@@ -297,11 +304,12 @@ class GaussianCTMC(_MatrixProcess):
     return self.vocab_size
 
   def integrated_rate(self, t):
-    return self.time_base * (self.time_exp ** t - 1.0)
+    return self.time_base * (self.time_exp**t - 1.0)
 
   def transition(self, s, t):
     tau = self.integrated_rate(jnp.asarray(t, jnp.float32)) - self.integrated_rate(
-        jnp.asarray(s, jnp.float32))
+      jnp.asarray(s, jnp.float32)
+    )
     decay = jnp.exp(self._evals * tau[..., None])  # [..., K]
     m = jnp.einsum("ik,...k,kj->...ij", self._left, decay, self._right)
     m = jnp.maximum(m, 0.0)  # clamp round-off negatives
@@ -325,16 +333,17 @@ def make_process(config) -> Process:
     raise ValueError(f"config.process.vocab_size must be >= 2, got {vocab}")
   extras = {k: v for k, v in dict(config).items() if k not in ("name", "vocab_size")}
   allowed = {
-      "masked": {"schedule"},
-      "uniform": {"schedule"},
-      "gaussian": {"rate_sigma", "q_sigma", "time_base", "time_exp"},
+    "masked": {"schedule"},
+    "uniform": {"schedule"},
+    "gaussian": {"rate_sigma", "q_sigma", "time_base", "time_exp"},
   }
   if name not in allowed:
     raise ValueError(f"config.process.name={name!r} is unknown; choose one of {PROCESSES}")
   bad = set(extras) - allowed[name]
   if bad:
     raise ValueError(
-        f"config.process has fields {sorted(bad)} that the {name} process does not take; "
-        f"it accepts {sorted(allowed[name])}")
+      f"config.process has fields {sorted(bad)} that the {name} process does not take; "
+      f"it accepts {sorted(allowed[name])}"
+    )
   cls = {"masked": Masked, "uniform": Uniform, "gaussian": GaussianCTMC}[name]
   return cls(vocab_size=vocab, **extras)

@@ -11,6 +11,7 @@ parameter shapes, so the evaluation functions take only `(params, data)`.
 Checkpoints are an orbax `StandardCheckpointer` directory `params/` next to
 a `meta.json` with the user's metadata (e.g. test accuracy).
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,8 +42,7 @@ def _save(directory: str, params: Params, meta: dict) -> None:
   with ocp.StandardCheckpointer() as ckptr:
     # Orbax refuses to overwrite silently; re-saving a reference model into
     # the same directory is the intended use, hence force.
-    ckptr.save(os.path.join(directory, _PARAMS_DIR),
-               jax.device_get(params), force=True)
+    ckptr.save(os.path.join(directory, _PARAMS_DIR), jax.device_get(params), force=True)
     ckptr.wait_until_finished()
   with open(os.path.join(directory, _META_FILE), "w") as f:
     json.dump(meta, f, indent=2, sort_keys=True)
@@ -74,12 +74,12 @@ class DigitsClassifier(nn.Module):
     hidden: widths of the hidden layers; the last one is the feature size.
     num_classes: number of labels.
   """
+
   hidden: Sequence[int] = (128, 64)
   num_classes: int = 10
 
   def setup(self):
-    self.layers = [nn.Dense(w, name=f"hidden_{i}")
-                   for i, w in enumerate(self.hidden)]
+    self.layers = [nn.Dense(w, name=f"hidden_{i}") for i, w in enumerate(self.hidden)]
     self.head = nn.Dense(self.num_classes, name="head")
 
   def features(self, x: jax.Array) -> jax.Array:
@@ -101,54 +101,54 @@ def _scale_images(images: np.ndarray, levels: int) -> jax.Array:
     raise ValueError(f"levels must be >= 2, got {levels}")
   if images.size and (images.min() < 0 or images.max() >= levels):
     raise ValueError(
-        f"image values must lie in [0, {levels}), got range "
-        f"[{images.min()}, {images.max()}]")
+      f"image values must lie in [0, {levels}), got range [{images.min()}, {images.max()}]"
+    )
   return jnp.asarray(images, jnp.float32) / (levels - 1)
 
 
 def _classifier_from_params(params: Params) -> DigitsClassifier:
   p = params["params"]
   n_hidden = sum(1 for k in p if k.startswith("hidden_"))
-  hidden = tuple(int(p[f"hidden_{i}"]["kernel"].shape[1])
-                 for i in range(n_hidden))
-  return DigitsClassifier(hidden=hidden,
-                          num_classes=int(p["head"]["kernel"].shape[1]))
+  hidden = tuple(int(p[f"hidden_{i}"]["kernel"].shape[1]) for i in range(n_hidden))
+  return DigitsClassifier(hidden=hidden, num_classes=int(p["head"]["kernel"].shape[1]))
 
 
-def classifier_logits(params: Params, images: np.ndarray,
-                      levels: int) -> np.ndarray:
+def classifier_logits(params: Params, images: np.ndarray, levels: int) -> np.ndarray:
   """Logits [n, num_classes] for int images [n, 64] with `levels` grey levels."""
   model = _classifier_from_params(params)
   return np.asarray(model.apply(params, _scale_images(images, levels)))
 
 
-def classifier_features(params: Params, images: np.ndarray,
-                        levels: int) -> np.ndarray:
+def classifier_features(params: Params, images: np.ndarray, levels: int) -> np.ndarray:
   """Penultimate features [n, k] (float64) for int images [n, 64]."""
   model = _classifier_from_params(params)
-  f = model.apply(params, _scale_images(images, levels),
-                  method=DigitsClassifier.features)
+  f = model.apply(params, _scale_images(images, levels), method=DigitsClassifier.features)
   return np.asarray(f, np.float64)
 
 
-def classifier_predict(params: Params, images: np.ndarray,
-                       levels: int) -> np.ndarray:
+def classifier_predict(params: Params, images: np.ndarray, levels: int) -> np.ndarray:
   """Predicted labels [n] for int images [n, 64]."""
   return classifier_logits(params, images, levels).argmax(-1)
 
 
-def classifier_accuracy(params: Params, images: np.ndarray,
-                        labels: np.ndarray, levels: int) -> float:
+def classifier_accuracy(
+  params: Params, images: np.ndarray, labels: np.ndarray, levels: int
+) -> float:
   """Fraction of images [n, 64] whose predicted label equals labels [n]."""
-  return float(
-      (classifier_predict(params, images, levels) == np.asarray(labels)).mean())
+  return float((classifier_predict(params, images, levels) == np.asarray(labels)).mean())
 
 
 def train_digits_classifier(
-    images: np.ndarray, labels: np.ndarray, levels: int, seed: int = 0,
-    steps: int = 500, eval_images: Optional[np.ndarray] = None,
-    eval_labels: Optional[np.ndarray] = None, hidden: Sequence[int] = (128, 64),
-    learning_rate: float = 3e-3, weight_decay: float = 1e-4,
+  images: np.ndarray,
+  labels: np.ndarray,
+  levels: int,
+  seed: int = 0,
+  steps: int = 500,
+  eval_images: Optional[np.ndarray] = None,
+  eval_labels: Optional[np.ndarray] = None,
+  hidden: Sequence[int] = (128, 64),
+  learning_rate: float = 3e-3,
+  weight_decay: float = 1e-4,
 ) -> tuple[Params, dict]:
   """Full-batch AdamW training of a `DigitsClassifier`.
 
@@ -169,8 +169,7 @@ def train_digits_classifier(
   x = _scale_images(images, levels)
   y = jnp.asarray(labels, jnp.int32)
   if y.shape != (x.shape[0],):
-    raise ValueError(
-        f"labels must be [{x.shape[0]}] to match images, got {y.shape}")
+    raise ValueError(f"labels must be [{x.shape[0]}] to match images, got {y.shape}")
   model = DigitsClassifier(hidden=tuple(hidden))
   params = model.init(jax.random.PRNGKey(seed), x[:1])
   tx = optax.adamw(learning_rate, weight_decay=weight_decay)
@@ -190,15 +189,16 @@ def train_digits_classifier(
     params, opt_state, _ = step(params, opt_state)
 
   meta = {
-      "levels": int(levels), "seed": int(seed), "steps": int(steps),
-      "hidden": [int(h) for h in hidden],
-      "train_accuracy": classifier_accuracy(params, images, labels, levels),
+    "levels": int(levels),
+    "seed": int(seed),
+    "steps": int(steps),
+    "hidden": [int(h) for h in hidden],
+    "train_accuracy": classifier_accuracy(params, images, labels, levels),
   }
   if eval_images is not None:
     if eval_labels is None:
       raise ValueError("eval_images given without eval_labels")
-    meta["test_accuracy"] = classifier_accuracy(params, eval_images,
-                                                eval_labels, levels)
+    meta["test_accuracy"] = classifier_accuracy(params, eval_images, eval_labels, levels)
   return params, meta
 
 
@@ -218,6 +218,7 @@ def load_classifier(directory: str) -> tuple[Params, dict]:
 
 class _Block(nn.Module):
   """Pre-LayerNorm transformer block with causal self-attention."""
+
   num_heads: int
   mlp_ratio: int = 4
 
@@ -226,8 +227,7 @@ class _Block(nn.Module):
     d = x.shape[-1]
     mask = nn.make_causal_mask(jnp.ones(x.shape[:2], jnp.int32))
     h = nn.LayerNorm(name="ln_attn")(x)
-    x = x + nn.MultiHeadDotProductAttention(
-        num_heads=self.num_heads, name="attn")(h, h, mask=mask)
+    x = x + nn.MultiHeadDotProductAttention(num_heads=self.num_heads, name="attn")(h, h, mask=mask)
     h = nn.LayerNorm(name="ln_mlp")(x)
     h = nn.Dense(self.mlp_ratio * d, name="mlp_in")(h)
     return x + nn.Dense(d, name="mlp_out")(nn.gelu(h))
@@ -241,6 +241,7 @@ class CharLM(nn.Module):
     max_len: longest input (BOS plus D - 1 tokens, so D for length-D data).
     width, num_layers, num_heads: transformer size.
   """
+
   vocab_size: int
   max_len: int
   width: int = 64
@@ -252,8 +253,7 @@ class CharLM(nn.Module):
     """Next-token logits [n, L, V] for inputs [n, L] (L <= max_len)."""
     length = inputs.shape[1]
     x = nn.Embed(self.vocab_size + 1, self.width, name="embed")(inputs)
-    pos = self.param("pos_embed", nn.initializers.normal(0.02),
-                     (self.max_len, self.width))
+    pos = self.param("pos_embed", nn.initializers.normal(0.02), (self.max_len, self.width))
     x = x + pos[None, :length]
     for i in range(self.num_layers):
       x = _Block(self.num_heads, name=f"block_{i}")(x)
@@ -272,8 +272,7 @@ def _char_lm_config(params: Params) -> tuple[int, int, int, int, int]:
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _char_lm_apply(config: tuple, params: Params,
-                   inputs: jax.Array) -> jax.Array:
+def _char_lm_apply(config: tuple, params: Params, inputs: jax.Array) -> jax.Array:
   vocab_size, max_len, width, num_layers, num_heads = config
   model = CharLM(vocab_size, max_len, width, num_layers, num_heads)
   return model.apply(params, inputs)
@@ -287,23 +286,19 @@ def _shift_right(tokens: jax.Array, bos: int) -> jax.Array:
 def char_lm_logits(params: Params, inputs: np.ndarray) -> np.ndarray:
   """Next-token logits [n, L, V] for raw model inputs [n, L] (BOS included)."""
   config = _char_lm_config(params)
-  return np.asarray(
-      _char_lm_apply(config, params, jnp.asarray(inputs, jnp.int32)))
+  return np.asarray(_char_lm_apply(config, params, jnp.asarray(inputs, jnp.int32)))
 
 
-def _check_tokens(tokens: np.ndarray, vocab_size: int,
-                  max_len: Optional[int] = None) -> jax.Array:
+def _check_tokens(tokens: np.ndarray, vocab_size: int, max_len: Optional[int] = None) -> jax.Array:
   tokens = np.asarray(tokens)
   if tokens.ndim != 2 or tokens.shape[1] == 0:
     raise ValueError(f"tokens must be [n, D] with D > 0, got {tokens.shape}")
   if tokens.min() < 0 or tokens.max() >= vocab_size:
     raise ValueError(
-        f"tokens must lie in [0, {vocab_size}), got range "
-        f"[{tokens.min()}, {tokens.max()}]")
+      f"tokens must lie in [0, {vocab_size}), got range [{tokens.min()}, {tokens.max()}]"
+    )
   if max_len is not None and tokens.shape[1] > max_len:
-    raise ValueError(
-        f"sequence length {tokens.shape[1]} exceeds the model's max_len "
-        f"{max_len}")
+    raise ValueError(f"sequence length {tokens.shape[1]} exceeds the model's max_len {max_len}")
   return jnp.asarray(tokens, jnp.int32)
 
 
@@ -332,10 +327,17 @@ def generative_perplexity(params: Params, tokens: np.ndarray) -> float:
   return float(np.exp(-ll.sum() / np.asarray(tokens).size))
 
 
-def train_char_lm(tokens: np.ndarray, vocab_size: int, seed: int = 0,
-                  steps: int = 500, batch_size: int = 64,
-                  learning_rate: float = 3e-3, width: int = 64,
-                  num_layers: int = 2, num_heads: int = 4) -> Params:
+def train_char_lm(
+  tokens: np.ndarray,
+  vocab_size: int,
+  seed: int = 0,
+  steps: int = 500,
+  batch_size: int = 64,
+  learning_rate: float = 3e-3,
+  width: int = 64,
+  num_layers: int = 2,
+  num_heads: int = 4,
+) -> Params:
   """Trains a `CharLM` by AdamW on random minibatches of tokens [n, D].
 
   Args:
@@ -357,10 +359,13 @@ def train_char_lm(tokens: np.ndarray, vocab_size: int, seed: int = 0,
   init_key, data_key = jax.random.split(jax.random.PRNGKey(seed))
   params = model.init(init_key, x_all[:1])
   schedule = optax.warmup_cosine_decay_schedule(
-      0.0, learning_rate, warmup_steps=max(1, min(50, steps // 10)),
-      decay_steps=max(steps, 2), end_value=0.1 * learning_rate)
-  tx = optax.chain(optax.clip_by_global_norm(1.0),
-                   optax.adamw(schedule, weight_decay=1e-4))
+    0.0,
+    learning_rate,
+    warmup_steps=max(1, min(50, steps // 10)),
+    decay_steps=max(steps, 2),
+    end_value=0.1 * learning_rate,
+  )
+  tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adamw(schedule, weight_decay=1e-4))
   opt_state = tx.init(params)
 
   def loss_fn(p, x):

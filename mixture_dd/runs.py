@@ -1,5 +1,6 @@
 """Finished runs on disk: a teacher's or a student's workdir, loaded for
 sampling and evaluation."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -19,6 +20,7 @@ class Run:
   step: the checkpoint step the parameters come from; meta: what the run
   recorded (kind, data, and for a student its teacher's provenance).
   """
+
   config: ml_collections.ConfigDict
   spec: pipeline.DataSpec
   process: Any
@@ -60,6 +62,7 @@ def load_run(workdir: str, ema: bool | None = None) -> Run:
   abstract = jax.eval_shape(lambda: trainer.init_params(model, 0))
   if ema is None:
     ema = config.train.get("eval_weights", "ema") == "ema"
-  params, meta = trainer.load_params(workdir, abstract, configuration.model_signature(config, spec),
-                                     ema=ema)
+  params, meta = trainer.load_params(
+    workdir, abstract, configuration.model_signature(config, spec), ema=ema
+  )
   return Run(config, spec, process, model, params, is_student, int(meta["step"]), meta, workdir)

@@ -7,6 +7,7 @@ lambda per sample per call from that key; labels are bound beforehand
 (`denoisers.with_labels`). Every loop is a `lax.fori_loop`, so the number
 of steps does not grow the traced program.
 """
+
 from __future__ import annotations
 
 import functools
@@ -33,8 +34,9 @@ def _grid_frac(r, kind: str):
   raise ValueError(f"unknown grid {kind!r}; choose one of {GRIDS}")
 
 
-def time_grid(num_steps: int, kind: str = "uniform", t_max: float = 1.0,
-              t_min: float = 0.0) -> jax.Array:
+def time_grid(
+  num_steps: int, kind: str = "uniform", t_max: float = 1.0, t_min: float = 0.0
+) -> jax.Array:
   """Descending times `[num_steps + 1]`: grid[0] = t_max, grid[-1] = t_min.
 
   "cosine" packs the steps toward the data end (t_min), where the
@@ -53,8 +55,13 @@ def time_grid(num_steps: int, kind: str = "uniform", t_max: float = 1.0,
 T_FINAL_NONMASKED = 0.01
 
 
-def schedule(process: Process, num_steps: int, grid: str = "uniform", t_max: float = 1.0,
-             t_min: float | None = None) -> tuple[np.ndarray, float]:
+def schedule(
+  process: Process,
+  num_steps: int,
+  grid: str = "uniform",
+  t_max: float = 1.0,
+  t_min: float | None = None,
+) -> tuple[np.ndarray, float]:
   """(analytic-step times `[M + 1]`, time of the final denoise) of an N-step run.
 
   Every N-step sampler makes exactly N network calls:
@@ -86,8 +93,10 @@ def step_log_kernel(process: Process, x_t, t, s, logits):
   """
   s_vocab = logits.shape[-1]
   logp0 = jax.nn.log_softmax(logits.astype(jnp.float32), -1)  # [B, D, S]
+
   def post(a):
     return process.log_posterior(x_t, jnp.full_like(x_t, a), s, t)  # [B, D, K]
+
   logq = jax.vmap(post, out_axes=-2)(jnp.arange(s_vocab))  # [B, D, S, K]
   return jax.nn.logsumexp(logp0[..., None] + logq, axis=-2)
 
@@ -125,8 +134,7 @@ def run_steps(key, process: Process, denoiser: Denoiser, params, x, time_at, fir
   return x
 
 
-def finalize(key, process: Process, denoiser: Denoiser, params, x, t,
-             mode: str = "argmax"):
+def finalize(key, process: Process, denoiser: Denoiser, params, x, t, mode: str = "argmax"):
   """The last denoise at t_min: turns x_{t_min} into data values `[batch, D]`.
 
   "argmax" takes the most likely x0 per token (tauLDR), "sample" draws it
@@ -156,12 +164,35 @@ def finalize(key, process: Process, denoiser: Denoiser, params, x, t,
 
 
 @functools.partial(
-    jax.jit, static_argnames=("process", "denoiser", "batch_size", "length", "grid", "t_max",
-                              "t_min", "final", "second"))
-def sample(key, process: Process, denoiser: Denoiser, params, batch_size: int,
-           length: int, num_steps, grid: str = "uniform", t_max: float = 1.0,
-           t_min: float | None = None, final: str = "argmax", second: Denoiser | None = None,
-           second_params=None, num_first=None):
+  jax.jit,
+  static_argnames=(
+    "process",
+    "denoiser",
+    "batch_size",
+    "length",
+    "grid",
+    "t_max",
+    "t_min",
+    "final",
+    "second",
+  ),
+)
+def sample(
+  key,
+  process: Process,
+  denoiser: Denoiser,
+  params,
+  batch_size: int,
+  length: int,
+  num_steps,
+  grid: str = "uniform",
+  t_max: float = 1.0,
+  t_min: float | None = None,
+  final: str = "argmax",
+  second: Denoiser | None = None,
+  second_params=None,
+  num_first=None,
+):
   """N-step sampling from the prior: `[batch_size, length]` int32 data values.
 
   N network calls (see `schedule`). `num_steps` (and `num_first`) are
@@ -178,8 +209,9 @@ def sample(key, process: Process, denoiser: Denoiser, params, batch_size: int,
   n = jnp.asarray(num_steps, jnp.int32)
   intervals = n if masked else n - 1  # analytic steps
   span = jnp.maximum(intervals, 1).astype(jnp.float32)
-  time_at = lambda i: (t_min + (t_max - t_min) * _grid_frac(
-      1.0 - i.astype(jnp.float32) / span, grid)).astype(jnp.float32)
+  time_at = lambda i: (
+    t_min + (t_max - t_min) * _grid_frac(1.0 - i.astype(jnp.float32) / span, grid)
+  ).astype(jnp.float32)
   t_final = jnp.where(intervals > 0, jnp.float32(t_min), jnp.float32(t_max))
   k_prior, k_a, k_b, k_final = jax.random.split(key, 4)
   x = process.prior_sample(k_prior, (batch_size, length))
@@ -188,12 +220,16 @@ def sample(key, process: Process, denoiser: Denoiser, params, batch_size: int,
     return finalize(k_final, process, denoiser, params, x, t_final, final)
   k1 = jnp.clip(jnp.asarray(num_first, jnp.int32), 0, n)
   x = run_steps(k_a, process, denoiser, params, x, time_at, 0, jnp.minimum(k1, intervals))
-  x = run_steps(k_b, process, second, second_params, x, time_at, jnp.minimum(k1, intervals),
-                intervals)
+  x = run_steps(
+    k_b, process, second, second_params, x, time_at, jnp.minimum(k1, intervals), intervals
+  )
   # The final call belongs to the first denoiser only if all N calls do.
   return jax.lax.cond(
-      k1 >= n, lambda x: finalize(k_final, process, denoiser, params, x, t_final, final),
-      lambda x: finalize(k_final, process, second, second_params, x, t_final, final), x)
+    k1 >= n,
+    lambda x: finalize(k_final, process, denoiser, params, x, t_final, final),
+    lambda x: finalize(k_final, process, second, second_params, x, t_final, final),
+    x,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -208,8 +244,11 @@ def reveal_schedule(length: int, num_steps: int) -> list[int]:
   masked; 4 steps on 256 tokens reveal 41, 44, 53 and 118.
   """
   import math
-  masked = [length] + [math.ceil(length * math.acos(k / num_steps) / (math.pi / 2) - 1e-9)
-                       for k in range(1, num_steps + 1)]
+
+  masked = [length] + [
+    math.ceil(length * math.acos(k / num_steps) / (math.pi / 2) - 1e-9)
+    for k in range(1, num_steps + 1)
+  ]
   return [masked[k] - masked[k + 1] for k in range(num_steps)]
 
 
@@ -229,10 +268,12 @@ def guided(cond: Denoiser, uncond: Denoiser, scale: float) -> Denoiser:
   Both passes get the same key, so a mixture draws the SAME lambda for the
   conditional and the unconditional pass (method.md section 5).
   """
+
   def denoise(params, x, t, key, lam=None, labels=None):
     lc = jax.nn.log_softmax(cond(params, x, t, key), -1)
     lu = jax.nn.log_softmax(uncond(params, x, t, key), -1)
     return (1.0 + scale) * lc - scale * lu
+
   return denoise
 
 
@@ -261,11 +302,30 @@ def confidence_step(key, process: Process, x, logits, num_masked_after, temperat
   return jnp.where(reveal, x0, x)
 
 
-@functools.partial(jax.jit, static_argnames=("process", "denoiser", "batch_size", "length",
-                                              "num_steps", "choice_temperature", "uncond"))
-def confidence_sample(key, process: Process, denoiser: Denoiser, params, batch_size: int,
-                      length: int, num_steps: int, choice_temperature: float = 4.5,
-                      uncond: Denoiser | None = None, guidance: float = 0.0):
+@functools.partial(
+  jax.jit,
+  static_argnames=(
+    "process",
+    "denoiser",
+    "batch_size",
+    "length",
+    "num_steps",
+    "choice_temperature",
+    "uncond",
+  ),
+)
+def confidence_sample(
+  key,
+  process: Process,
+  denoiser: Denoiser,
+  params,
+  batch_size: int,
+  length: int,
+  num_steps: int,
+  choice_temperature: float = 4.5,
+  uncond: Denoiser | None = None,
+  guidance: float = 0.0,
+):
   """MaskGIT sampling: `[batch_size, length]` int32 in N steps.
 
   At step k = 0 .. N - 1, `confidence_step` reveals the `reveal_schedule`

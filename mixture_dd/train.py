@@ -3,6 +3,7 @@
 `setup_teacher(config)` builds what a teacher run needs from a config;
 `train_teacher(config, workdir)` hands it to the one trainer (trainer.py).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,6 +21,7 @@ class TeacherSetup:
 
   loss_fn(params, batch, key, frozen=None) -> (loss, metrics).
   """
+
   config: Any
   spec: pipeline.DataSpec
   source: Any
@@ -39,9 +41,16 @@ def setup_teacher(config) -> TeacherSetup:
 
   def loss_fn(params, batch, key, frozen=None):
     del frozen
-    return losses.teacher_loss(denoise, params, process, batch["tokens"], key,
-                               t_min=config.loss.t_min,
-                               labels=batch["labels"] if model.num_classes else None)
+    return losses.teacher_loss(
+      denoise,
+      params,
+      process,
+      batch["tokens"],
+      key,
+      t_min=config.loss.t_min,
+      labels=batch["labels"] if model.num_classes else None,
+    )
+
   return TeacherSetup(config, spec, source, process, model, loss_fn)
 
 
@@ -54,6 +63,7 @@ def teacher_denoiser(model, label_dropout: float = 0.0) -> denoisers.Denoiser:
     k_drop, k_lab = jax.random.split(key)
     labels = losses.drop_labels(k_lab, labels, label_dropout, model.num_classes)
     return net(params, x_t, t, k_drop, labels=labels)
+
   return denoise
 
 
@@ -64,14 +74,24 @@ def teacher_task(setup: TeacherSetup) -> trainer.Task:
 
   def sample_fn(params, key, num):
     return samplers.sample(key, process, denoise, params, num, spec.length, c.train.sample_steps)
+
   return trainer.Task(
-      desc="teacher", loss_fn=setup.loss_fn, params=trainer.init_params(setup.model, c.seed),
-      batcher=pipeline.make_batcher(setup.source, c.train.batch_size, seed=c.seed,
-                                    process_index=jax.process_index(),
-                                    process_count=jax.process_count(),
-                                    vocab_size=spec.vocab_size),
-      signature=configuration.model_signature(c, spec), meta={"kind": "teacher", "data": spec.name},
-      spec=spec, sample_fn=sample_fn)
+    desc="teacher",
+    loss_fn=setup.loss_fn,
+    params=trainer.init_params(setup.model, c.seed),
+    batcher=pipeline.make_batcher(
+      setup.source,
+      c.train.batch_size,
+      seed=c.seed,
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
+      vocab_size=spec.vocab_size,
+    ),
+    signature=configuration.model_signature(c, spec),
+    meta={"kind": "teacher", "data": spec.name},
+    spec=spec,
+    sample_fn=sample_fn,
+  )
 
 
 def train_teacher(config, workdir: str) -> trainer.TrainState:

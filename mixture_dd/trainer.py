@@ -12,6 +12,7 @@ The key of step k is fold_in(PRNGKey(seed), k) and the batch of step k is
 `batcher.batch(k)`, so a resumed run draws exactly the randomness and the
 data of an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -29,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from mixture_dd import networks, visualize
 
@@ -60,10 +62,13 @@ def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
 
   def schedule(peak):
     if optim.schedule == "cosine":
-      return optax.warmup_cosine_decay_schedule(0.0, peak, max(warm, 1),
-                                                max(num_steps, warm + 1), end_value=0.1 * peak)
-    return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warm, 1)),
-                                 optax.constant_schedule(peak)], [max(warm, 1)])
+      return optax.warmup_cosine_decay_schedule(
+        0.0, peak, max(warm, 1), max(num_steps, warm + 1), end_value=0.1 * peak
+      )
+    return optax.join_schedules(
+      [optax.linear_schedule(0.0, peak, max(warm, 1)), optax.constant_schedule(peak)],
+      [max(warm, 1)],
+    )
 
   def adamw(peak):
     return optax.adamw(schedule(peak), b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay)
@@ -72,33 +77,43 @@ def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
   if mult == 1.0:
     opt = adamw(optim.lr)
   else:
+
     def labels(params):
       flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
       return flax.traverse_util.unflatten_dict(
-          {k: ("latent" if networks.LATENT_MODULE in k else "rest") for k in flat})
-    opt = optax.multi_transform({"latent": adamw(optim.lr * mult), "rest": adamw(optim.lr)},
-                                labels)
+        {k: ("latent" if networks.LATENT_MODULE in k else "rest") for k in flat}
+      )
+
+    opt = optax.multi_transform({"latent": adamw(optim.lr * mult), "rest": adamw(optim.lr)}, labels)
   return optax.chain(optax.clip_by_global_norm(optim.clip), opt)
 
 
 def init_params(model, seed: int):
   """The model's initial parameters, one jitted program (eager flax init
   compiles every op separately: seconds on a CPU)."""
+
   @jax.jit
   def init(key):
     x = jnp.zeros((1, model.length), jnp.int32)
     kw = {"lam": jnp.zeros((1,))} if model.latent else {}
     return model.init(key, x, jnp.zeros((1,)), **kw)["params"]
+
   return init(jax.random.key(seed))
 
 
 def init_state(params, optimizer) -> TrainState:
   """Step 0: the parameters, their EMA copy and the optimizer's state (jitted:
   eager op-by-op dispatch would compile every small op separately)."""
+
   @jax.jit
   def init(params):
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      ema_params=jax.tree.map(jnp.copy, params), opt_state=optimizer.init(params))
+    return TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      ema_params=jax.tree.map(jnp.copy, params),
+      opt_state=optimizer.init(params),
+    )
+
   return init(params)
 
 
@@ -127,9 +142,11 @@ def make_step(loss_fn: Callable, optimizer, ema_decay: float, ema_warmup: bool =
   passed as an argument so that it is never baked into the program. The EMA
   uses `ema_decay_at` (warm-up on by default).
   """
+
   def step(state: TrainState, batch, key, frozen=None):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        state.params, batch, key, frozen)
+      state.params, batch, key, frozen
+    )
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     d = ema_decay_at(state.step, ema_decay, ema_warmup)
@@ -139,28 +156,31 @@ def make_step(loss_fn: Callable, optimizer, ema_decay: float, ema_warmup: bool =
     bad = sum(jnp.sum(~jnp.isfinite(x)) for x in jax.tree.leaves((params, ema)))
     metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), **{NONFINITE_PARAMS: bad})
     return TrainState(state.step + 1, params, ema, opt_state), metrics
+
   return step
 
 
 def make_mesh():
   # Auto axes: XLA propagates the batch sharding through the model (jax's
   # default Explicit axes would ask for an out_sharding at every gather).
-  return jax.make_mesh((jax.device_count(),), ("data",),
-                       axis_types=(jax.sharding.AxisType.Auto,))
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 def shard_step(step_fn, mesh):
   """jit with the batch split over "data" and everything else replicated."""
   repl = NamedSharding(mesh, P())
   data = NamedSharding(mesh, P("data"))
-  return jax.jit(step_fn, in_shardings=(repl, data, repl, repl), out_shardings=(repl, repl),
-                 donate_argnums=(0,))
+  return jax.jit(
+    step_fn, in_shardings=(repl, data, repl, repl), out_shardings=(repl, repl), donate_argnums=(0,)
+  )
 
 
 def global_batch(mesh, local_batch: dict):
   """Per-process numpy batch -> one global array sharded over "data"."""
   sh = NamedSharding(mesh, P("data"))
-  return {k: jax.make_array_from_process_local_data(sh, np.asarray(v)) for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sh, np.asarray(v)) for k, v in local_batch.items()
+  }
 
 
 def replicate(tree, mesh):
@@ -183,10 +203,13 @@ class ProvenanceChanged(IncompatibleCheckpoint):
 def check_signature(saved: dict, expected: dict, where: str) -> None:
   bad = {k: (saved.get(k), v) for k, v in expected.items() if saved.get(k) != v}
   if bad:
-    lines = ", ".join(f"{k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in sorted(bad.items()))
+    lines = ", ".join(
+      f"{k}: checkpoint has {a!r}, config has {b!r}" for k, (a, b) in sorted(bad.items())
+    )
     raise IncompatibleCheckpoint(
-        f"checkpoint in {where} was made with another configuration ({lines}). "
-        "Use a fresh --workdir, or set these config fields to the checkpoint's values.")
+      f"checkpoint in {where} was made with another configuration ({lines}). "
+      "Use a fresh --workdir, or set these config fields to the checkpoint's values."
+    )
 
 
 def checkpoint_manager(directory: str, keep: int = 1, read_only: bool = False):
@@ -196,8 +219,9 @@ def checkpoint_manager(directory: str, keep: int = 1, read_only: bool = False):
   if read_only:
     options = ocp.CheckpointManagerOptions(read_only=True)
   else:
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           cleanup_tmp_directories=True)
+    options = ocp.CheckpointManagerOptions(
+      max_to_keep=keep, create=True, cleanup_tmp_directories=True
+    )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
 
 
@@ -223,8 +247,9 @@ def _checksum_words(leaves):
   acc = jnp.uint32(0)
   for i, x in enumerate(leaves):
     w = _as_words(x)
-    weights = (jnp.arange(w.size, dtype=jnp.uint32) * jnp.uint32(2654435761)
-               + jnp.uint32(2 * i)) | jnp.uint32(1)
+    weights = (
+      jnp.arange(w.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(2 * i)
+    ) | jnp.uint32(1)
     acc = acc * jnp.uint32(1000003) + jnp.sum(w * weights, dtype=jnp.uint32)
   return acc
 
@@ -247,8 +272,10 @@ def save(mngr, state: TrainState, meta: dict) -> None:
   """Asynchronous save. Orbax writes to a temporary directory and renames it
   when complete, so a crash mid-save never replaces a good checkpoint."""
   meta = dict(meta, checksum=checksum(state))
-  mngr.save(int(state.step), args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+  mngr.save(
+    int(state.step),
+    args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+  )
 
 
 CORRUPT_SUFFIX = ".corrupt"
@@ -269,8 +296,13 @@ def _newest_good(mngr, where: str, restore: Callable, signature: dict | None):
     try:
       meta = _read_meta(mngr, step)
     except Exception as e:  # noqa: BLE001 - any read failure means "unusable"
-      log.warning("checkpoint step %d in %s is unreadable (%s: %s); trying an earlier one",
-                  step, where, type(e).__name__, str(e)[:200])
+      log.warning(
+        "checkpoint step %d in %s is unreadable (%s: %s); trying an earlier one",
+        step,
+        where,
+        type(e).__name__,
+        str(e)[:200],
+      )
       bad.append(step)
       continue
     if signature is not None:
@@ -278,8 +310,13 @@ def _newest_good(mngr, where: str, restore: Callable, signature: dict | None):
     try:
       restored = restore(step, meta)
     except Exception as e:  # noqa: BLE001
-      log.warning("checkpoint step %d in %s is corrupted (%s: %s); trying an earlier one",
-                  step, where, type(e).__name__, str(e)[:200])
+      log.warning(
+        "checkpoint step %d in %s is corrupted (%s: %s); trying an earlier one",
+        step,
+        where,
+        type(e).__name__,
+        str(e)[:200],
+      )
       bad.append(step)
       continue
     return step, dict(meta, step=step), restored, bad
@@ -297,22 +334,30 @@ def restore_latest(mngr, abstract_state, signature: dict, where: str):
   configuration raises IncompatibleCheckpoint naming the fields. Raises
   RuntimeError if checkpoints exist but none is readable.
   """
+
   def restore(step, meta):
-    state = mngr.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state)))["state"]
+    state = mngr.restore(
+      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state))
+    )["state"]
     if "checksum" in meta and checksum(state) != meta["checksum"]:
       raise ValueError("its contents do not match the checksum saved with it")
     return state
 
   step, meta, state, bad = _newest_good(mngr, where, restore, signature)
   if bad and step is not None:
-    log.warning("resuming %s from step %d; set aside bad checkpoint step(s) %s as "
-                "<step>%s", where, step, bad, CORRUPT_SUFFIX)
+    log.warning(
+      "resuming %s from step %d; set aside bad checkpoint step(s) %s as <step>%s",
+      where,
+      step,
+      bad,
+      CORRUPT_SUFFIX,
+    )
     _set_aside(mngr, bad)
   if step is None and bad:
     raise RuntimeError(
-        f"none of the checkpoints in {where} (steps {bad}) is readable; see the warnings "
-        f"above. Move {mngr.directory} away to start from scratch, or use a fresh --workdir.")
+      f"none of the checkpoints in {where} (steps {bad}) is readable; see the warnings "
+      f"above. Move {mngr.directory} away to start from scratch, or use a fresh --workdir."
+    )
   return state, meta
 
 
@@ -338,6 +383,7 @@ def _free_name(path: str) -> str:
 def _sync(name: str) -> None:
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils
+
     multihost_utils.sync_global_devices(name)
 
 
@@ -352,23 +398,34 @@ def load_params(directory: str, abstract_params, signature: dict | None = None, 
   ckpt_dir = os.path.join(directory, "checkpoints")
   if not os.path.isdir(ckpt_dir):
     raise FileNotFoundError(
-        f"no checkpoints under {directory!r} (expected {ckpt_dir}); train one first with "
-        "`python -m launch.train --config=... --workdir=DIR` and point to that DIR")
+      f"no checkpoints under {directory!r} (expected {ckpt_dir}); train one first with "
+      "`python -m launch.train --config=... --workdir=DIR` and point to that DIR"
+    )
   mngr = checkpoint_manager(ckpt_dir, read_only=True)
   one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  placed = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one),
-                        abstract_params)
+  placed = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=one), abstract_params
+  )
   abstract = {"params": placed, "ema_params": placed}
 
   def restore(step, meta):
-    return mngr.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
-        item=abstract, partial_restore=True,
-        restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))))["state"]
+    return mngr.restore(
+      step,
+      args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(
+          item=abstract,
+          partial_restore=True,
+          restore_args=ocp.checkpoint_utils.construct_restore_args(abstract),
+        )
+      ),
+    )["state"]
 
   step, meta, restored, _ = _newest_good(mngr, ckpt_dir, restore, signature)
   if step is None:
-    raise FileNotFoundError(f"no complete, readable checkpoint in {ckpt_dir}; train (or finish "
-                            "training) the run in that workdir first")
+    raise FileNotFoundError(
+      f"no complete, readable checkpoint in {ckpt_dir}; train (or finish "
+      "training) the run in that workdir first"
+    )
   return restored["ema_params" if ema else "params"], meta
 
 
@@ -391,15 +448,26 @@ class Preempted(Exception):
 
   def __init__(self, desc: str, step: int, workdir: str):
     self.desc, self.step, self.workdir = desc, step, workdir
-    super().__init__(f"{desc}: preempted (SIGTERM); saved step {step} in {workdir}. Run the "
-                     "same command again to resume.")
+    super().__init__(
+      f"{desc}: preempted (SIGTERM); saved step {step} in {workdir}. Run the "
+      "same command again to resume."
+    )
 
 
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; schedulers may requeue on it
 
 
-def fit_scanned(state: TrainState, step_fn: Callable, batcher, num_steps: int, seed: int,
-                frozen=None, chunk: int = 100, log_every: int = 0, desc: str = "fit"):
+def fit_scanned(
+  state: TrainState,
+  step_fn: Callable,
+  batcher,
+  num_steps: int,
+  seed: int,
+  frozen=None,
+  chunk: int = 100,
+  log_every: int = 0,
+  desc: str = "fit",
+):
   """Runs `num_steps` steps with no checkpoints: `chunk` steps per jitted lax.scan.
 
   For small experiments, notebooks and tests, where the Python loop of `fit`
@@ -407,12 +475,14 @@ def fit_scanned(state: TrainState, step_fn: Callable, batcher, num_steps: int, s
   `batcher.batch(j)` and key fold_in(key(seed), j), as `fit` does. Returns
   (state, losses `[num_steps]`); raises NonFiniteError on a non-finite loss.
   """
+
   @jax.jit
   def run(state, tokens, labels, keys):
     def body(s, xs):
       tok, lab, key = xs
       s, m = step_fn(s, {"tokens": tok, "labels": lab}, key, frozen)
       return s, m["loss"]
+
     return jax.lax.scan(body, state, (tokens, labels, keys))
 
   root, seen, start = jax.random.key(seed), [], time.time()
@@ -430,14 +500,22 @@ def fit_scanned(state: TrainState, step_fn: Callable, batcher, num_steps: int, s
     seen.append(losses_seen)
     if log_every and ((lo + n) % log_every == 0 or lo + n == num_steps):
       rate = (lo + n - first) / max(time.time() - start, 1e-9)
-      log.info("%s step %d/%d loss=%.4g (%.1f steps/s, ETA %.0f s)", desc, lo + n, num_steps,
-               losses_seen[-1], rate, (num_steps - lo - n) / rate)
+      log.info(
+        "%s step %d/%d loss=%.4g (%.1f steps/s, ETA %.0f s)",
+        desc,
+        lo + n,
+        num_steps,
+        losses_seen[-1],
+        rate,
+        (num_steps - lo - n) / rate,
+      )
   return state, (np.concatenate(seen) if seen else np.zeros((0,)))
 
 
 @dataclasses.dataclass(frozen=True)
 class LoopConfig:
   """The loop's settings (config.train's fields; validated with the config)."""
+
   workdir: str
   num_steps: int
   seed: int
@@ -450,13 +528,24 @@ class LoopConfig:
   @classmethod
   def from_config(cls, config, workdir: str, desc: str) -> "LoopConfig":
     t = config.train
-    return cls(workdir=workdir, num_steps=t.num_steps, seed=config.seed, log_every=t.log_every,
-               ckpt_every=t.ckpt_every, keep=t.keep, sample_every=t.sample_every, desc=desc)
+    return cls(
+      workdir=workdir,
+      num_steps=t.num_steps,
+      seed=config.seed,
+      log_every=t.log_every,
+      ckpt_every=t.ckpt_every,
+      keep=t.keep,
+      sample_every=t.sample_every,
+      desc=desc,
+    )
 
 
 def _bad_terms(metrics: dict) -> list[str]:
-  bad = [k for k, v in metrics.items() if k != NONFINITE_PARAMS
-         and not np.all(np.isfinite(np.asarray(v, np.float64)))]
+  bad = [
+    k
+    for k, v in metrics.items()
+    if k != NONFINITE_PARAMS and not np.all(np.isfinite(np.asarray(v, np.float64)))
+  ]
   # Loss terms first (the cause), then the derived loss / grad_norm.
   derived = ("loss", "grad_norm")
   bad = sorted(k for k in bad if k not in derived) + [k for k in derived if k in bad]
@@ -465,9 +554,19 @@ def _bad_terms(metrics: dict) -> list[str]:
   return bad
 
 
-def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
-        signature: dict, sample_hook: Callable | None = None, extra_meta: dict | None = None,
-        frozen=None, provenance: dict | None = None, restart_if_changed: bool = False):
+def fit(
+  loop: LoopConfig,
+  state: TrainState,
+  step_fn: Callable,
+  batcher,
+  mesh,
+  signature: dict,
+  sample_hook: Callable | None = None,
+  extra_meta: dict | None = None,
+  frozen=None,
+  provenance: dict | None = None,
+  restart_if_changed: bool = False,
+):
   """Runs (or resumes) training to `loop.num_steps`; returns the final state.
 
   A run whose checkpoints reached num_steps returns at once (a finished
@@ -493,14 +592,20 @@ def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
     if not restart_if_changed:
       mngr.close()
       raise ProvenanceChanged(
-          f"{loop.desc}: the checkpoints in {loop.workdir} (step {meta['step']}) were made from "
-          f"{_describe(meta.get('provenance'))}, but this run uses {_describe(provenance)}. "
-          "Use a fresh --workdir, or set config.teacher.restart_if_changed=True to set the old "
-          "checkpoints aside and start afresh.")
+        f"{loop.desc}: the checkpoints in {loop.workdir} (step {meta['step']}) were made from "
+        f"{_describe(meta.get('provenance'))}, but this run uses {_describe(provenance)}. "
+        "Use a fresh --workdir, or set config.teacher.restart_if_changed=True to set the old "
+        "checkpoints aside and start afresh."
+      )
     mngr.close()
     stale = _free_name(ckpt_dir + ".stale")
-    log.warning("%s: inputs changed since step %d; set aside %s as %s and starting afresh",
-                loop.desc, meta["step"], ckpt_dir, stale)
+    log.warning(
+      "%s: inputs changed since step %d; set aside %s as %s and starting afresh",
+      loop.desc,
+      meta["step"],
+      ckpt_dir,
+      stale,
+    )
     if jax.process_index() == 0:
       os.rename(ckpt_dir, stale)
     _sync("mixture_dd_set_aside_stale")
@@ -534,13 +639,22 @@ def fit(loop: LoopConfig, state: TrainState, step_fn: Callable, batcher, mesh,
       bar.update(1)
       if done % loop.log_every == 0 or done == loop.num_steps:
         _check_finite(*pending)
-        m = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()
-             if k != NONFINITE_PARAMS}
+        m = {
+          k: float(np.asarray(v))
+          for k, v in jax.device_get(metrics).items()
+          if k != NONFINITE_PARAMS
+        }
         rate = (done - start) / max(time.time() - t0, 1e-9)
         bar.set_postfix({k: f"{v:.4g}" for k, v in m.items() if k in ("loss", "grad_norm")})
-        log.info("%s step %d/%d %s (%.2f steps/s, ETA %.0f s)", loop.desc, done, loop.num_steps,
-                 " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())), rate,
-                 (loop.num_steps - done) / rate)
+        log.info(
+          "%s step %d/%d %s (%.2f steps/s, ETA %.0f s)",
+          loop.desc,
+          done,
+          loop.num_steps,
+          " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())),
+          rate,
+          (loop.num_steps - done) / rate,
+        )
         history.write(done, dict(m, steps_per_s=rate))
       if sample_hook is not None and loop.sample_every and done % loop.sample_every == 0:
         sample_hook(state, done)
@@ -577,6 +691,7 @@ class _History:
     self._writer = self._file = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
+
       self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
       self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
 
@@ -622,18 +737,30 @@ def _check_finite(step, metrics):
   m = jax.device_get(metrics)
   bad = _bad_terms(m)
   if bad:
-    vals = ", ".join(f"{k}={float(np.asarray(m[k])):.4g}" if k in m else
-                     f"{int(np.asarray(m[NONFINITE_PARAMS]))} non-finite entries" for k in bad)
+    vals = ", ".join(
+      f"{k}={float(np.asarray(m[k])):.4g}"
+      if k in m
+      else f"{int(np.asarray(m[NONFINITE_PARAMS]))} non-finite entries"
+      for k in bad
+    )
     raise NonFiniteError(
-        f"non-finite values at step {step + 1} in {bad} ({vals}); the run stopped and this "
-        "state was not saved. Lower optim.lr, check the data and the teacher, or resume from "
-        "the last checkpoint.")
+      f"non-finite values at step {step + 1} in {bad} ({vals}); the run stopped and this "
+      "state was not saved. Lower optim.lr, check the data and the teacher, or resume from "
+      "the last checkpoint."
+    )
 
 
 def _progress(start, total, desc):
   from tqdm.auto import tqdm
-  return tqdm(total=total, initial=start, desc=desc, disable=jax.process_index() != 0,
-              mininterval=2.0, dynamic_ncols=True)
+
+  return tqdm(
+    total=total,
+    initial=start,
+    desc=desc,
+    disable=jax.process_index() != 0,
+    mininterval=2.0,
+    dynamic_ncols=True,
+  )
 
 
 # ---------------------------------------------------------------------------
@@ -653,6 +780,7 @@ class Task:
   teacher); sample_fn(params, key, num) -> tokens `[num, length]` for the
   periodic sample grids; spec: the data's spec (how to draw the samples).
   """
+
   desc: str
   loss_fn: Callable
   params: Any
@@ -688,12 +816,15 @@ def write_config(workdir: str, config) -> None:
 
 def sample_hook(sample_fn: Callable, spec, workdir: str, tag: str, num: int) -> Callable:
   """(state, step) -> None: saves a grid of `num` samples from the EMA weights."""
+
   def hook(state, step):
     if jax.process_index() != 0:
       return
     x = sample_fn(state.ema_params, jax.random.key(step), num)
-    visualize.save_samples(np.asarray(x), spec,
-                           os.path.join(workdir, "samples", f"{tag}_{step:07d}"))
+    visualize.save_samples(
+      np.asarray(x), spec, os.path.join(workdir, "samples", f"{tag}_{step:07d}")
+    )
+
   return hook
 
 
@@ -704,15 +835,26 @@ def run(task: Task, config, workdir: str, restart_if_changed: bool = False) -> T
   """
   t = config.train
   if t.batch_size % jax.device_count():
-    raise ValueError(f"config.train.batch_size={t.batch_size} must be divisible by the "
-                     f"number of devices ({jax.device_count()})")
+    raise ValueError(
+      f"config.train.batch_size={t.batch_size} must be divisible by the "
+      f"number of devices ({jax.device_count()})"
+    )
   optimizer = make_optimizer(config.optim, t.num_steps)
   step_fn = make_step(task.loss_fn, optimizer, config.optim.ema_decay, config.optim.ema_warmup)
   write_config(workdir, config)
   hook = None
   if task.sample_fn is not None and t.sample_every:
     hook = sample_hook(task.sample_fn, task.spec, workdir, task.desc, min(t.num_samples, 64))
-  return fit(LoopConfig.from_config(config, workdir, task.desc),
-             init_state(task.params, optimizer), step_fn, task.batcher, make_mesh(),
-             task.signature, hook, extra_meta=task.meta, frozen=task.frozen,
-             provenance=task.provenance, restart_if_changed=restart_if_changed)
+  return fit(
+    LoopConfig.from_config(config, workdir, task.desc),
+    init_state(task.params, optimizer),
+    step_fn,
+    task.batcher,
+    make_mesh(),
+    task.signature,
+    hook,
+    extra_meta=task.meta,
+    frozen=task.frozen,
+    provenance=task.provenance,
+    restart_if_changed=restart_if_changed,
+  )

@@ -1,4 +1,5 @@
 """Pictures and text of samples: PNG grids for images, text files for text."""
+
 from __future__ import annotations
 
 import os
@@ -23,17 +24,23 @@ def image_grid(tokens, spec, cols: int | None = None) -> np.ndarray:
   grid = np.ones((rows * (h + pad) + pad, cols * (w + pad) + pad) + imgs.shape[3:], np.float32)
   for i, im in enumerate(imgs):
     r, c = divmod(i, cols)
-    grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = im
+    grid[
+      pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w
+    ] = im
   return grid
 
 
 def save_image_grid(tokens, spec, path: str, title: str | None = None, cols: int | None = None):
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   grid = image_grid(tokens, spec, cols)
   fig, ax = plt.subplots(figsize=(4, 4 * grid.shape[0] / grid.shape[1] + (0.4 if title else 0)))
-  ax.imshow(grid, cmap="gray_r" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest")
+  ax.imshow(
+    grid, cmap="gray_r" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
+  )
   ax.axis("off")
   if title:
     ax.set_title(title, fontsize=9)
@@ -44,13 +51,16 @@ def save_image_grid(tokens, spec, path: str, title: str | None = None, cols: int
 def save_panels(panels: list[tuple[str, np.ndarray]], spec, path: str, cols: int = 8):
   """Side-by-side sample grids, one panel per (title, tokens [n, D])."""
   import matplotlib
+
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
+
   fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.6))
   for ax, (title, toks) in zip(np.atleast_1d(axes), panels):
     grid = image_grid(toks, spec, cols)
-    ax.imshow(grid, cmap="gray_r" if grid.ndim == 2 else None, vmin=0, vmax=1,
-              interpolation="nearest")
+    ax.imshow(
+      grid, cmap="gray_r" if grid.ndim == 2 else None, vmin=0, vmax=1, interpolation="nearest"
+    )
     ax.set_title(title, fontsize=9)
     ax.axis("off")
   fig.tight_layout()

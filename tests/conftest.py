@@ -1,4 +1,5 @@
 """Test set-up: 8 host CPU devices so sharding tests run anywhere."""
+
 import os
 
 # Must happen before jax is imported anywhere in the test session.
@@ -56,8 +57,10 @@ def run_and_sigterm(cmd, marker: str, env: dict, cwd: str, timeout: float = 300)
   import signal
   import subprocess
   import time
-  proc = subprocess.Popen(cmd, cwd=cwd, env=env, stderr=subprocess.PIPE,
-                          stdout=subprocess.DEVNULL, text=True)
+
+  proc = subprocess.Popen(
+    cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+  )
   lines = []
   try:
     deadline = time.time() + timeout

@@ -8,6 +8,7 @@ Catalog data (cifar10) comes from `tfds.testing.mock_data`; text8 cannot be
 mocked through TFDS (it is our own builder), so its step runs on random
 tokens of the right shape after checking that loading asks for `prepare`.
 """
+
 import glob
 import importlib.util
 import json
@@ -25,8 +26,9 @@ from mixture_dd.data import pipeline
 from mixture_dd.data import text as text_lib
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-CONFIG_FILES = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
-                      if not os.path.basename(p).startswith("_"))
+CONFIG_FILES = sorted(
+  p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py")) if not os.path.basename(p).startswith("_")
+)
 # Full-size configs for accelerators: their parameter counts must stay realistic.
 FULL_SIZE = {"cifar10_gaussian": 50e6, "text8_masked": 50e6}
 SHRINK = dict(width=32, depth=1, heads=2)
@@ -35,7 +37,8 @@ BATCH = 8  # divisible by the 8 test devices (conftest)
 
 def load(path):
   spec = importlib.util.spec_from_file_location(
-      "cfg_" + os.path.splitext(os.path.basename(path))[0], path)
+    "cfg_" + os.path.splitext(os.path.basename(path))[0], path
+  )
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module.get_config()
@@ -57,8 +60,15 @@ def _unprepared_spec(config):
   if name == "cifar10":
     return pipeline.DataSpec("cifar10", 256, 3072, 10, (32, 32, 3), "image")
   if name == "text8":
-    return pipeline.DataSpec("text8", len(text_lib.TEXT8_ALPHABET), config.data.length, 0,
-                             None, "text", text_lib.TEXT8_ALPHABET)
+    return pipeline.DataSpec(
+      "text8",
+      len(text_lib.TEXT8_ALPHABET),
+      config.data.length,
+      0,
+      None,
+      "text",
+      text_lib.TEXT8_ALPHABET,
+    )
   raise AssertionError(f"no hand-made spec for {name}")
 
 
@@ -81,13 +91,21 @@ def _teacher_from_random_tokens(config, spec, rng):
 
   def loss_fn(params, batch, key, frozen=None):
     del frozen
-    return losses.teacher_loss(denoise, params, process, batch["tokens"], key,
-                               t_min=config.loss.t_min,
-                               labels=batch["labels"] if model.num_classes else None)
+    return losses.teacher_loss(
+      denoise,
+      params,
+      process,
+      batch["tokens"],
+      key,
+      t_min=config.loss.t_min,
+      labels=batch["labels"] if model.num_classes else None,
+    )
+
   tokens = rng.integers(0, spec.vocab_size, (4 * BATCH, spec.length)).astype(np.int32)
   labels = rng.integers(0, max(spec.num_classes, 1), 4 * BATCH).astype(np.int32)
-  return train.TeacherSetup(config, spec, pipeline.ArraySource(tokens, labels), process, model,
-                            loss_fn)
+  return train.TeacherSetup(
+    config, spec, pipeline.ArraySource(tokens, labels), process, model, loss_fn
+  )
 
 
 def _one_step(config, setup):
@@ -97,8 +115,9 @@ def _one_step(config, setup):
   mesh = trainer.make_mesh()
   state = trainer.replicate(trainer.init_state(trainer.init_params(model, config.seed), opt), mesh)
   jstep = trainer.shard_step(trainer.make_step(loss_fn, opt, config.optim.ema_decay), mesh)
-  state, metrics = jstep(state, trainer.global_batch(mesh, batcher.batch(0)), jax.random.key(0),
-                         None)
+  state, metrics = jstep(
+    state, trainer.global_batch(mesh, batcher.batch(0)), jax.random.key(0), None
+  )
   metrics = jax.device_get(metrics)
   assert int(state.step) == 1
   for k, v in metrics.items():
@@ -110,8 +129,9 @@ def _one_step(config, setup):
 
 def test_configs_are_found():
   names = {_name(p) for p in CONFIG_FILES}
-  assert {"tiny", "digits", "markov", "pydoc_text", "cifar10_gaussian",
-          "text8_masked"} <= names, names
+  assert {"tiny", "digits", "markov", "pydoc_text", "cifar10_gaussian", "text8_masked"} <= names, (
+    names
+  )
 
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=_name)
@@ -136,12 +156,12 @@ def _maskgit_teacher():
 
 
 TEACHER_OF = {
-    "digits_distill": lambda: load(os.path.join(CONFIG_DIR, "digits.py")),
-    "markov_distill": lambda: load(os.path.join(CONFIG_DIR, "markov.py")),
-    "pydoc_text_distill": lambda: load(os.path.join(CONFIG_DIR, "pydoc_text.py")),
-    "cifar10_tauldr_distill": lambda: load(os.path.join(CONFIG_DIR, "cifar10_gaussian.py")),
-    "text8_sdtt_distill": lambda: load(os.path.join(CONFIG_DIR, "text8_masked.py")),
-    "maskgit_distill": _maskgit_teacher,
+  "digits_distill": lambda: load(os.path.join(CONFIG_DIR, "digits.py")),
+  "markov_distill": lambda: load(os.path.join(CONFIG_DIR, "markov.py")),
+  "pydoc_text_distill": lambda: load(os.path.join(CONFIG_DIR, "pydoc_text.py")),
+  "cifar10_tauldr_distill": lambda: load(os.path.join(CONFIG_DIR, "cifar10_gaussian.py")),
+  "text8_sdtt_distill": lambda: load(os.path.join(CONFIG_DIR, "text8_masked.py")),
+  "maskgit_distill": _maskgit_teacher,
 }
 
 
@@ -151,8 +171,7 @@ def _teacher_run(tconf, workdir):
   configuration.validate(tconf, spec)
   model = configuration.make_model(tconf, spec, configuration.make_process(tconf, spec))
   trainer.write_config(workdir, tconf)
-  state = trainer.init_state(trainer.init_params(model, 0),
-                             trainer.make_optimizer(tconf.optim, 1))
+  state = trainer.init_state(trainer.init_params(model, 0), trainer.make_optimizer(tconf.optim, 1))
   mngr = trainer.checkpoint_manager(os.path.join(workdir, "checkpoints"))
   trainer.save(mngr, state, {"signature": configuration.model_signature(tconf, spec)})
   mngr.wait_until_finished()
@@ -169,7 +188,10 @@ def test_distill_config_resolves_validates_and_takes_one_di4c_step(path, tmp_pat
     tconf = _small(TEACHER_OF[_name(path)](), tmp_path)
     _teacher_run(tconf, str(tmp_path / "teacher"))
     config.teacher.workdir = str(tmp_path / "teacher")
-  config.distill.num_latents = 2 * config.distill.latent_chunks  # micro-batching stays on
+  # One latent per micro-batch (chunking stays on) and 2 examples: the
+  # pixel config's D = 3072 makes every student pass expensive on a CPU.
+  chunks = config.distill.latent_chunks
+  config.distill.num_latents = chunks if chunks > 1 else 2
   # Shrunk after resolve: the student's model section comes from its teacher.
   config = _small(configuration.resolve(config), tmp_path)
   spec = pipeline.data_spec(config.data)
@@ -180,18 +202,26 @@ def test_distill_config_resolves_validates_and_takes_one_di4c_step(path, tmp_pat
   params = trainer.init_params(model, 0)
   if config.teacher.kind == "network":
     params = networks.student_params_from_teacher(teacher.frozen, params)
-  params = distill.start_student(params, jax.random.key(1), config.distill.student_start,
-                                 config.distill.latent_init_scale)
-  loss_fn = distill.di4c_loss(denoisers.from_network(model, train=True), teacher, process,
-                              config.distill, config.model.label_dropout, model.num_classes,
-                              target=denoisers.from_network(model))
+  params = distill.start_student(
+    params, jax.random.key(1), config.distill.student_start, config.distill.latent_init_scale
+  )
+  loss_fn = distill.di4c_loss(
+    denoisers.from_network(model, train=True),
+    teacher,
+    process,
+    config.distill,
+    config.model.label_dropout,
+    model.num_classes,
+    target=denoisers.from_network(model),
+  )
   opt = trainer.make_optimizer(config.optim, config.train.num_steps)
   step = jax.jit(trainer.make_step(loss_fn, opt, config.optim.ema_decay))
   rng = np.random.default_rng(0)
-  batch = {"tokens": rng.integers(0, spec.vocab_size, (BATCH, spec.length)).astype(np.int32),
-           "labels": rng.integers(0, max(spec.num_classes, 1), BATCH).astype(np.int32)}
-  state, metrics = step(trainer.init_state(params, opt), batch, jax.random.key(0),
-                        teacher.frozen)
+  batch = {
+    "tokens": rng.integers(0, spec.vocab_size, (2, spec.length)).astype(np.int32),
+    "labels": rng.integers(0, max(spec.num_classes, 1), 2).astype(np.int32),
+  }
+  state, metrics = step(trainer.init_state(params, opt), batch, jax.random.key(0), teacher.frozen)
   metrics = jax.device_get(metrics)
   assert int(state.step) == 1
   for k, v in metrics.items():
@@ -208,15 +238,13 @@ def test_teacher_config_takes_one_train_step(path, tmp_path):
   name = config.data.name
   if name in pipeline.TFDS_CATALOG:
     # Fake examples with the real feature spec through the ordinary TFDS path.
-    with tfds.testing.mock_data(num_examples=4 * BATCH,
-                                policy=tfds.testing.MockPolicy.USE_CODE):
+    with tfds.testing.mock_data(num_examples=4 * BATCH, policy=tfds.testing.MockPolicy.USE_CODE):
       setup = train.setup_teacher(config)
     assert setup.spec == _unprepared_spec(config)
   elif name in pipeline.OWN_DOWNLOAD:
     with pytest.raises(ValueError, match="not prepared.*prepare"):
       pipeline.load(config.data, "train")
-    setup = _teacher_from_random_tokens(config, _unprepared_spec(config),
-                                        np.random.default_rng(0))
+    setup = _teacher_from_random_tokens(config, _unprepared_spec(config), np.random.default_rng(0))
   else:
     setup = train.setup_teacher(config)
   _one_step(config, setup)

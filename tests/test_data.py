@@ -3,6 +3,7 @@
 Catalog data read by random access (RecordSource, SourceBatcher) is tested in
 test_streaming.py.
 """
+
 import itertools
 
 import numpy as np
@@ -10,10 +11,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from mixture_dd import exact
-from mixture_dd.data import builders
-from mixture_dd.data import markov
-from mixture_dd.data import pipeline
-from mixture_dd.data import registry
+from mixture_dd.data import builders, markov, pipeline, registry
 from mixture_dd.data import text as text_lib
 
 
@@ -35,11 +33,10 @@ def test_markov_log_prob_normalised_and_entropy_exact():
   np.testing.assert_allclose(trans.sum(-1), 1.0, rtol=1e-12)
   states = np.array(list(itertools.product(range(s), repeat=d)))
   lp = markov.log_prob(states, init, trans)
-  assert lp.dtype == np.float64 and lp.shape == (s ** d,)
+  assert lp.dtype == np.float64 and lp.shape == (s**d,)
   np.testing.assert_allclose(np.exp(lp).sum(), 1.0, rtol=1e-12)
   brute = -(np.exp(lp) * lp).sum() / d
-  np.testing.assert_allclose(markov.entropy_rate(init, trans, d), brute,
-                             rtol=1e-12)
+  np.testing.assert_allclose(markov.entropy_rate(init, trans, d), brute, rtol=1e-12)
 
 
 def test_markov_sampler_matches_entropy_rate():
@@ -71,8 +68,7 @@ def test_markov_builder_and_cache(tmp_path):
   cfg = _config("markov", tmp_path, num_train=500, num_test=100)
   spec, train = pipeline.load(cfg, "train")
   _, test = pipeline.load(cfg, "test")
-  assert (spec.vocab_size, spec.length, spec.num_classes, spec.kind) == (
-      8, 32, 0, "tokens")
+  assert (spec.vocab_size, spec.length, spec.num_classes, spec.kind) == (8, 32, 0, "tokens")
   assert train.tokens.shape == (500, 32) and test.tokens.shape == (100, 32)
   assert train.tokens.min() >= 0 and train.tokens.max() < 8
   assert (train.labels == 0).all()
@@ -80,8 +76,7 @@ def test_markov_builder_and_cache(tmp_path):
   _, again = pipeline.load(cfg, "train")
   np.testing.assert_array_equal(train.tokens, again.tokens)
   # A fresh build elsewhere with the same seed gives the same data.
-  _, other = pipeline.load(_config("markov", tmp_path / "b", num_train=500,
-                                   num_test=100), "train")
+  _, other = pipeline.load(_config("markov", tmp_path / "b", num_train=500, num_test=100), "train")
   np.testing.assert_array_equal(train.tokens, other.tokens)
   # The built data follow the chain: NLL per token near the entropy rate.
   init, trans = markov.make_chain(8, seed=0)
@@ -96,16 +91,20 @@ def test_tiny_builder_samples_family(tmp_path):
   assert (spec.vocab_size, spec.length) == (3, 3)
   assert train.tokens.shape == (3000, 3) and train.tokens.dtype == np.uint8
   probs = exact.make_family("noisy_copies", 3, 3, 0)
-  counts = np.bincount(exact.state_index(train.tokens.astype(np.int64), 3),
-                       minlength=27)
+  counts = np.bincount(exact.state_index(train.tokens.astype(np.int64), 3), minlength=27)
   np.testing.assert_allclose(counts / 3000, probs, atol=0.03)
 
 
 def test_digits_builder(tmp_path):
   spec, train = pipeline.load(_config("digits", tmp_path), "train")
   _, test = pipeline.load(_config("digits", tmp_path), "test")
-  assert (spec.vocab_size, spec.length, spec.num_classes, spec.image_shape,
-          spec.kind) == (17, 64, 10, (8, 8), "image")
+  assert (spec.vocab_size, spec.length, spec.num_classes, spec.image_shape, spec.kind) == (
+    17,
+    64,
+    10,
+    (8, 8),
+    "image",
+  )
   assert len(train) + len(test) == 1797 and 150 <= len(test) <= 200
   assert train.tokens.max() == 16 and train.tokens.min() == 0
   assert set(np.unique(train.labels)) == set(range(10))
@@ -114,8 +113,7 @@ def test_digits_builder(tmp_path):
   assert len(set(train_idx) | set(test_idx)) == 1797
   # The stored test set is exactly those rows (as a multiset of images).
   tokens, labels = builders.digits_arrays()
-  want = sorted(map(bytes, np.c_[tokens[test_idx], labels[test_idx]]
-                    .astype(np.uint8)))
+  want = sorted(map(bytes, np.c_[tokens[test_idx], labels[test_idx]].astype(np.uint8)))
   got = sorted(map(bytes, np.c_[test.tokens, test.labels].astype(np.uint8)))
   assert want == got
   spec4, train4 = pipeline.load(_config("digits", tmp_path, levels=4), "train")
@@ -123,8 +121,7 @@ def test_digits_builder(tmp_path):
 
 
 def test_pydoc_text_builder(tmp_path):
-  spec, train = pipeline.load(_config("pydoc_text", tmp_path, length=32),
-                              "train")
+  spec, train = pipeline.load(_config("pydoc_text", tmp_path, length=32), "train")
   _, test = pipeline.load(_config("pydoc_text", tmp_path, length=32), "test")
   assert (spec.vocab_size, spec.length, spec.kind) == (96, 32, "text")
   assert train.tokens.shape[1] == 32 and len(train) > 10 * len(test) > 0
@@ -133,8 +130,8 @@ def test_pydoc_text_builder(tmp_path):
   assert test_topics and not set(train_topics) & set(test_topics)
   # Every test window is text of a test topic.
   test_text = "\x00".join(
-      text_lib.decode(text_lib.encode(builders.pydoc_topics()[t]))
-      for t in test_topics)
+    text_lib.decode(text_lib.encode(builders.pydoc_topics()[t])) for t in test_topics
+  )
   for window in pipeline.decode_text(spec, test.tokens[:20]):
     assert window in test_text
 
@@ -174,12 +171,10 @@ def test_catalog_missing_error(tmp_path, name):
 
 
 def test_mnist_through_tfds_path(tmp_path):
-  with tfds.testing.mock_data(num_examples=7,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
+  with tfds.testing.mock_data(num_examples=7, policy=tfds.testing.MockPolicy.USE_CODE):
     spec, source = pipeline.load(_config("mnist", tmp_path), "train")
     head = source.head(100)
-  assert (spec.vocab_size, spec.length, spec.image_shape) == (
-      256, 784, (28, 28, 1))
+  assert (spec.vocab_size, spec.length, spec.image_shape) == (256, 784, (28, 28, 1))
   assert spec == pipeline.data_spec(_config("mnist", tmp_path))
   # Random access, not a split in memory: no `tokens` array to reach for.
   assert isinstance(source, pipeline.RecordSource) and len(source) == 7
@@ -193,11 +188,16 @@ def test_mnist_through_tfds_path(tmp_path):
 
 
 def test_registry_is_the_one_list_of_data_sets(tmp_path):
-  assert pipeline.NAMES == registry.names() == (
-      "markov", "tiny", "digits", "pydoc_text", "mnist", "cifar10", "text8")
+  assert (
+    pipeline.NAMES
+    == registry.names()
+    == ("markov", "tiny", "digits", "pydoc_text", "mnist", "cifar10", "text8")
+  )
   assert (pipeline.GENERATED, pipeline.TFDS_CATALOG, pipeline.OWN_DOWNLOAD) == (
-      ("markov", "tiny", "digits", "pydoc_text"), ("mnist", "cifar10"),
-      ("text8",))
+    ("markov", "tiny", "digits", "pydoc_text"),
+    ("mnist", "cifar10"),
+    ("text8",),
+  )
   for name in registry.names():
     entry = registry.get(name)
     cfg = _config(name, tmp_path)
@@ -208,26 +208,33 @@ def test_registry_is_the_one_list_of_data_sets(tmp_path):
       assert np.prod(spec.image_shape) == spec.length
     assert (entry.scorer is not None) == (name in registry.PRIMARY_METRICS)
   assert dict(registry.PRIMARY_METRICS) == {
-      "markov": "nll_per_token", "tiny": "tv", "digits": "fd",
-      "pydoc_text": "gen_ppl"}
+    "markov": "nll_per_token",
+    "tiny": "tv",
+    "digits": "fd",
+    "pydoc_text": "gen_ppl",
+  }
   # A spec costs no data: nothing was built under data_dir.
   assert not list(tmp_path.iterdir())
 
 
 def _toy_entry(**overrides):
   """A data set of five fixed sequences, opened from memory."""
-  tokens = np.array([[0, 1, 2, 3], [1, 1, 1, 1], [3, 2, 1, 0], [2, 2, 0, 0],
-                     [0, 3, 0, 3]], np.uint8)
+  tokens = np.array(
+    [[0, 1, 2, 3], [1, 1, 1, 1], [3, 2, 1, 0], [2, 2, 0, 0], [0, 3, 0, 3]], np.uint8
+  )
 
   def open_toy(spec, data_dir, split, fields):
     del data_dir, fields
     rows = tokens if split == "train" else tokens[:2]
-    return pipeline.ArraySource(rows[:, :spec.length], np.zeros(len(rows),
-                                                                np.int32))
-  kw = dict(name="toy", origin="generated", defaults=dict(length=4),
-            spec=lambda name, f: pipeline.DataSpec(name, 4, f["length"], 0,
-                                                   None, "tokens"),
-            open=open_toy)
+    return pipeline.ArraySource(rows[:, : spec.length], np.zeros(len(rows), np.int32))
+
+  kw = dict(
+    name="toy",
+    origin="generated",
+    defaults=dict(length=4),
+    spec=lambda name, f: pipeline.DataSpec(name, 4, f["length"], 0, None, "tokens"),
+    open=open_toy,
+  )
   kw.update(overrides)
   return registry.DataSet(**kw)
 
@@ -264,8 +271,7 @@ def test_registry_rejects_bad_entries(toy):
     _toy_entry(name="t2", scorer="mixture_dd.evaluate:markov_scorer")
   with pytest.raises(ValueError, match="leave them out of defaults"):
     _toy_entry(name="t2", defaults=dict(length=4, data_dir=None))
-  bad = _toy_entry(name="t2", scorer="mixture_dd.data.markov:no_such_scorer",
-                   primary_metric="x")
+  bad = _toy_entry(name="t2", scorer="mixture_dd.data.markov:no_such_scorer", primary_metric="x")
   with pytest.raises(ValueError, match="does not resolve"):
     bad.scorer_factory()
   with pytest.raises(TypeError):  # Entries are frozen, defaults read-only.
@@ -307,8 +313,7 @@ def test_batcher_shapes_and_determinism():
   np.testing.assert_array_equal(c.batch(50)["tokens"], a.batch(50)["tokens"])
   assert not np.array_equal(a.batch(0)["tokens"], a.batch(1)["tokens"])
   other_seed = pipeline.Batcher(tokens, labels, 16, seed=4)
-  assert not np.array_equal(a.batch(0)["tokens"],
-                            other_seed.batch(0)["tokens"])
+  assert not np.array_equal(a.batch(0)["tokens"], other_seed.batch(0)["tokens"])
 
 
 def test_batcher_epochs_cover_without_repeats_and_reshuffle():
@@ -316,10 +321,8 @@ def test_batcher_epochs_cover_without_repeats_and_reshuffle():
   batcher = pipeline.Batcher(tokens, labels, 16, seed=0)
   spe = batcher.steps_per_epoch
   assert spe == 103 // 16
-  epoch0 = np.concatenate([batcher.batch(s)["tokens"][:, 0]
-                           for s in range(spe)])
-  epoch1 = np.concatenate([batcher.batch(s)["tokens"][:, 0]
-                           for s in range(spe, 2 * spe)])
+  epoch0 = np.concatenate([batcher.batch(s)["tokens"][:, 0] for s in range(spe)])
+  epoch1 = np.concatenate([batcher.batch(s)["tokens"][:, 0] for s in range(spe, 2 * spe)])
   assert len(set(epoch0)) == spe * 16  # No repeats within an epoch.
   assert not np.array_equal(epoch0, epoch1)
 
@@ -329,13 +332,16 @@ def test_batcher_processes_partition_global_batch(process_count):
   tokens, labels = _data()
   single = pipeline.Batcher(tokens, labels, 16, seed=5)
   for step in (0, 9):
-    parts = [pipeline.Batcher(tokens, labels, 16, seed=5, process_index=p,
-                              process_count=process_count).batch(step)
-             for p in range(process_count)]
+    parts = [
+      pipeline.Batcher(
+        tokens, labels, 16, seed=5, process_index=p, process_count=process_count
+      ).batch(step)
+      for p in range(process_count)
+    ]
     assert all(p["tokens"].shape == (16 // process_count, 5) for p in parts)
     np.testing.assert_array_equal(
-        np.concatenate([p["tokens"] for p in parts]),
-        single.batch(step)["tokens"])
+      np.concatenate([p["tokens"] for p in parts]), single.batch(step)["tokens"]
+    )
 
 
 def test_batcher_validation():

@@ -1,25 +1,40 @@
 """The README's main job, end to end at CI scale, as a real subprocess, and
 what a preemption (SIGTERM) in the middle of it does."""
+
 import json
 import os
 import subprocess
 import sys
 
 import pytest
-from tests.conftest import run_and_sigterm
 
 from mixture_dd import trainer
+from tests.conftest import run_and_sigterm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-REPORT_FILES = ("results.json", "results.md", "quality_vs_steps.png", "panels_N1.png",
-                "panels_N2.png")
+REPORT_FILES = (
+  "results.json",
+  "results.md",
+  "quality_vs_steps.png",
+  "panels_N1.png",
+  "panels_N2.png",
+)
 # Wall-clock fields differ between runs; every other number must not.
 TIMING = ("sample_time_s", "compile_s")
 
 
 def _demo_cmd(workdir, out, data_dir):
-  return [sys.executable, "-m", "launch.demo", "--scale=ci", f"--workdir={workdir}",
-          f"--out_dir={out}", "--steps=1,2", "--student_steps=1,2", f"--data_dir={data_dir}"]
+  return [
+    sys.executable,
+    "-m",
+    "launch.demo",
+    "--scale=ci",
+    f"--workdir={workdir}",
+    f"--out_dir={out}",
+    "--steps=1,2",
+    "--student_steps=1,2",
+    f"--data_dir={data_dir}",
+  ]
 
 
 def _env():
@@ -36,8 +51,14 @@ def straight(tmp_path_factory):
   """An uninterrupted CI-scale demo: (report dir, TFDS dir)."""
   tmp = tmp_path_factory.mktemp("demo")
   out, data_dir = tmp / "report", tmp / "tfds"
-  proc = subprocess.run(_demo_cmd(tmp / "w", out, data_dir), cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    _demo_cmd(tmp / "w", out, data_dir),
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return out, data_dir
 
@@ -67,8 +88,14 @@ def test_sigterm_in_the_teacher_stage_stops_the_demo_and_a_rerun_matches(straigh
   assert saved and 10 <= max(saved) < 60, saved
 
   # The same command resumes the teacher and finishes; same numbers as straight.
-  proc = subprocess.run(_demo_cmd(workdir, out2, data_dir), cwd=REPO, env=_env(),
-                        capture_output=True, text=True, timeout=600)
+  proc = subprocess.run(
+    _demo_cmd(workdir, out2, data_dir),
+    cwd=REPO,
+    env=_env(),
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert f"resumed from step {max(saved)}" in proc.stderr
   assert _numbers(out2) == _numbers(out)

@@ -54,16 +54,19 @@ def test_loss_terms_against_slow_reference():
   alpha = jnp.array([0.1, 0.5, 1.0])
   got_c = np.asarray(losses.consistency_term(lp, q, x0_i))
   got_d = np.asarray(losses.distillation_term(teacher, lp))
-  got_data = np.asarray(losses.data_correlation_term(lp, x0, alpha)
-                        + losses.marginal_term(lp, teacher))
+  got_data = np.asarray(
+    losses.data_correlation_term(lp, x0, alpha) + losses.marginal_term(lp, teacher)
+  )
   teacher_per_latent = _rand_lp(k[2], b, l, d, s)
   got_d_per_latent = np.asarray(losses.distillation_term(teacher_per_latent, lp))
   lp64, q64, t64 = (np.asarray(a, np.float64) for a in (lp, q, teacher))
   for bi in range(b):
     lpbar = np.log(np.mean(np.exp(lp64[bi]), 0))  # [D, S]
+
     def c_of(x):
       comps = [np.sum([lp64[bi, j, dd, x[dd]] for dd in range(d)]) for j in range(l)]
       return np.log(np.mean(np.exp(comps))) - np.sum([lpbar[dd, x[dd]] for dd in range(d)])
+
     pbar_u = np.log(np.mean(np.exp(q64[bi]), 0))
     ref_c = -np.mean([c_of(np.asarray(x0_i[bi, i])) for i in range(l)]) + _kl(pbar_u, lpbar)
     ref_d = np.mean([_kl(t64[bi], lp64[bi, j]) for j in range(l)])
@@ -71,8 +74,9 @@ def test_loss_terms_against_slow_reference():
     np.testing.assert_allclose(got_c[bi], ref_c, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got_d[bi], ref_d, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(got_data[bi], ref_data, rtol=1e-4, atol=1e-5)
-    ref_dl = np.mean([_kl(np.asarray(teacher_per_latent[bi, j], np.float64), lp64[bi, j])
-                      for j in range(l)])
+    ref_dl = np.mean(
+      [_kl(np.asarray(teacher_per_latent[bi, j], np.float64), lp64[bi, j]) for j in range(l)]
+    )
     np.testing.assert_allclose(got_d_per_latent[bi], ref_dl, rtol=1e-4, atol=1e-5)
 
 
@@ -87,14 +91,31 @@ def _tiny_setup(num_latents=4, mode="same"):
   proc = processes.Masked(3, "linear")
   probs = exact.make_family("dirichlet", 3, 3, seed=0)
   teacher = distill.ideal_teacher(proc, probs, 3)
-  model = networks.Transformer(num_states=4, vocab_size=3, length=3, width=16, depth=1, heads=2,
-                            latent=True, mask_id=3, positions="learned")
-  params = model.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32), jnp.zeros(1),
-                      lam=jnp.zeros(1))["params"]
+  model = networks.Transformer(
+    num_states=4,
+    vocab_size=3,
+    length=3,
+    width=16,
+    depth=1,
+    heads=2,
+    latent=True,
+    mask_id=3,
+    positions="learned",
+  )
+  params = model.init(
+    jax.random.key(0), jnp.zeros((1, 3), jnp.int32), jnp.zeros(1), lam=jnp.zeros(1)
+  )["params"]
   # Non-zero latent path, so components differ and C is non-trivial.
   params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(1), a.shape), params)
-  d = configuration.distill_preset("sdtt", num_latents=num_latents, distil_mode=mode, data_weight=1.0,
-                     t_sampling="uniform", distil_lo=0.01, distil_hi=0.02)
+  d = configuration.distill_preset(
+    "sdtt",
+    num_latents=num_latents,
+    distil_mode=mode,
+    data_weight=1.0,
+    t_sampling="uniform",
+    distil_lo=0.01,
+    distil_hi=0.02,
+  )
   return proc, probs, teacher, model, params, d
 
 
@@ -110,19 +131,23 @@ def test_no_gradient_reaches_teacher_or_the_targets(mode):
     # The probe only touches the eval-mode pass at u (the consistency
     # target): its gradient is zero iff that pass is stop-gradient.
     return student(p, x, t, key, lam, labels) * p["probe"]
+
   loss_fn = distill.di4c_loss(student, teacher, proc, d, target=target)
-  batch = {"tokens": jnp.asarray(exact.enumerate_states(3, 3)[:16], jnp.int32),
-           "labels": jnp.zeros(16, jnp.int32)}
+  batch = {
+    "tokens": jnp.asarray(exact.enumerate_states(3, 3)[:16], jnp.int32),
+    "labels": jnp.zeros(16, jnp.int32),
+  }
   full = {"net": params, "probe": jnp.ones(())}
-  g_params, g_frozen = jax.grad(lambda p, f: loss_fn(p, batch, jax.random.key(0), f)[0],
-                                argnums=(0, 1))(full, teacher.frozen)
+  g_params, g_frozen = jax.grad(
+    lambda p, f: loss_fn(p, batch, jax.random.key(0), f)[0], argnums=(0, 1)
+  )(full, teacher.frozen)
   assert float(g_params["probe"]) == 0.0
   assert float(jnp.abs(g_frozen).max()) == 0.0
   assert float(optax_norm(g_params["net"])) > 0.0
 
 
 def optax_norm(tree):
-  return jnp.sqrt(sum(jnp.sum(x ** 2) for x in jax.tree.leaves(tree)))
+  return jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(tree)))
 
 
 def test_loss_is_finite_and_reports_every_term():
@@ -161,8 +186,9 @@ def test_presets_time_sampling_and_gates(name):
   else:
     assert len(np.unique(t)) == 1  # one t per batch
     np.testing.assert_allclose(delta, np.minimum(1 / 1024, t / 2), rtol=1e-4)
-  np.testing.assert_allclose(np.asarray(tm["w_distil"]) + np.asarray(tm["w_consis"]),
-                             2.0 if name == "tauldr" else 1.0)
+  np.testing.assert_allclose(
+    np.asarray(tm["w_distil"]) + np.asarray(tm["w_consis"]), 2.0 if name == "tauldr" else 1.0
+  )
   np.testing.assert_allclose(tm["alpha"], d.alpha_scale / (1 + np.exp(-20 * (t - 0.5))), rtol=1e-5)
 
 
@@ -179,14 +205,18 @@ def test_preset_errors():
   with pytest.raises(ValueError, match="num_latent"):
     configuration.distill_preset("sdtt", num_latent=3)
   with pytest.raises(ValueError, match="latent_chunks"):
-    configuration.validate_distill(configuration.distill_preset("sdtt", num_latents=16, latent_chunks=3))
+    configuration.validate_distill(
+      configuration.distill_preset("sdtt", num_latents=16, latent_chunks=3)
+    )
 
 
 def test_mixture_teacher_averages_component_probabilities():
-  model = networks.Transformer(num_states=4, vocab_size=3, length=3, width=16, depth=1, heads=2,
-                            latent=True, mask_id=3)
-  params = model.init(jax.random.key(0), jnp.zeros((1, 3), jnp.int32), jnp.zeros(1),
-                      lam=jnp.zeros(1))["params"]
+  model = networks.Transformer(
+    num_states=4, vocab_size=3, length=3, width=16, depth=1, heads=2, latent=True, mask_id=3
+  )
+  params = model.init(
+    jax.random.key(0), jnp.zeros((1, 3), jnp.int32), jnp.zeros(1), lam=jnp.zeros(1)
+  )["params"]
   params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(1), a.shape), params)
   teacher = distill.network_teacher(model, params, num_latents=8)
   x = jnp.full((2, 3), 3, jnp.int32)
@@ -196,22 +226,33 @@ def test_mixture_teacher_averages_component_probabilities():
   offs = jax.random.uniform(key, (2, 1))
   lam = np.mod(np.asarray(offs) + np.arange(8) / 8, 1.0)
   for b in range(2):
-    probs = [np.asarray(jax.nn.softmax(model.apply({"params": params}, x[b:b + 1], t[b:b + 1],
-                                                   lam=jnp.array([lam[b, j]]))))[0] for j in range(8)]
+    probs = [
+      np.asarray(
+        jax.nn.softmax(
+          model.apply({"params": params}, x[b : b + 1], t[b : b + 1], lam=jnp.array([lam[b, j]]))
+        )
+      )[0]
+      for j in range(8)
+    ]
     np.testing.assert_allclose(np.exp(np.asarray(got[b])), np.mean(probs, 0), atol=1e-5)
 
 
 @pytest.mark.parametrize("mode", ["same", "separate"])
 def test_latent_micro_batching_gives_the_same_loss_and_gradients(mode):
   proc, probs, teacher, model, params, d = _tiny_setup(num_latents=8, mode=mode)
-  batch = {"tokens": jnp.asarray(exact.enumerate_states(3, 3)[:12], jnp.int32),
-           "labels": jnp.zeros(12, jnp.int32)}
+  batch = {
+    "tokens": jnp.asarray(exact.enumerate_states(3, 3)[:12], jnp.int32),
+    "labels": jnp.zeros(12, jnp.int32),
+  }
   out = []
   for chunks in (1, 4):
     d.latent_chunks = chunks
     loss_fn = distill.di4c_loss(denoisers.from_network(model, train=True), teacher, proc, d)
-    (loss, m), g = jax.jit(jax.value_and_grad(
-        lambda p: loss_fn(p, batch, jax.random.key(7), teacher.frozen), has_aux=True))(params)
+    (loss, m), g = jax.jit(
+      jax.value_and_grad(
+        lambda p: loss_fn(p, batch, jax.random.key(7), teacher.frozen), has_aux=True
+      )
+    )(params)
     out.append((float(loss), g))
   np.testing.assert_allclose(out[0][0], out[1][0], rtol=1e-5)
   for a, b in zip(jax.tree.leaves(out[0][1]), jax.tree.leaves(out[1][1])):
@@ -226,18 +267,28 @@ def test_teacher_marginal_term_is_on_at_every_t_in_every_preset(name, monkeypatc
   d = configuration.distill_preset(name, num_latents=4)
   assert d.data_weight == 0.0 and d.marginal_weight == 1.0
   loss_fn = distill.di4c_loss(denoisers.from_network(model, train=True), teacher, proc, d)
-  batch = {"tokens": jnp.asarray(exact.enumerate_states(3, 3)[:16], jnp.int32),
-           "labels": jnp.zeros(16, jnp.int32)}
+  batch = {
+    "tokens": jnp.asarray(exact.enumerate_states(3, 3)[:16], jnp.int32),
+    "labels": jnp.zeros(16, jnp.int32),
+  }
   orig = distill.sample_times
   for t in (0.15, 0.5, 0.9):  # masked tokens exist (at t -> 0 the KL is 0 by carry-over)
+
     def times(key, b, d_, t=t):
       tm = orig(key, b, d_)
       # Every term switched off but the marginal anchor, at this t.
-      return dict(tm, t=jnp.full((b,), t), u=jnp.full((b,), 0.9 * t),
-                  w_distil=jnp.zeros((b,)), w_consis=jnp.zeros((b,)))
+      return dict(
+        tm,
+        t=jnp.full((b,), t),
+        u=jnp.full((b,), 0.9 * t),
+        w_distil=jnp.zeros((b,)),
+        w_consis=jnp.zeros((b,)),
+      )
+
     monkeypatch.setattr(distill, "sample_times", times)
     (loss, m), g = jax.value_and_grad(
-        lambda p: loss_fn(p, batch, jax.random.key(0), teacher.frozen), has_aux=True)(params)
+      lambda p: loss_fn(p, batch, jax.random.key(0), teacher.frozen), has_aux=True
+    )(params)
     np.testing.assert_allclose(float(loss), float(m["marginal"]), rtol=1e-5)
     assert float(m["marginal"]) > 1e-4, (name, t)
     assert float(optax_norm(g)) > 0.0, (name, t)
@@ -259,12 +310,29 @@ def test_mixture_teacher_steps_each_copy_with_its_own_latent(monkeypatch):
     return jnp.log(jnp.full(x.shape + (s,), 0.5))
 
   teacher = distill.Teacher(marginals, jnp.zeros(()), "two-point mixture", component)
-  dconf = configuration.distill_preset("sdtt", num_latents=64, t_sampling="uniform", delta="const",
-                         delta_lo=0.5, delta_hi=0.5, distil_threshold=0.0)
-  model = networks.Transformer(num_states=3, vocab_size=2, length=d, width=8, depth=1, heads=2,
-                            latent=True, mask_id=2, positions="learned")
-  params = model.init(jax.random.key(0), jnp.zeros((1, d), jnp.int32), jnp.zeros(1),
-                      lam=jnp.zeros(1))["params"]
+  dconf = configuration.distill_preset(
+    "sdtt",
+    num_latents=64,
+    t_sampling="uniform",
+    delta="const",
+    delta_lo=0.5,
+    delta_hi=0.5,
+    distil_threshold=0.0,
+  )
+  model = networks.Transformer(
+    num_states=3,
+    vocab_size=2,
+    length=d,
+    width=8,
+    depth=1,
+    heads=2,
+    latent=True,
+    mask_id=2,
+    positions="learned",
+  )
+  params = model.init(
+    jax.random.key(0), jnp.zeros((1, d), jnp.int32), jnp.zeros(1), lam=jnp.zeros(1)
+  )["params"]
   seen = []
 
   student = denoisers.from_network(model)
@@ -272,10 +340,14 @@ def test_mixture_teacher_steps_each_copy_with_its_own_latent(monkeypatch):
   def target(p, x, t, key, lam=None, labels=None):
     seen.append(x)  # the pass at u sees the teacher's x_u
     return student(p, x, t, key, lam=lam)
+
   orig = distill.sample_times
   # From t = 1 (every token masked) to u = 0.5.
-  monkeypatch.setattr(distill, "sample_times", lambda key, b, d_: dict(
-      orig(key, b, d_), t=jnp.ones((b,)), u=jnp.full((b,), 0.5)))
+  monkeypatch.setattr(
+    distill,
+    "sample_times",
+    lambda key, b, d_: dict(orig(key, b, d_), t=jnp.ones((b,)), u=jnp.full((b,), 0.5)),
+  )
   loss_fn = distill.di4c_loss(student, teacher, proc, dconf, target=target)
   batch = {"tokens": jnp.zeros((32, d), jnp.int32), "labels": jnp.zeros(32, jnp.int32)}
   loss_fn(params, batch, jax.random.key(1), teacher.frozen)

@@ -1,4 +1,5 @@
 """Evaluation: exact laws of hybrids, the tiny and markov reports end to end."""
+
 import json
 import os
 import types
@@ -11,14 +12,26 @@ import pytest
 
 from configs import markov as markov_cfg
 from configs import tiny as tiny_cfg
-from mixture_dd import configuration, denoisers, distill, evaluate, exact, networks, processes, runs, train, trainer
+from mixture_dd import (
+  configuration,
+  denoisers,
+  distill,
+  evaluate,
+  exact,
+  networks,
+  processes,
+  runs,
+  train,
+  trainer,
+)
 from mixture_dd.data import markov, pipeline, registry
 from tests.conftest import assert_chi2
 
 
 def _ideal_fn(proc, probs, length):
-  return denoisers.exact_view(denoisers.ideal(proc, length), jnp.asarray(probs, jnp.float32),
-                              proc.num_states ** length)
+  return denoisers.exact_view(
+    denoisers.ideal(proc, length), jnp.asarray(probs, jnp.float32), proc.num_states**length
+  )
 
 
 def test_one_step_ideal_sampler_is_the_product_of_marginals():
@@ -57,8 +70,9 @@ def test_hybrid_exact_law_switches_denoiser_at_the_right_step():
 
 def _student_like(teacher_run, scale=0.3):
   """A mixture student made from the teacher without training (fast)."""
-  model = configuration.make_model(teacher_run.config, teacher_run.spec, teacher_run.process,
-                                   latent=True)
+  model = configuration.make_model(
+    teacher_run.config, teacher_run.spec, teacher_run.process, latent=True
+  )
   params = networks.student_params_from_teacher(teacher_run.params, trainer.init_params(model, 0))
   params = distill.start_student(params, jax.random.key(1), "normal", scale)
   config = ml_collections.ConfigDict(teacher_run.config.to_dict())
@@ -81,8 +95,17 @@ def tiny_teacher(tmp_path_factory):
 def test_tiny_evaluation_end_to_end(tiny_teacher, tmp_path):
   student = _student_like(tiny_teacher)
   out = str(tmp_path / "eval")
-  res = evaluate.evaluate(tiny_teacher, student, [1, 2], num_samples=3000, seed=0, out_dir=out,
-                          hybrid_teacher_steps=1, batch_size=1000, latency_reps=3)
+  res = evaluate.evaluate(
+    tiny_teacher,
+    student,
+    [1, 2],
+    num_samples=3000,
+    seed=0,
+    out_dir=out,
+    hybrid_teacher_steps=1,
+    batch_size=1000,
+    latency_reps=3,
+  )
   for name in ("results.json", "results.md", "quality_vs_steps.png"):
     assert os.path.getsize(os.path.join(out, name)) > 0, name
   with open(os.path.join(out, "results.json")) as f:
@@ -103,40 +126,65 @@ def test_tiny_evaluation_end_to_end(tiny_teacher, tmp_path):
     if sampler == "teacher":
       law = evaluate.exact_law(tiny_teacher.process, d, 2, (fn, False))
     else:
-      law = evaluate.exact_law(tiny_teacher.process, d, 2,
-                               (evaluate.exact_view(student), True), (fn, False), 1)
-    counts = np.bincount(exact.state_index(tokens, s), minlength=s ** d)
+      law = evaluate.exact_law(
+        tiny_teacher.process, d, 2, (evaluate.exact_view(student), True), (fn, False), 1
+      )
+    counts = np.bincount(exact.state_index(tokens, s), minlength=s**d)
     assert_chi2(counts, law)
 
 
 def test_markov_data_nll_is_the_entropy_rate(tmp_path):
   c = markov_cfg.get_config()
-  c.data.update(vocab_size=4, length=8, num_train=200, num_test=2000, data_dir=str(tmp_path / "tfds"))
+  c.data.update(
+    vocab_size=4, length=8, num_train=200, num_test=2000, data_dir=str(tmp_path / "tfds")
+  )
   c.model.update(width=32, depth=1, heads=2)
   spec, _ = pipeline.load(c.data, "train")
   process = configuration.make_process(c, spec)
   model = configuration.make_model(c, spec, process)
   teacher = runs.Run(c, spec, process, model, trainer.init_params(model, 0), False)
-  res = evaluate.evaluate(teacher, None, [2], num_samples=200, seed=0,
-                          out_dir=str(tmp_path / "eval"), batch_size=200, latency_reps=2)
+  res = evaluate.evaluate(
+    teacher,
+    None,
+    [2],
+    num_samples=200,
+    seed=0,
+    out_dir=str(tmp_path / "eval"),
+    batch_size=200,
+    latency_reps=2,
+  )
   ref = res["data_reference"]
   init, trans = markov.make_chain(4, c.data.seed)
   rate = markov.entropy_rate(init, trans, 8)
   assert res["extras"]["entropy_rate"] == pytest.approx(rate)
   # The test split's mean NLL is an unbiased estimate of the entropy rate.
   assert abs(ref["nll_per_token"] - rate) < 4 * ref["nll_per_token_se"], (ref, rate)
-  row, = res["rows"]
+  (row,) = res["rows"]
   assert np.isfinite(row["nll_per_token"]) and 0 < row["entropy_per_token"] <= np.log(4) + 1e-9
   assert os.path.exists(tmp_path / "eval" / "quality_vs_steps.png")
 
 
 def test_write_report_table_and_plot(tmp_path):
-  res = {"data": "markov", "num_samples": 10, "seed": 0, "primary_metric": "nll_per_token",
-         "hybrid_teacher_steps": 0, "extras": {"entropy_rate": 1.0},
-         "latency": {"batch_size": 4, "reps": 2, "teacher_s": 0.01},
-         "data_reference": {"nll_per_token": 1.0, "entropy_per_token": 1.2},
-         "rows": [{"sampler": "teacher", "steps": n, "nll_per_token": 1.0 + 1 / n,
-                   "entropy_per_token": 1.1, "sample_time_s": 0.1 * n} for n in (1, 2, 4)]}
+  res = {
+    "data": "markov",
+    "num_samples": 10,
+    "seed": 0,
+    "primary_metric": "nll_per_token",
+    "hybrid_teacher_steps": 0,
+    "extras": {"entropy_rate": 1.0},
+    "latency": {"batch_size": 4, "reps": 2, "teacher_s": 0.01},
+    "data_reference": {"nll_per_token": 1.0, "entropy_per_token": 1.2},
+    "rows": [
+      {
+        "sampler": "teacher",
+        "steps": n,
+        "nll_per_token": 1.0 + 1 / n,
+        "entropy_per_token": 1.1,
+        "sample_time_s": 0.1 * n,
+      }
+      for n in (1, 2, 4)
+    ],
+  }
   evaluate.write_report(res, str(tmp_path))
   md = (tmp_path / "results.md").read_text().splitlines()
   assert md[2].startswith("| sampler | N | nll_per_token | entropy_per_token | sample_time_s")
@@ -146,6 +194,7 @@ def test_write_report_table_and_plot(tmp_path):
 
 def test_text_metrics_smoke():
   from mixture_dd import reference_models
+
   lm = reference_models.CharLM(4, 16, width=16, num_layers=1, num_heads=2)
   params = lm.init(jax.random.key(0), np.zeros((1, 16), np.int32))  # untrained: ppl near 4
   tokens = np.random.default_rng(0).integers(0, 4, (50, 16))
@@ -173,9 +222,18 @@ def test_make_scorer_is_the_registry_entrys_scorer(tmp_path):
   def toy_scorer(teacher, student, specs, reference_dir, num_latent_nodes):
     calls.append((teacher.spec.name, student, specs, reference_dir, num_latent_nodes))
     return (lambda s, n, x: {"mean": float(x.mean())}), {"mean": 1.5}, {}
-  registry.register(registry.DataSet(
-      "toy_scored", "generated", dict(vocab_size=4, length=3), spec=registry.tokens_spec,
-      open=lambda *a: None, scorer=toy_scorer, primary_metric="mean"))
+
+  registry.register(
+    registry.DataSet(
+      "toy_scored",
+      "generated",
+      dict(vocab_size=4, length=3),
+      spec=registry.tokens_spec,
+      open=lambda *a: None,
+      scorer=toy_scorer,
+      primary_metric="mean",
+    )
+  )
   try:
     cfg = pipeline.default_data_config("toy_scored")
     score, ref, _ = evaluate.make_scorer(_fake_run(cfg), None, {"teacher": 0}, "/r", 8)
@@ -196,8 +254,10 @@ def test_markov_scorer_scores_against_the_true_chain(tmp_path):
   init, trans = markov.make_chain(4, cfg.seed)
   _, test = pipeline.load(cfg, "test")
   assert ref == evaluate.markov_metrics(test.tokens.astype(np.int64), init, trans)
-  assert extras == {"entropy_rate": pytest.approx(markov.entropy_rate(init, trans, 6)),
-                    "num_test": 300}
+  assert extras == {
+    "entropy_rate": pytest.approx(markov.entropy_rate(init, trans, 6)),
+    "num_test": 300,
+  }
   x = np.random.default_rng(0).integers(0, 4, (20, 6))
   assert score("student", 2, x) == evaluate.markov_metrics(x, init, trans)
   # Uniform noise is far less likely under the chain than its own samples.
@@ -207,9 +267,11 @@ def test_markov_scorer_scores_against_the_true_chain(tmp_path):
 def test_default_reference_dir_keeps_its_cache_names():
   digits = pipeline.DataSpec("digits", 17, 64, 10, (8, 8), "image")
   assert evaluate._default_reference_dir(digits, None).endswith(
-      os.path.join("reference", "digits_L17"))
+    os.path.join("reference", "digits_L17")
+  )
   text = pipeline.DataSpec("pydoc_text", 96, 64, 0, None, "text")
   assert os.path.basename(evaluate._default_reference_dir(text, None)).startswith(
-      "pydoc_text_D64_src")
+    "pydoc_text_D64_src"
+  )
   other = pipeline.DataSpec("text8", 27, 256, 0, None, "text")
   assert os.path.basename(evaluate._default_reference_dir(other, None)) == "text8_D256_V27"

@@ -19,8 +19,9 @@ def _tv_curve(proc, probs, length, steps):
   fn = jax.jit(lambda x, t: exact.ideal_log_marginals(proc, probs, length, x, t))
   out = []
   for n in steps:
-    law, left = exact.sampler_distribution(proc, lambda x, t, lam: fn(x, t), length,
-                                           samplers.time_grid(n))
+    law, left = exact.sampler_distribution(
+      proc, lambda x, t, lam: fn(x, t), length, samplers.time_grid(n)
+    )
     assert left < 1e-9
     np.testing.assert_allclose(law.sum(), 1.0, atol=1e-9)
     out.append(exact.total_variation(probs, law))
@@ -46,11 +47,12 @@ def test_enumeration_and_families():
 
 
 class IdealMarginalsTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(
-      ("masked", processes.Masked(3, "cosine")), ("uniform", processes.Uniform(3, "linear")),
-      ("gaussian", processes.GaussianCTMC(3, rate_sigma=1.0, q_sigma=2.0)))
+    ("masked", processes.Masked(3, "cosine")),
+    ("uniform", processes.Uniform(3, "linear")),
+    ("gaussian", processes.GaussianCTMC(3, rate_sigma=1.0, q_sigma=2.0)),
+  )
   def test_ideal_marginals_are_brute_force_bayes(self, proc):
     s_vocab, length, t = 3, 3, 0.55
     ideal = self.variant(exact.ideal_log_marginals, static_argnums=(0, 2))
@@ -71,8 +73,9 @@ class IdealMarginalsTest(chex.TestCase):
     ts = np.array([0.2, 0.9], np.float32)
     per_example = ideal(proc, probs, length, xts[:2], ts)
     for b in range(2):
-      chex.assert_trees_all_close(per_example[b], ideal(proc, probs, length, xts[:2], ts[b])[b],
-                                  atol=1e-5)
+      chex.assert_trees_all_close(
+        per_example[b], ideal(proc, probs, length, xts[:2], ts[b])[b], atol=1e-5
+      )
 
   @chex.variants(with_jit=True, without_jit=True)
   def test_off_support_convention_for_copies(self):
@@ -125,6 +128,7 @@ def test_a_perfect_mixture_is_exact_in_one_step():
   def comp(x, t, lam):
     j = min(int(np.searchsorted(cdf, lam)), len(probs) - 1)
     return np.log(np.eye(3)[states[j]] + 1e-30)[None].repeat(len(x), 0)
+
   # lambda -> state is piecewise constant: integrate with many nodes. Each of
   # its 26 jumps moves at most one node's weight (<= pi / (2 * 400) = 0.004)
   # to a neighbouring state, half of it on average: TV ~ 26 * 0.002 = 0.05

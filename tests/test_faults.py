@@ -4,6 +4,7 @@ Every fault must end in one of: an exact resume, or an error that names the
 field / step / term at fault, raised before any XLA compilation where the
 input alone shows the problem.
 """
+
 import dataclasses
 import logging
 import os
@@ -101,8 +102,9 @@ def _flip_bytes(step_dir):
       fh.write(bytes(x ^ 0x5A for x in b))
 
 
-def test_damaged_latest_checkpoints_resume_from_the_last_good_one(trained, data_dir, tmp_path,
-                                                                  caplog):
+def test_damaged_latest_checkpoints_resume_from_the_last_good_one(
+  trained, data_dir, tmp_path, caplog
+):
   src, final = trained
   w = str(tmp_path / "w")
   shutil.copytree(src, w)
@@ -138,12 +140,14 @@ def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(trained, data_
     train.train_teacher(small_config(data_dir), w)
 
 
-@pytest.mark.parametrize("field,value,names", [
+@pytest.mark.parametrize(
+  "field,value,names",
+  [
     ("model.width", 64, "model.width: checkpoint has 32, config has 64"),
     ("data.vocab_size", 4, "process.vocab_size: checkpoint has 3, config has 4"),
-])
-def test_incompatible_checkpoint_names_the_fields(trained, data_dir, tmp_path, field, value,
-                                                  names):
+  ],
+)
+def test_incompatible_checkpoint_names_the_fields(trained, data_dir, tmp_path, field, value, names):
   src, _ = trained
   w = str(tmp_path / "w")
   shutil.copytree(src, w)
@@ -168,6 +172,7 @@ def test_poisoned_teacher_stops_naming_the_di4c_term(trained, data_dir, tmp_path
   def poisoned(model, params, num_latents=16, provenance=None):
     t = real(model, params, num_latents, provenance)
     return dataclasses.replace(t, frozen=jax.tree.map(lambda a: a * np.nan, t.frozen))
+
   monkeypatch.setattr(distill, "network_teacher", poisoned)
   c = small_distill_config(data_dir)
   c.teacher.kind, c.teacher.workdir = "network", trained[0]
@@ -200,17 +205,19 @@ def _fake_load(tokens, labels=None):
     spec, _ = real(data_config, split)
     toks = np.asarray(tokens)
     return spec, pipeline.ArraySource(
-        toks, np.zeros(len(toks), np.int32) if labels is None else labels)
+      toks, np.zeros(len(toks), np.int32) if labels is None else labels
+    )
+
   return load
 
 
 BAD_DATA = [
-    ("float tokens", lambda: np.full((500, 3), 0.5, np.float32), "must be integers"),
-    ("out of range", lambda: np.full((500, 3), 7, np.int32), r"out of range|outside the vocab"),
-    ("negative", lambda: np.full((500, 3), -1, np.int32), r"out of range|outside the vocab"),
-    ("empty", lambda: np.zeros((0, 3), np.int32), "empty"),
-    ("wrong rank", lambda: np.zeros((500,), np.int32), r"tokens|length|shape"),
-    ("too few for a batch", lambda: np.zeros((10, 3), np.int32), "batch"),
+  ("float tokens", lambda: np.full((500, 3), 0.5, np.float32), "must be integers"),
+  ("out of range", lambda: np.full((500, 3), 7, np.int32), r"out of range|outside the vocab"),
+  ("negative", lambda: np.full((500, 3), -1, np.int32), r"out of range|outside the vocab"),
+  ("empty", lambda: np.zeros((0, 3), np.int32), "empty"),
+  ("wrong rank", lambda: np.zeros((500,), np.int32), r"tokens|length|shape"),
+  ("too few for a batch", lambda: np.zeros((10, 3), np.int32), "batch"),
 ]
 
 
@@ -235,18 +242,20 @@ def _teacher_cfg(data_dir, path, value):
 
 
 BAD_TEACHER = [
-    ("train.num_steps", 0, "config.train.num_steps: must be a positive integer"),
-    ("train.batch_size", 12, r"batch_size=12 must be divisible by the number of devices \(8\)"),
-    ("train.batch_size", -8, "config.train.batch_size: must be a positive integer"),
-    ("optim.lr", -1e-3, "config.optim.lr: must be a positive number"),
-    ("optim.lr", float("nan"), "config.optim.lr"),
-    ("train.ckpt_every", 0, "config.train.ckpt_every"),
-    ("data.name", "imagenet9", r"data.name='imagenet9' is not a known data set; choose one of"),
-    ("process.name", "gaussain", r"config.process.name: 'gaussain' is unknown; choose one of"),
+  ("train.num_steps", 0, "config.train.num_steps: must be a positive integer"),
+  ("train.batch_size", 12, r"batch_size=12 must be divisible by the number of devices \(8\)"),
+  ("train.batch_size", -8, "config.train.batch_size: must be a positive integer"),
+  ("optim.lr", -1e-3, "config.optim.lr: must be a positive number"),
+  ("optim.lr", float("nan"), "config.optim.lr"),
+  ("train.ckpt_every", 0, "config.train.ckpt_every"),
+  ("data.name", "imagenet9", r"data.name='imagenet9' is not a known data set; choose one of"),
+  ("process.name", "gaussain", r"config.process.name: 'gaussain' is unknown; choose one of"),
 ]
 
 
-@pytest.mark.parametrize("path,value,match", BAD_TEACHER, ids=[f"{p}={v}" for p, v, _ in BAD_TEACHER])
+@pytest.mark.parametrize(
+  "path,value,match", BAD_TEACHER, ids=[f"{p}={v}" for p, v, _ in BAD_TEACHER]
+)
 def test_bad_teacher_config_names_the_field(data_dir, tmp_path, path, value, match):
   with pytest.raises(ValueError, match=match):
     train.train_teacher(_teacher_cfg(data_dir, path, value), str(tmp_path / "w"))
@@ -283,8 +292,14 @@ def test_bad_student_configs_name_the_field(data_dir, tmp_path):
 
 
 def test_loop_fields_are_validated_once_at_the_config(data_dir):
-  for field, value in [("num_steps", 0), ("log_every", -1), ("keep", 0), ("ckpt_every", 1.5),
-                       ("batch_size", True), ("sample_every", -1)]:
+  for field, value in [
+    ("num_steps", 0),
+    ("log_every", -1),
+    ("keep", 0),
+    ("ckpt_every", 1.5),
+    ("batch_size", True),
+    ("sample_every", -1),
+  ]:
     c = small_config(data_dir).to_dict()
     c["train"][field] = value  # a plain dict: ConfigDict would refuse a float for an int
     c = ml_collections.ConfigDict(c)
@@ -299,19 +314,29 @@ def test_loop_fields_are_validated_once_at_the_config(data_dir):
 
 def _launch(module, *args, env=None, timeout=120):
   e = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=e,
-                        capture_output=True, text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, "-m", module, *args],
+    cwd=REPO,
+    env=e,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
 
 
-@pytest.mark.parametrize("args,match", [
+@pytest.mark.parametrize(
+  "args,match",
+  [
     (["--num_processes=0"], "--num_processes=0: must be >= 1"),
     (["--num_processes=2", "--process_id=2"], r"--process_id=2: must be in \[0, 2\)"),
     (["--num_processes=2"], "needs --coordinator_address=host:port"),
     (["--num_processes=2", "--coordinator_address=nohostport"], "expected host:port"),
     (["stray_arg"], "unexpected arguments"),
-])
+  ],
+)
 def test_launcher_flags_are_validated(args, match):
   from launch import common
+
   flag_vals = {"--num_processes": 1, "--process_id": 0, "--coordinator_address": None}
   argv = ["prog"]
   for a in args:
@@ -323,12 +348,14 @@ def test_launcher_flags_are_validated(args, match):
   with pytest.raises(ValueError, match=match):
     if len(argv) > 1:
       common.setup(argv)
-    common.distributed_setup(flag_vals["--num_processes"], flag_vals["--process_id"],
-                             flag_vals["--coordinator_address"])
+    common.distributed_setup(
+      flag_vals["--num_processes"], flag_vals["--process_id"], flag_vals["--coordinator_address"]
+    )
 
 
 def test_launcher_workdir_is_validated(tmp_path):
   from launch import common
+
   f = tmp_path / "file"
   f.write_text("x")
   with pytest.raises(ValueError, match="exists and is not a directory"):
@@ -384,6 +411,7 @@ def test_a_failed_report_write_leaves_no_partial_file(tmp_path, monkeypatch):
 
   def crash(*args):
     raise KeyboardInterrupt("killed mid-write")
+
   monkeypatch.setattr(os, "replace", crash)
   with pytest.raises(KeyboardInterrupt):
     trainer.write_atomic(str(path), "new report " * 10000)

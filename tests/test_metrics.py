@@ -25,8 +25,7 @@ def _random_cov(rng, k, rank=None):
 def test_frechet_self_distance_is_zero():
   rng = np.random.default_rng(0)
   f = rng.normal(size=(200, 16)) @ rng.normal(size=(16, 16))
-  assert metrics.frechet_distance_from_features(f, f) == pytest.approx(
-      0.0, abs=1e-6)
+  assert metrics.frechet_distance_from_features(f, f) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_frechet_diagonal_closed_form():
@@ -46,8 +45,7 @@ def test_frechet_full_covariance_matches_scipy_sqrtm():
   mu1, mu2 = rng.normal(size=k), rng.normal(size=k)
   c1, c2 = _random_cov(rng, k), _random_cov(rng, k)
   covmean = scipy_linalg.sqrtm(c1 @ c2).real
-  expected = (((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2)
-              - 2 * np.trace(covmean))
+  expected = ((mu1 - mu2) ** 2).sum() + np.trace(c1) + np.trace(c2) - 2 * np.trace(covmean)
   got = metrics.frechet_distance(mu1, c1, mu2, c2)
   assert got == pytest.approx(expected, rel=1e-8)
 
@@ -70,7 +68,8 @@ def test_frechet_symmetric_and_singular():
   # Fewer samples than features also gives singular fits.
   f1, f2 = rng.normal(size=(5, k)), rng.normal(size=(4, k)) + 1.0
   assert metrics.frechet_distance_from_features(f1, f2) == pytest.approx(
-      metrics.frechet_distance_from_features(f2, f1), rel=1e-8)
+    metrics.frechet_distance_from_features(f2, f1), rel=1e-8
+  )
 
 
 def test_frechet_shape_errors():
@@ -85,7 +84,6 @@ def test_frechet_shape_errors():
 
 
 class EntropyTest(chex.TestCase):
-
   @chex.variants(with_device=True, without_device=True)
   def test_unigram_entropy_uniform_and_constant(self):
     v = 6
@@ -109,7 +107,8 @@ class EntropyTest(chex.TestCase):
     degenerate = np.repeat(np.arange(8)[:, None], 10, axis=1)
     assert sample_entropy_per_token(degenerate) == 0.0
     assert self.variant(metrics.unigram_entropy, static_argnums=1)(degenerate, 8) == (
-        pytest.approx(np.log(8)))
+      pytest.approx(np.log(8))
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -117,7 +116,6 @@ class EntropyTest(chex.TestCase):
 
 
 class SelfBleuArrayTest(chex.TestCase):
-
   @chex.variants(with_device=True, without_device=True)
   def test_self_bleu_identical_is_100_and_disjoint_is_0(self):
     self_bleu = self.variant(metrics.self_bleu)
@@ -139,18 +137,16 @@ def test_bleu_hand_computed_pair():
 def test_bleu_brevity_penalty_and_clipping():
   # Hypothesis "7 7 7" against reference "7 8 9 10 11": one clipped unigram
   # match, closest reference length 5 > 3 gives BP = exp(1 - 5/3).
-  expected = 100 * np.exp(1 - 5 / 3) * (
-      1 / 3 * (0 + 1) / (2 + 1) * (0 + 1) / (1 + 1) * 1.0) ** 0.25
-  assert metrics.sentence_bleu([7, 7, 7], [[7, 8, 9, 10, 11]]) == (
-      pytest.approx(expected))
+  expected = 100 * np.exp(1 - 5 / 3) * (1 / 3 * (0 + 1) / (2 + 1) * (0 + 1) / (1 + 1) * 1.0) ** 0.25
+  assert metrics.sentence_bleu([7, 7, 7], [[7, 8, 9, 10, 11]]) == (pytest.approx(expected))
 
 
 def test_self_bleu_matches_brute_force():
   rng = np.random.default_rng(4)
   samples = [list(rng.integers(0, 4, rng.integers(3, 12))) for _ in range(7)]
-  brute = np.mean([
-      metrics.sentence_bleu(s, samples[:i] + samples[i + 1:])
-      for i, s in enumerate(samples)])
+  brute = np.mean(
+    [metrics.sentence_bleu(s, samples[:i] + samples[i + 1 :]) for i, s in enumerate(samples)]
+  )
   assert metrics.self_bleu(samples) == pytest.approx(brute, rel=1e-12)
 
 
@@ -159,7 +155,6 @@ def test_self_bleu_matches_brute_force():
 
 
 class HistogramTest(chex.TestCase):
-
   @chex.variants(with_device=True, without_device=True)
   def test_histogram_and_kl_from_uniform(self):
     # Labels come from the device; the frequencies are float64 numpy.
@@ -169,7 +164,8 @@ class HistogramTest(chex.TestCase):
     np.testing.assert_allclose(freqs, [0.25, 0.5, 0.0, 0.25])
     assert metrics.kl_from_uniform(np.full(5, 0.2)) == pytest.approx(0.0)
     assert metrics.kl_from_uniform(freqs) == pytest.approx(
-        np.log(4) - (-(0.25 * np.log(0.25) * 2 + 0.5 * np.log(0.5))))
+      np.log(4) - (-(0.25 * np.log(0.25) * 2 + 0.5 * np.log(0.5)))
+    )
     with pytest.raises(ValueError, match="must lie in"):
       histogram(np.array([0, 4]), 4)
 
@@ -183,18 +179,24 @@ def test_digits_classifier_trains_and_roundtrips(tmp_path):
   digits = datasets.load_digits()
   images, labels = digits.data.astype(np.int64), digits.target
   params, meta = rm.train_digits_classifier(
-      images[:1500], labels[:1500], levels=17, seed=0, steps=150,
-      eval_images=images[1500:], eval_labels=labels[1500:])
+    images[:1500],
+    labels[:1500],
+    levels=17,
+    seed=0,
+    steps=150,
+    eval_images=images[1500:],
+    eval_labels=labels[1500:],
+  )
   assert meta["test_accuracy"] > 0.9
-  assert rm.classifier_accuracy(params, images[1500:], labels[1500:], 17) == (
-      meta["test_accuracy"])
+  assert rm.classifier_accuracy(params, images[1500:], labels[1500:], 17) == (meta["test_accuracy"])
 
   rm.save_classifier(tmp_path / "clf", params, meta)
   loaded, loaded_meta = rm.load_classifier(tmp_path / "clf")
   assert loaded_meta == meta
   chex.assert_trees_all_equal(loaded, params)
-  np.testing.assert_array_equal(rm.classifier_predict(loaded, images, 17),
-                                rm.classifier_predict(params, images, 17))
+  np.testing.assert_array_equal(
+    rm.classifier_predict(loaded, images, 17), rm.classifier_predict(params, images, 17)
+  )
   feats = rm.classifier_features(loaded, images, 17)
   chex.assert_shape(feats, (len(images), 64))
   chex.assert_trees_all_equal(feats, rm.classifier_features(params, images, 17))
@@ -211,8 +213,7 @@ def pattern_lm():
   rng = np.random.default_rng(0)
   offsets = rng.integers(0, vocab, 256)
   tokens = (np.arange(length)[None] + offsets[:, None]) % vocab
-  params = rm.train_char_lm(tokens, vocab, seed=0, steps=80, width=32,
-                            num_layers=1, num_heads=2)
+  params = rm.train_char_lm(tokens, vocab, seed=0, steps=80, width=32, num_layers=1, num_heads=2)
   return params, tokens, vocab
 
 
@@ -220,15 +221,15 @@ def test_char_lm_learns_pattern(pattern_lm, tmp_path):
   params, tokens, vocab = pattern_lm
   nll_per_token = -rm.log_likelihood(params, tokens).mean() / tokens.shape[1]
   assert nll_per_token < 0.3 * np.log(vocab)
-  assert rm.generative_perplexity(params, tokens) == pytest.approx(
-      np.exp(nll_per_token), rel=1e-6)
+  assert rm.generative_perplexity(params, tokens) == pytest.approx(np.exp(nll_per_token), rel=1e-6)
 
   rm.save_char_lm(tmp_path / "lm", params, {"vocab_size": vocab})
   loaded, meta = rm.load_char_lm(tmp_path / "lm")
   assert meta == {"vocab_size": vocab}
   chex.assert_trees_all_equal(loaded, params)
-  np.testing.assert_array_equal(rm.log_likelihood(loaded, tokens[:8]),
-                                rm.log_likelihood(params, tokens[:8]))
+  np.testing.assert_array_equal(
+    rm.log_likelihood(loaded, tokens[:8]), rm.log_likelihood(params, tokens[:8])
+  )
 
 
 def test_char_lm_log_likelihood_brute_force(pattern_lm):
@@ -240,15 +241,12 @@ def test_char_lm_log_likelihood_brute_force(pattern_lm):
   for t in range(x.shape[1]):
     # Inputs agree with x up to position t and are junk after it, so a
     # non-causal model would fail; one input shape keeps it to one compile.
-    inputs = np.concatenate(
-        [np.full((len(x), 1), vocab), x[:, :t], junk[:, t + 1:]], axis=1)
+    inputs = np.concatenate([np.full((len(x), 1), vocab), x[:, :t], junk[:, t + 1 :]], axis=1)
     logits = rm.char_lm_logits(params, inputs)[:, t].astype(np.float64)
     shift = logits.max(-1, keepdims=True)
-    logp = logits - shift - np.log(np.exp(logits - shift).sum(-1,
-                                                              keepdims=True))
+    logp = logits - shift - np.log(np.exp(logits - shift).sum(-1, keepdims=True))
     brute += logp[np.arange(len(x)), x[:, t]]
-  np.testing.assert_allclose(rm.log_likelihood(params, x), brute, rtol=1e-4,
-                             atol=1e-4)
+  np.testing.assert_allclose(rm.log_likelihood(params, x), brute, rtol=1e-4, atol=1e-4)
 
 
 def test_char_lm_rejects_bad_tokens(pattern_lm):

@@ -5,6 +5,7 @@ each process reads its own slice of every global batch and Orbax writes one
 checkpoint into the shared workdir. Teacher training and a Di4C
 distillation must end with the parameters of the single-process run.
 """
+
 import os
 import signal
 import socket
@@ -31,14 +32,19 @@ def _free_port() -> int:
 
 
 def _start(module, args, workdir, devices, num_processes=1, process_id=0, port=None):
-  env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+  env = dict(
+    os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"
+  )
   cmd = [sys.executable, "-m", module, *args, f"--workdir={workdir}"]
   if num_processes > 1:
-    cmd += [f"--num_processes={num_processes}", f"--process_id={process_id}",
-            f"--coordinator_address=localhost:{port}"]
-  return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.PIPE, text=True)
+    cmd += [
+      f"--num_processes={num_processes}",
+      f"--process_id={process_id}",
+      f"--coordinator_address=localhost:{port}",
+    ]
+  return subprocess.Popen(
+    cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+  )
 
 
 def _run_both(module, args, tmp_path, name):
@@ -72,8 +78,10 @@ def _assert_same_params(multi, single, model, sig):
 def test_batches_are_split_between_processes_exactly():
   tokens = np.arange(1000 * 3, dtype=np.int32).reshape(1000, 3)
   for count in (1, 2, 4):
-    batchers = [pipeline.Batcher(tokens, None, 64, seed=3, process_index=i, process_count=count)
-                for i in range(count)]
+    batchers = [
+      pipeline.Batcher(tokens, None, 64, seed=3, process_index=i, process_count=count)
+      for i in range(count)
+    ]
     for step in (0, 1, 15, 16, 40):  # 15 steps per epoch: crosses epochs
       parts = [b.batch(step)["tokens"][:, 0] // 3 for b in batchers]
       got = np.concatenate(parts)
@@ -88,21 +96,34 @@ def test_two_processes_match_one(tmp_path):
   c.data.data_dir, c.data.num_train, c.data.num_test = str(data_dir), 2000, 200
   c.model.update(width=32, depth=1, heads=2)
   spec, _ = pipeline.load(c.data, "train")  # built once, before the processes race for it
-  common = [f"--config.data.data_dir={data_dir}", *DATA, *MODEL,
-            "--config.train.batch_size=32", "--config.train.log_every=2",
-            "--config.train.sample_every=0"]
+  common = [
+    f"--config.data.data_dir={data_dir}",
+    *DATA,
+    *MODEL,
+    "--config.train.batch_size=32",
+    "--config.train.log_every=2",
+    "--config.train.sample_every=0",
+  ]
 
-  teacher = [f"--config={REPO}/configs/tiny.py", *common, "--config.train.num_steps=4",
-             "--config.train.ckpt_every=2"]
+  teacher = [
+    f"--config={REPO}/configs/tiny.py",
+    *common,
+    "--config.train.num_steps=4",
+    "--config.train.ckpt_every=2",
+  ]
   multi, single, outs = _run_both("launch.train", teacher, tmp_path, "teacher")
   assert "teacher step 4/4" in outs[0]
   assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["2", "4"]
   model = train.setup_teacher(c).model
   _assert_same_params(multi, single, model, configuration.model_signature(c, spec))
 
-  student = [f"--config={REPO}/configs/tiny_distill.py", *common,
-             "--config.distill.num_latents=4", "--config.train.num_steps=3",
-             "--config.train.ckpt_every=3"]
+  student = [
+    f"--config={REPO}/configs/tiny_distill.py",
+    *common,
+    "--config.distill.num_latents=4",
+    "--config.train.num_steps=3",
+    "--config.train.ckpt_every=3",
+  ]
   multi, single, outs = _run_both("launch.distill", student, tmp_path, "student")
   assert "distill step 3/3" in outs[0]
   run = runs.load_run(single)
@@ -120,20 +141,44 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_resume_is_ex
   c.data.data_dir, c.data.num_train, c.data.num_test = str(data_dir), 2000, 200
   c.model.update(width=32, depth=1, heads=2)
   spec, _ = pipeline.load(c.data, "train")
-  args = [f"--config={REPO}/configs/tiny.py", f"--config.data.data_dir={data_dir}", *DATA, *MODEL,
-          "--config.train.batch_size=32", "--config.train.log_every=1",
-          "--config.train.ckpt_every=1000", "--config.train.sample_every=0"]
+  args = [
+    f"--config={REPO}/configs/tiny.py",
+    f"--config.data.data_dir={data_dir}",
+    *DATA,
+    *MODEL,
+    "--config.train.batch_size=32",
+    "--config.train.log_every=1",
+    "--config.train.ckpt_every=1000",
+    "--config.train.sample_every=0",
+  ]
 
   def both(workdir, num_steps, watch=None):
     port = _free_port()
     logs = [open(tmp_path / f"{workdir.name}_{i}_{time.time()}.log", "w+") for i in range(2)]
-    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
-    procs = [subprocess.Popen(
-        [sys.executable, "-m", "launch.train", *args, f"--config.train.num_steps={num_steps}",
-         f"--workdir={workdir}", "--num_processes=2", f"--process_id={i}",
-         f"--coordinator_address=localhost:{port}"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=logs[i], text=True)
-        for i in range(2)]
+    env = dict(
+      os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1"
+    )
+    procs = [
+      subprocess.Popen(
+        [
+          sys.executable,
+          "-m",
+          "launch.train",
+          *args,
+          f"--config.train.num_steps={num_steps}",
+          f"--workdir={workdir}",
+          "--num_processes=2",
+          f"--process_id={i}",
+          f"--coordinator_address=localhost:{port}",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=logs[i],
+        text=True,
+      )
+      for i in range(2)
+    ]
     try:
       if watch:
         deadline = time.time() + 300

@@ -2,22 +2,22 @@
 
 import math
 
-from absl.testing import parameterized
 import chex
-from flax import traverse_util
 import jax
-from jax.extend import core as jex_core
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from absl.testing import parameterized
+from flax import traverse_util
+from jax.extend import core as jex_core
 
 from mixture_dd import networks
 
 VOCAB = 8
 LENGTH = 12
 # Unit roundoff of bfloat16: 8 significand bits (7 stored), round to nearest.
-BF16_U = 2.0 ** -8
+BF16_U = 2.0**-8
 
 
 def _quick_distill_losses(dtype: str, num_steps: int):
@@ -30,6 +30,7 @@ def _quick_distill_losses(dtype: str, num_steps: int):
   """
   from configs import tiny_distill  # pylint: disable=g-import-not-at-top
   from mixture_dd import distill  # pylint: disable=g-import-not-at-top
+
   config = tiny_distill.get_config()
   config.model.update(dtype=dtype, width=32, depth=1)
   result = distill.quick_distill(config, num_steps=num_steps, chunk=num_steps)
@@ -37,8 +38,7 @@ def _quick_distill_losses(dtype: str, num_steps: int):
 
 
 def _model(**kw):
-  cfg = dict(num_states=VOCAB, vocab_size=VOCAB, length=LENGTH, width=32,
-             depth=2, heads=4)
+  cfg = dict(num_states=VOCAB, vocab_size=VOCAB, length=LENGTH, width=32, depth=2, heads=4)
   cfg.update(kw)
   return networks.Transformer(**cfg)
 
@@ -58,8 +58,7 @@ def _perturb(params, key, scale=0.1):
   """
   leaves, treedef = jax.tree_util.tree_flatten(params)
   keys = jax.random.split(key, len(leaves))
-  leaves = [l + scale * jax.random.normal(k, l.shape, l.dtype)
-            for l, k in zip(leaves, keys)]
+  leaves = [l + scale * jax.random.normal(k, l.shape, l.dtype) for l, k in zip(leaves, keys)]
   return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
@@ -70,15 +69,15 @@ def test_output_shape_and_dtype(positions, num_classes):
   x, t = _inputs(jax.random.PRNGKey(0))
   labels = None if num_classes == 0 else jnp.array([0, 4, 5], jnp.int32)
   params = model.init(jax.random.PRNGKey(1), x, t, labels=labels)
-  logits = model.apply(_perturb(params, jax.random.PRNGKey(2)), x, t,
-                       labels=labels)
+  logits = model.apply(_perturb(params, jax.random.PRNGKey(2)), x, t, labels=labels)
   assert logits.shape == (3, LENGTH, VOCAB)
   assert logits.dtype == jnp.float32
   assert np.all(np.isfinite(logits))
   if num_classes:
     # Labels matter once the class embedding is non-trivial.
-    other = model.apply(_perturb(params, jax.random.PRNGKey(2)), x, t,
-                        labels=jnp.array([1, 2, 3], jnp.int32))
+    other = model.apply(
+      _perturb(params, jax.random.PRNGKey(2)), x, t, labels=jnp.array([1, 2, 3], jnp.int32)
+    )
     assert not np.allclose(logits, other)
 
 
@@ -110,13 +109,13 @@ def _reference_attention(params, x, heads, rope):
 
 
 class AttentionKernelTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.product(
-      # (batch, length, width, heads): head dims 8, 8 and 16; a length that
-      # is no multiple of anything, and one past a typical kernel tile.
-      shape=[(2, 5, 16, 2), (3, 12, 32, 4), (1, 33, 32, 2)],
-      rope=[True, False])
+    # (batch, length, width, heads): head dims 8, 8 and 16; a length that
+    # is no multiple of anything, and one past a typical kernel tile.
+    shape=[(2, 5, 16, 2), (3, 12, 32, 4), (1, 33, 32, 2)],
+    rope=[True, False],
+  )
   def test_matches_reference_einsum_softmax(self, shape, rope):
     batch, length, width, heads = shape
     attn = networks.Attention(heads=heads, rope=rope)
@@ -144,44 +143,53 @@ class AttentionKernelTest(chex.TestCase):
 # jax.nn.dot_product_attention must keep loading, whatever the activation
 # dtype.
 _PARAM_TREE = {
-    "params/block_0/adaln/bias": (48,),
-    "params/block_0/adaln/kernel": (8, 48),
-    "params/block_0/attn/out/bias": (8,),
-    "params/block_0/attn/out/kernel": (8, 8),
-    "params/block_0/attn/qkv/bias": (24,),
-    "params/block_0/attn/qkv/kernel": (8, 24),
-    "params/block_0/mlp_in/bias": (16,),
-    "params/block_0/mlp_in/kernel": (8, 16),
-    "params/block_0/mlp_out/bias": (8,),
-    "params/block_0/mlp_out/kernel": (16, 8),
-    "params/class_embed/embedding": (3, 8),
-    "params/final_adaln/bias": (16,),
-    "params/final_adaln/kernel": (8, 16),
-    "params/latent_embed/dense_in/bias": (8,),
-    "params/latent_embed/dense_in/kernel": (128, 8),
-    "params/latent_embed/dense_out/bias": (8,),
-    "params/latent_embed/dense_out/kernel": (8, 8),
-    "params/logits/bias": (5,),
-    "params/logits/kernel": (8, 5),
-    "params/pos_embed": (3, 8),
-    "params/time_in/bias": (8,),
-    "params/time_in/kernel": (128, 8),
-    "params/time_out/bias": (8,),
-    "params/time_out/kernel": (8, 8),
-    "params/token_embed/embedding": (6, 8),
+  "params/block_0/adaln/bias": (48,),
+  "params/block_0/adaln/kernel": (8, 48),
+  "params/block_0/attn/out/bias": (8,),
+  "params/block_0/attn/out/kernel": (8, 8),
+  "params/block_0/attn/qkv/bias": (24,),
+  "params/block_0/attn/qkv/kernel": (8, 24),
+  "params/block_0/mlp_in/bias": (16,),
+  "params/block_0/mlp_in/kernel": (8, 16),
+  "params/block_0/mlp_out/bias": (8,),
+  "params/block_0/mlp_out/kernel": (16, 8),
+  "params/class_embed/embedding": (3, 8),
+  "params/final_adaln/bias": (16,),
+  "params/final_adaln/kernel": (8, 16),
+  "params/latent_embed/dense_in/bias": (8,),
+  "params/latent_embed/dense_in/kernel": (128, 8),
+  "params/latent_embed/dense_out/bias": (8,),
+  "params/latent_embed/dense_out/kernel": (8, 8),
+  "params/logits/bias": (5,),
+  "params/logits/kernel": (8, 5),
+  "params/pos_embed": (3, 8),
+  "params/time_in/bias": (8,),
+  "params/time_in/kernel": (128, 8),
+  "params/time_out/bias": (8,),
+  "params/time_out/kernel": (8, 8),
+  "params/token_embed/embedding": (6, 8),
 }
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_parameter_tree_is_unchanged(dtype):
-  model = networks.Transformer(num_states=6, vocab_size=5, length=3, width=8,
-                            depth=1, heads=2, mlp_ratio=2, num_classes=2,
-                            latent=True, positions="learned", mask_id=5,
-                            dtype=dtype)
+  model = networks.Transformer(
+    num_states=6,
+    vocab_size=5,
+    length=3,
+    width=8,
+    depth=1,
+    heads=2,
+    mlp_ratio=2,
+    num_classes=2,
+    latent=True,
+    positions="learned",
+    mask_id=5,
+    dtype=dtype,
+  )
   x, t = jnp.zeros((1, 3), jnp.int32), jnp.zeros((1,))
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t, t)
-  flat = {"/".join(path): leaf for path, leaf in
-          traverse_util.flatten_dict(params).items()}
+  flat = {"/".join(path): leaf for path, leaf in traverse_util.flatten_dict(params).items()}
   assert sorted(flat) == sorted(_PARAM_TREE)
   for name, leaf in flat.items():
     assert leaf.shape == _PARAM_TREE[name], name
@@ -228,8 +236,9 @@ def test_bfloat16_forward_agrees_with_float32(positions):
   # dominate the run time.
   rng = np.random.default_rng(2)
   params = jax.tree.map(
-      lambda a: a + 0.1 * rng.standard_normal(a.shape, np.float32),
-      jax.jit(m32.init)(jax.random.PRNGKey(1), x, t))
+    lambda a: a + 0.1 * rng.standard_normal(a.shape, np.float32),
+    jax.jit(m32.init)(jax.random.PRNGKey(1), x, t),
+  )
   want = jax.jit(m32.apply)(params, x, t)
   got = jax.jit(m16.apply)(params, x, t)
   assert got.dtype == jnp.float32
@@ -243,15 +252,14 @@ def test_bfloat16_forward_agrees_with_float32(positions):
   # logits. We allow 8 u = 2^-5 (measured: 3.4 u learned, 4.4 u rope).
   # Below u / 16 the bfloat16 path would not be taken at all.
   err = np.asarray(got - want)
-  rel = np.sqrt(np.mean(err ** 2) / np.mean(np.asarray(want) ** 2))
+  rel = np.sqrt(np.mean(err**2) / np.mean(np.asarray(want) ** 2))
   assert BF16_U / 16 < rel < 8 * BF16_U, rel / BF16_U
   # Probabilities, which sampling and the losses consume: softmax is
   # 1/2-Lipschitz per coordinate in the max-norm of the logits, so logit
   # errors of 8 u times logits of size ~3 (about 0.1) move no probability by
   # more than 0.05. Measured: 0.012 learned, 0.029 rope (its largest logit
   # error is 0.2, but the bound needs aligned errors at p = 1/2).
-  chex.assert_trees_all_close(jax.nn.softmax(got), jax.nn.softmax(want),
-                              atol=0.05, rtol=0.0)
+  chex.assert_trees_all_close(jax.nn.softmax(got), jax.nn.softmax(want), atol=0.05, rtol=0.0)
 
 
 def test_bfloat16_distillation_stays_finite_and_learns():
@@ -273,8 +281,7 @@ def test_masked_carry_over():
   model = _model(num_states=VOCAB + 1, mask_id=mask_id)
   x, t = _inputs(jax.random.PRNGKey(0), num_states=VOCAB + 1)
   x = x.at[:, ::2].set(mask_id)  # Guarantee both kinds of position.
-  params = _perturb(model.init(jax.random.PRNGKey(1), x, t),
-                    jax.random.PRNGKey(2))
+  params = _perturb(model.init(jax.random.PRNGKey(1), x, t), jax.random.PRNGKey(2))
   logits = np.asarray(model.apply(params, x, t))
   # No output column for the mask id.
   assert logits.shape == (3, LENGTH, VOCAB)
@@ -306,8 +313,9 @@ def test_student_from_teacher_matches_exactly(positions):
   t_params = _perturb(t_params, jax.random.PRNGKey(2))
   s_init = student.init(jax.random.PRNGKey(3), x, t, lam0, labels=labels)
   s_params = networks.student_params_from_teacher(t_params, s_init)
-  assert (networks.count_params(s_params) - networks.count_params(t_params)
-          == networks.count_params(s_params["params"]["latent_embed"]))
+  assert networks.count_params(s_params) - networks.count_params(t_params) == networks.count_params(
+    s_params["params"]["latent_embed"]
+  )
 
   want = np.asarray(teacher.apply(t_params, x, t, labels=labels))
   for lam in (0.0, 0.3, 0.77, 1.0):
@@ -319,8 +327,7 @@ def test_student_from_teacher_matches_exactly(positions):
   # equality above is not vacuous.
   params = jax.tree_util.tree_map(lambda a: a, s_params)
   dense_out = params["params"]["latent_embed"]["dense_out"]
-  dense_out["kernel"] = 0.5 * jax.random.normal(
-      jax.random.PRNGKey(4), dense_out["kernel"].shape)
+  dense_out["kernel"] = 0.5 * jax.random.normal(jax.random.PRNGKey(4), dense_out["kernel"].shape)
   a = student.apply(params, x, t, jnp.full((3,), 0.1), labels=labels)
   b = student.apply(params, x, t, jnp.full((3,), 0.9), labels=labels)
   assert np.max(np.abs(np.asarray(a) - np.asarray(b))) > 1e-3
@@ -358,12 +365,15 @@ def test_lambda_argument_checks():
     teacher.apply(params, x, t, labels=jnp.zeros((3,), jnp.int32))
 
 
-@pytest.mark.parametrize("kw,field", [
+@pytest.mark.parametrize(
+  "kw,field",
+  [
     (dict(num_states=VOCAB - 1), "num_states"),
     (dict(width=30, heads=4), "width"),
     (dict(positions="alibi"), "positions"),
     (dict(width=12, heads=4), "head dim"),
-])
+  ],
+)
 def test_invalid_config_names_field(kw, field):
   x, t = _inputs(jax.random.PRNGKey(0), num_states=VOCAB - 1)
   with pytest.raises(ValueError, match=field):
@@ -383,8 +393,7 @@ def test_invalid_inputs_raise():
 def test_attention_is_bidirectional(positions):
   model = _model(positions=positions)
   x, t = _inputs(jax.random.PRNGKey(0))
-  params = _perturb(model.init(jax.random.PRNGKey(1), x, t),
-                    jax.random.PRNGKey(2))
+  params = _perturb(model.init(jax.random.PRNGKey(1), x, t), jax.random.PRNGKey(2))
   x2 = x.at[:, -1].set((x[:, -1] + 1) % VOCAB)
   a = np.asarray(model.apply(params, x, t))
   b = np.asarray(model.apply(params, x2, t))
@@ -396,8 +405,7 @@ def test_rope_breaks_permutation_invariance():
   # rotary positions must break that.
   model = _model(positions="rope")
   x, t = _inputs(jax.random.PRNGKey(0))
-  params = _perturb(model.init(jax.random.PRNGKey(1), x, t),
-                    jax.random.PRNGKey(2))
+  params = _perturb(model.init(jax.random.PRNGKey(1), x, t), jax.random.PRNGKey(2))
   perm = np.random.default_rng(0).permutation(LENGTH)
   a = np.asarray(model.apply(params, x, t))[:, perm]
   b = np.asarray(model.apply(params, x[:, perm], t))
@@ -407,19 +415,18 @@ def test_rope_breaks_permutation_invariance():
 def test_dropout_only_in_training():
   model = _model(dropout=0.5)
   x, t = _inputs(jax.random.PRNGKey(0))
-  params = _perturb(model.init(jax.random.PRNGKey(1), x, t),
-                    jax.random.PRNGKey(2))
+  params = _perturb(model.init(jax.random.PRNGKey(1), x, t), jax.random.PRNGKey(2))
   a = model.apply(params, x, t)
   np.testing.assert_array_equal(a, model.apply(params, x, t))
-  b = model.apply(params, x, t, train=True,
-                  rngs={"dropout": jax.random.PRNGKey(3)})
+  b = model.apply(params, x, t, train=True, rngs={"dropout": jax.random.PRNGKey(3)})
   assert not np.allclose(a, b)
 
 
 def test_overfits_four_examples():
   vocab, length = 8, 16
-  model = networks.Transformer(num_states=vocab + 1, vocab_size=vocab,
-                            length=length, width=64, depth=2, heads=4)
+  model = networks.Transformer(
+    num_states=vocab + 1, vocab_size=vocab, length=length, width=64, depth=2, heads=4
+  )
   kx, ky = jax.random.split(jax.random.PRNGKey(0))
   x = jax.random.randint(kx, (4, length), 0, vocab + 1, jnp.int32)
   y = jax.random.randint(ky, (4, length), 0, vocab, jnp.int32)
@@ -446,8 +453,9 @@ def test_overfits_four_examples():
 
 
 def test_flops_per_example_hand_count():
-  model = networks.Transformer(num_states=5, vocab_size=4, length=3, width=8,
-                            depth=2, heads=2, mlp_ratio=2)
+  model = networks.Transformer(
+    num_states=5, vocab_size=4, length=3, width=8, depth=2, heads=2, mlp_ratio=2
+  )
   # Per block, L=3, W=8: qkv 2*3*8*24 = 1152; scores 2*3*3*8 = 144;
   # values 144; out proj 2*3*8*8 = 384; MLP 2 * (2*3*8*16) = 1536.
   per_block = 1152 + 144 + 144 + 384 + 1536
@@ -456,8 +464,7 @@ def test_flops_per_example_hand_count():
 
 
 def test_flops_match_xla_cost_analysis_roughly():
-  model = networks.Transformer(num_states=9, vocab_size=8, length=32, width=64,
-                            depth=2, heads=4)
+  model = networks.Transformer(num_states=9, vocab_size=8, length=32, width=64, depth=2, heads=4)
   x = jnp.zeros((1, 32), jnp.int32)
   t = jnp.zeros((1,))
   params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t)
@@ -475,19 +482,25 @@ def test_flops_match_xla_cost_analysis_roughly():
 def test_count_params():
   params = {"a": jnp.zeros((2, 3)), "b": {"c": jnp.zeros((4,))}}
   assert networks.count_params(params) == 10
-  model = networks.Transformer(num_states=5, vocab_size=4, length=3, width=8,
-                            depth=1, heads=2, mlp_ratio=2)
-  params = jax.eval_shape(model.init, jax.random.PRNGKey(0),
-                          jnp.zeros((1, 3), jnp.int32), jnp.zeros((1,)))
+  model = networks.Transformer(
+    num_states=5, vocab_size=4, length=3, width=8, depth=1, heads=2, mlp_ratio=2
+  )
+  params = jax.eval_shape(
+    model.init, jax.random.PRNGKey(0), jnp.zeros((1, 3), jnp.int32), jnp.zeros((1,))
+  )
   w, c = 8, 128
   expected = (
-      (c * w + w) + (w * w + w)          # time MLP
-      + 5 * w                            # token embedding
-      + (w * 6 * w + 6 * w)              # block adaLN
-      + (w * 3 * w + 3 * w) + (w * w + w)  # qkv, out
-      + (w * 2 * w + 2 * w) + (2 * w * w + w)  # MLP
-      + (w * 2 * w + 2 * w)              # final adaLN
-      + (w * 4 + 4))                     # logits
+    (c * w + w)
+    + (w * w + w)  # time MLP
+    + 5 * w  # token embedding
+    + (w * 6 * w + 6 * w)  # block adaLN
+    + (w * 3 * w + 3 * w)
+    + (w * w + w)  # qkv, out
+    + (w * 2 * w + 2 * w)
+    + (2 * w * w + w)  # MLP
+    + (w * 2 * w + 2 * w)  # final adaLN
+    + (w * 4 + 4)
+  )  # logits
   assert networks.count_params(params) == expected
 
 
@@ -498,11 +511,13 @@ def test_every_latent_entry_starts_at_the_teacher(entry):
   x, t = _inputs(jax.random.PRNGKey(0))
   t_params = _perturb(teacher.init(jax.random.PRNGKey(1), x, t), jax.random.PRNGKey(2))
   s_params = networks.student_params_from_teacher(
-      t_params, student.init(jax.random.PRNGKey(3), x, t, jnp.zeros((3,))))
+    t_params, student.init(jax.random.PRNGKey(3), x, t, jnp.zeros((3,)))
+  )
   want = np.asarray(teacher.apply(t_params, x, t))
   for lam in (0.0, 0.4, 1.0):
-    np.testing.assert_array_equal(np.asarray(student.apply(s_params, x, t, jnp.full((3,), lam))),
-                                  want)
+    np.testing.assert_array_equal(
+      np.asarray(student.apply(s_params, x, t, jnp.full((3,), lam))), want
+    )
 
 
 def test_centred_latent_embedding_averages_to_zero_over_its_grid():
@@ -512,7 +527,8 @@ def test_centred_latent_embedding_averages_to_zero_over_its_grid():
   lam = (jnp.arange(networks.CENTRING_NODES) + 0.5) / networks.CENTRING_NODES
   params = embed.init(jax.random.PRNGKey(0), lam)
   params = jax.tree_util.tree_map(
-      lambda a: a + jax.random.normal(jax.random.PRNGKey(1), a.shape), params)
+    lambda a: a + jax.random.normal(jax.random.PRNGKey(1), a.shape), params
+  )
   out = np.asarray(embed.apply(params, lam))
   assert np.abs(out).max() > 0.1
   np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-5)

@@ -5,6 +5,7 @@ shrunk to a handful of steps), in a temporary working directory and with
 HOME there too, so what it writes (data caches, checkpoints, reports) stays
 out of the repository and out of ~/.cache.
 """
+
 import os
 import pathlib
 import sys
@@ -29,14 +30,22 @@ def test_there_are_notebooks():
 def test_committed_without_outputs(path):
   nb = nbformat.read(path, as_version=4)
   nbformat.validate(nb)
-  dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"
-           and (c.get("outputs") or c.get("execution_count") is not None)]
+  dirty = [
+    i
+    for i, c in enumerate(nb.cells)
+    if c.cell_type == "code" and (c.get("outputs") or c.get("execution_count") is not None)
+  ]
   assert not dirty, f"{path.name}: cells {dirty} have outputs; clear them before committing"
 
 
 def _kernel_env(tmp_path):
-  env = dict(os.environ, MDD_NOTEBOOK_SMALL="1", HOME=str(tmp_path / "home"),
-             MPLBACKEND="Agg", TF_CPP_MIN_LOG_LEVEL="3")
+  env = dict(
+    os.environ,
+    MDD_NOTEBOOK_SMALL="1",
+    HOME=str(tmp_path / "home"),
+    MPLBACKEND="Agg",
+    TF_CPP_MIN_LOG_LEVEL="3",
+  )
   # tests/conftest.py fakes 8 host devices for the sharding tests; a notebook
   # sees what a Colab CPU runtime sees: one device. In SMALL mode the time is
   # almost all XLA compilation (a Di4C step is a large program), so compile
@@ -53,14 +62,22 @@ def test_notebook_runs_in_small_mode(path, tmp_path):
   nb = nbformat.read(path, as_version=4)
   (tmp_path / "home").mkdir()
   client = nbclient.NotebookClient(
-      nb, timeout=CELL_TIMEOUT_S, kernel_name="python3",
-      resources={"metadata": {"path": str(tmp_path)}})
+    nb,
+    timeout=CELL_TIMEOUT_S,
+    kernel_name="python3",
+    resources={"metadata": {"path": str(tmp_path)}},
+  )
   start = time.time()
   try:
     client.execute(env=_kernel_env(tmp_path))
   except nbclient.exceptions.CellExecutionError as e:
     pytest.fail(f"{path.name} failed:\n{e}"[:8000])
   print(f"{path.name}: {time.time() - start:.1f} s", file=sys.stderr)
-  errors = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-            if o.get("output_type") == "error"]
+  errors = [
+    o
+    for c in nb.cells
+    if c.cell_type == "code"
+    for o in c.get("outputs", [])
+    if o.get("output_type") == "error"
+  ]
   assert not errors, errors

@@ -26,10 +26,10 @@ T_TIMES = np.array([t for _, t in TIMES], np.float32)
 def _alpha64(schedule, t):
   t = np.float64(t)
   return {
-      "loglinear": 1 - (1 - 1e-3) * t,
-      "linear": 1 - t,
-      "cosine": 1 - np.cos(np.pi / 2 * (1 - t)),
-      "arccos": 1 - np.arccos(1 - t) / (np.pi / 2),
+    "loglinear": 1 - (1 - 1e-3) * t,
+    "linear": 1 - t,
+    "cosine": 1 - np.cos(np.pi / 2 * (1 - t)),
+    "arccos": 1 - np.arccos(1 - t) / (np.pi / 2),
   }[schedule]
 
 
@@ -55,9 +55,11 @@ def reference_transition(proc, s, t):
 
 
 ALL = [processes.Masked(5, schedule=s) for s in processes.SCHEDULES] + [
-    processes.Uniform(5, "linear"), processes.Uniform(6, "cosine"),
-    processes.GaussianCTMC(8, rate_sigma=2.0, q_sigma=3.0),
-    processes.GaussianCTMC(32)]
+  processes.Uniform(5, "linear"),
+  processes.Uniform(6, "cosine"),
+  processes.GaussianCTMC(8, rate_sigma=2.0, q_sigma=3.0),
+  processes.GaussianCTMC(32),
+]
 NAMED = [(f"{p.name}_{getattr(p, 'schedule', p.vocab_size)}", p) for p in ALL]
 SCHEDULE_NAMES = [(s, s) for s in processes.SCHEDULES]
 # One process of each kind.
@@ -65,7 +67,6 @@ ONE_EACH = [("masked", ALL[0]), ("uniform", ALL[4]), ("gaussian", ALL[6])]
 
 
 class ScheduleTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(*SCHEDULE_NAMES)
   def test_alpha_matches_float64_reference(self, schedule):
@@ -89,7 +90,6 @@ class ScheduleTest(chex.TestCase):
 
 
 class TransitionTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(*NAMED)
   def test_transition_matches_float64_reference_and_chapman_kolmogorov(self, proc):
@@ -188,14 +188,18 @@ class TransitionTest(chex.TestCase):
   @chex.variants(with_jit=True, without_jit=True)
   def test_prior_is_the_t1_marginal_or_stationary_law(self):
     m = processes.Masked(5, "linear")
-    np.testing.assert_allclose(np.exp(self.variant(m.log_prior)()),
-                               np.asarray(m.transition(0.0, 1.0))[0], atol=1e-6)
+    np.testing.assert_allclose(
+      np.exp(self.variant(m.log_prior)()), np.asarray(m.transition(0.0, 1.0))[0], atol=1e-6
+    )
     x1 = self.variant(m.prior_sample, static_argnums=1)(jax.random.key(0), (2, 3))
     chex.assert_trees_all_equal(x1, jnp.full((2, 3), 5, jnp.int32))
     g = processes.GaussianCTMC(16)
     # After B(1) = 297 units of rate the chain has forgotten its start.
-    np.testing.assert_allclose(np.asarray(self.variant(g.transition)(0.0, 1.0)),
-                               np.exp(self.variant(g.log_prior)())[None].repeat(16, 0), atol=1e-4)
+    np.testing.assert_allclose(
+      np.asarray(self.variant(g.transition)(0.0, 1.0)),
+      np.exp(self.variant(g.log_prior)())[None].repeat(16, 0),
+      atol=1e-4,
+    )
     np.testing.assert_allclose(g.stationary @ g.rate_matrix, 0.0, atol=1e-12)
 
 
@@ -212,8 +216,7 @@ def test_make_process_and_errors():
     p.check_tokens(np.array([[0, 9]]))
 
 
-@pytest.mark.parametrize("proc", [ALL[0], ALL[4], ALL[6]],
-                         ids=["masked", "uniform", "gaussian"])
+@pytest.mark.parametrize("proc", [ALL[0], ALL[4], ALL[6]], ids=["masked", "uniform", "gaussian"])
 def test_times_must_be_scalar_or_one_per_example(proc):
   x = jnp.zeros((3, 2), jnp.int32)
   with pytest.raises(ValueError, match="one per example"):

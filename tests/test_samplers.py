@@ -11,6 +11,7 @@ expects >= 5 draws (smaller cells are pooled), so its threshold, at false
 alarm 1e-3, comes from the cell count; the sample size sets the power.
 Every draw uses a fixed key.
 """
+
 import functools
 
 import chex
@@ -33,7 +34,6 @@ def _ideal(proc, family="dirichlet"):
 
 
 class CategoricalTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_frequencies_and_impossible_states(self):
     sample = self.variant(categorical.sample)
@@ -52,9 +52,9 @@ class CategoricalTest(chex.TestCase):
     # the smallest is (1/2) 2^-64, far below float32's 2^-24 Gumbel floor.
     from_bits = self.variant(categorical.exponential_from_bits)
     zero, full = jnp.uint32(0), jnp.uint32(0xFFFFFFFF)
-    np.testing.assert_allclose(from_bits(zero, zero), 0.5 * 2.0 ** -64, rtol=1e-6)
-    np.testing.assert_allclose(from_bits(full, full), -np.log(0.5 * 2.0 ** -64), rtol=1e-6)
-    np.testing.assert_allclose(from_bits(jnp.uint32(2 ** 31), zero), np.log(2.0), rtol=1e-6)
+    np.testing.assert_allclose(from_bits(zero, zero), 0.5 * 2.0**-64, rtol=1e-6)
+    np.testing.assert_allclose(from_bits(full, full), -np.log(0.5 * 2.0**-64), rtol=1e-6)
+    np.testing.assert_allclose(from_bits(jnp.uint32(2**31), zero), np.log(2.0), rtol=1e-6)
     n = 200000
     e = self.variant(categorical.exponential, static_argnums=1)(jax.random.key(3), (n,))
     chex.assert_type(e, jnp.float32)
@@ -67,12 +67,14 @@ class CategoricalTest(chex.TestCase):
     assert abs(np.mean(e < 1e-3) - p) < 5 * np.sqrt(p * (1 - p) / n)
 
 
-STEP_PROCS = [("masked", processes.Masked(S, "linear")), ("uniform", processes.Uniform(S, "cosine")),
-              ("gaussian", processes.GaussianCTMC(S, rate_sigma=1.0, q_sigma=2.0))]
+STEP_PROCS = [
+  ("masked", processes.Masked(S, "linear")),
+  ("uniform", processes.Uniform(S, "cosine")),
+  ("gaussian", processes.GaussianCTMC(S, rate_sigma=1.0, q_sigma=2.0)),
+]
 
 
 class AnalyticStepTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   @parameterized.named_parameters(*STEP_PROCS)
   def test_analytic_step_matches_exact_kernel(self, proc):
@@ -91,10 +93,17 @@ class AnalyticStepTest(chex.TestCase):
     np.testing.assert_allclose(np.exp(lk).sum(-1), 1.0, atol=1e-5)
     # Marginally per dimension, the kernel is sum_a p(a | x_t) q(. | x_t, x0 = a).
     p0 = np.asarray(jax.nn.softmax(logits[0]), np.float64)
-    post = np.stack([np.exp(np.asarray(proc.log_posterior(x_t, jnp.full_like(x_t, a), s, t),
-                                       np.float64))[0] for a in range(S)], 1)  # [D, S, K]
+    post = np.stack(
+      [
+        np.exp(np.asarray(proc.log_posterior(x_t, jnp.full_like(x_t, a), s, t), np.float64))[0]
+        for a in range(S)
+      ],
+      1,
+    )  # [D, S, K]
     np.testing.assert_allclose(np.exp(lk), np.einsum("da,dak->dk", p0, post), atol=1e-5)
-    x_s = analytic_step(jax.random.key(0), proc, jnp.repeat(x_t, n, 0), t, s, jnp.repeat(logits, n, 0))
+    x_s = analytic_step(
+      jax.random.key(0), proc, jnp.repeat(x_t, n, 0), t, s, jnp.repeat(logits, n, 0)
+    )
     chex.assert_shape(x_s, (n, 2))
     chex.assert_type(x_s, jnp.int32)
     x_s = np.asarray(x_s)
@@ -106,7 +115,6 @@ class AnalyticStepTest(chex.TestCase):
 
 
 class ConfidenceStepTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_reveals_the_scheduled_count_most_confident_first(self):
     """Position d allows its first m_d tokens, uniformly: whatever is drawn,
@@ -136,7 +144,6 @@ class ConfidenceStepTest(chex.TestCase):
 
 
 class TimeGridTest(chex.TestCase):
-
   @chex.variants(with_jit=True, without_jit=True)
   def test_time_grid(self):
     time_grid = self.variant(samplers.time_grid, static_argnums=(0, 1, 2, 3))
@@ -147,8 +154,9 @@ class TimeGridTest(chex.TestCase):
     c = np.asarray(time_grid(8, "cosine", 1.0, 0.01))
     assert c[0] == pytest.approx(1.0) and c[-1] == pytest.approx(0.01)
     # 1 - cos(pi/2 r) from t_min = 0.01 to t_max = 1 at r = 1 - i / 8.
-    np.testing.assert_allclose(c, 0.01 + 0.99 * (1 - np.cos(0.5 * np.pi * np.linspace(1, 0, 9))),
-                               atol=1e-6)
+    np.testing.assert_allclose(
+      c, 0.01 + 0.99 * (1 - np.cos(0.5 * np.pi * np.linspace(1, 0, 9))), atol=1e-6
+    )
     assert np.diff(c)[-1] > np.diff(c)[0]  # finer steps at the data end
     with pytest.raises(ValueError, match="num_steps"):
       time_grid(0, "uniform", 1.0, 0.0)
@@ -164,11 +172,20 @@ def test_sampler_law_matches_exact_toolkit_product_and_mixture(num_steps):
   proc = processes.Masked(S, "linear")
   p, ideal = _ideal(proc)
   n = 40000
-  got = samplers.sample(jax.random.key(num_steps), proc, denoisers.from_function(ideal), p, n, D, num_steps,
-                        final="none")
-  hist = np.bincount(exact.state_index(np.asarray(got), S), minlength=S ** D)
-  law, left = exact.sampler_distribution(proc, lambda x, t, lam: ideal(p, x, t), D,
-                                         samplers.time_grid(num_steps))
+  got = samplers.sample(
+    jax.random.key(num_steps),
+    proc,
+    denoisers.from_function(ideal),
+    p,
+    n,
+    D,
+    num_steps,
+    final="none",
+  )
+  hist = np.bincount(exact.state_index(np.asarray(got), S), minlength=S**D)
+  law, left = exact.sampler_distribution(
+    proc, lambda x, t, lam: ideal(p, x, t), D, samplers.time_grid(num_steps)
+  )
   assert left < 1e-9
   assert_chi2(hist, law)
 
@@ -177,12 +194,14 @@ def test_sampler_law_matches_exact_toolkit_product_and_mixture(num_steps):
     base = ideal(params, x, t)
     tilt = 3.0 * jnp.cos(jnp.pi * lam)[:, None, None] * jnp.array([1.0, 0.0, -1.0])
     return base + tilt
-  got = samplers.sample(jax.random.key(10 + num_steps), proc, denoisers.mixture(comp), p, n, D,
-                        num_steps, final="none")
-  hist = np.bincount(exact.state_index(np.asarray(got), S), minlength=S ** D)
+
+  got = samplers.sample(
+    jax.random.key(10 + num_steps), proc, denoisers.mixture(comp), p, n, D, num_steps, final="none"
+  )
+  hist = np.bincount(exact.state_index(np.asarray(got), S), minlength=S**D)
   law, _ = exact.sampler_distribution(
-      proc, denoisers.exact_view(comp, p), D,
-      samplers.time_grid(num_steps), num_latent_nodes=24)
+    proc, denoisers.exact_view(comp, p), D, samplers.time_grid(num_steps), num_latent_nodes=24
+  )
   assert_chi2(hist, law)
 
 
@@ -195,8 +214,9 @@ def test_jit_and_no_jit_agree():
   key = jax.random.key(5)
   time_at = lambda i: times[i]
   eager = samplers.run_steps(key, proc, den, p, x, time_at, 0, 4)
-  jitted = jax.jit(functools.partial(samplers.run_steps, process=proc, denoiser=den,
-                                     time_at=time_at))(key, params=p, x=x, first=0, last=4)
+  jitted = jax.jit(
+    functools.partial(samplers.run_steps, process=proc, denoiser=den, time_at=time_at)
+  )(key, params=p, x=x, first=0, last=4)
   np.testing.assert_array_equal(eager, jitted)
   a = samplers.sample.__wrapped__(key, proc, den, p, 16, D, 4, final="argmax")
   b = samplers.sample(key, proc, den, p, 16, D, 4, final="argmax")
@@ -207,11 +227,28 @@ def test_jit_and_no_jit_agree():
 def test_hybrid_uses_first_then_second():
   """A says 0, B says 1: tokens unmasked in the first K of N linear steps are 0."""
   proc = processes.Masked(S, "linear")
-  zero = denoisers.from_function(lambda p, x, t: jnp.where(jnp.arange(S) == 0, 0.0, -1e6) + 0 * x[..., None])
-  one = denoisers.from_function(lambda p, x, t: jnp.where(jnp.arange(S) == 1, 0.0, -1e6) + 0 * x[..., None])
+  zero = denoisers.from_function(
+    lambda p, x, t: jnp.where(jnp.arange(S) == 0, 0.0, -1e6) + 0 * x[..., None]
+  )
+  one = denoisers.from_function(
+    lambda p, x, t: jnp.where(jnp.arange(S) == 1, 0.0, -1e6) + 0 * x[..., None]
+  )
   n, length = 4000, 8
-  out = np.asarray(samplers.sample(jax.random.key(0), proc, zero, None, n, length, 4, second=one,
-                                   second_params=None, num_first=1, final="none"))
+  out = np.asarray(
+    samplers.sample(
+      jax.random.key(0),
+      proc,
+      zero,
+      None,
+      n,
+      length,
+      4,
+      second=one,
+      second_params=None,
+      num_first=1,
+      final="none",
+    )
+  )
   assert set(np.unique(out)) <= {0, 1}
   # After 1 of 4 linear steps (t = 0.75) a token is unmasked w.p. 1 - 0.75,
   # independently of every other token (the denoisers ignore x): the zeros
@@ -231,18 +268,23 @@ def test_final_step_fills_only_masks():
   def fn(p, x, t):
     early, late = jnp.array([2.0, 0.0, 0.0]), jnp.array([0.0, 0.0, 2.0])
     return jnp.where((t > 0.5)[:, None, None], early, late) + 0.0 * x[..., None]
+
   den = denoisers.from_function(fn)
   n = 20000
   out = samplers.sample(jax.random.key(3), proc, den, None, n, D, 2, t_min=0.3, final="sample")
   assert (np.asarray(out) < S).all()
   law, left = exact.sampler_distribution(
-      proc, lambda x, t, lam: fn(None, x, jnp.full(len(x), t, jnp.float32)), D,
-      samplers.time_grid(2, t_min=0.3), final="sample")
+    proc,
+    lambda x, t, lam: fn(None, x, jnp.full(len(x), t, jnp.float32)),
+    D,
+    samplers.time_grid(2, t_min=0.3),
+    final="sample",
+  )
   assert left == 0.0
   np.testing.assert_allclose(law.sum(), 1.0, atol=1e-9)
   # The samples follow the toolkit's law, which keeps unmasked tokens
   # (chi-square over the 27 states, see the module doc).
-  assert_chi2(np.bincount(exact.state_index(np.asarray(out), S), minlength=S ** D), law)
+  assert_chi2(np.bincount(exact.state_index(np.asarray(out), S), minlength=S**D), law)
   with pytest.raises(ValueError, match="final"):
     samplers.finalize(jax.random.key(0), proc, den, None, out, 0.0, "mode")
 
@@ -271,24 +313,41 @@ def test_confidence_sampler_reveals_the_most_confident_first():
     step1 = jnp.concatenate([s, zero - 1e6, zero, zero - 1e6], -1)
     later = jnp.concatenate([zero - 1e6, s, zero, zero - 1e6], -1)
     return jnp.where(first, step1, later)
-  out = np.asarray(samplers.confidence_sample(jax.random.key(0), proc, denoisers.from_function(fn), None,
-                                              8, length, 4, choice_temperature=0.0))
+
+  out = np.asarray(
+    samplers.confidence_sample(
+      jax.random.key(0),
+      proc,
+      denoisers.from_function(fn),
+      None,
+      8,
+      length,
+      4,
+      choice_temperature=0.0,
+    )
+  )
   first_count = samplers.reveal_schedule(length, 4)[0]
   assert (out != 4).all()
-  np.testing.assert_array_equal(out == 0, np.tile(np.arange(length) >= length - first_count, (8, 1)))
+  np.testing.assert_array_equal(
+    out == 0, np.tile(np.arange(length) >= length - first_count, (8, 1))
+  )
 
 
 def test_guidance_uses_the_same_lambda_for_both_passes():
   proc = processes.Masked(3, "arccos")
+
   def comp(p, x, t, key, lam=None, labels=None):  # cond == uncond when lambda is shared
     return jnp.stack([jnp.sin(7 * lam), jnp.cos(5 * lam), lam], -1)[:, None, :] + 0.0 * x[..., None]
+
   mix = denoisers.mixture(comp)
   plain = samplers.confidence_sample(jax.random.key(2), proc, mix, None, 64, 5, 3)
-  cfg = samplers.confidence_sample(jax.random.key(2), proc, samplers.guided(mix, mix, 3.0), None,
-                                   64, 5, 3)
+  cfg = samplers.confidence_sample(
+    jax.random.key(2), proc, samplers.guided(mix, mix, 3.0), None, 64, 5, 3
+  )
   np.testing.assert_array_equal(plain, cfg)
-  ramped = samplers.confidence_sample(jax.random.key(2), proc, mix, None, 64, 5, 3, uncond=mix,
-                                      guidance=3.0)
+  ramped = samplers.confidence_sample(
+    jax.random.key(2), proc, mix, None, 64, 5, 3, uncond=mix, guidance=3.0
+  )
   np.testing.assert_array_equal(plain, ramped)
 
 
@@ -302,8 +361,10 @@ def test_confidence_guidance_ramps_from_zero():
   uncond = denoisers.from_function(lambda p, x, t: jnp.zeros(x.shape + (3,)) + lu)
   n, length = 2048, 4
   args = (jax.random.key(0), proc, cond, None, n, length)
-  np.testing.assert_array_equal(samplers.confidence_sample(*args, 1),
-                                samplers.confidence_sample(*args, 1, uncond=uncond, guidance=5.0))
+  np.testing.assert_array_equal(
+    samplers.confidence_sample(*args, 1),
+    samplers.confidence_sample(*args, 1, uncond=uncond, guidance=5.0),
+  )
   a = np.asarray(samplers.confidence_sample(*args, 2))
   b = np.asarray(samplers.confidence_sample(*args, 2, uncond=uncond, guidance=5.0))
   # Step 1 (w = 0) reveals 1 token per row, identically in a and b (same key,
@@ -326,6 +387,7 @@ def _counting(fn, calls):
   def counted(params, x, t, key, lam=None, labels=None):
     jax.debug.callback(lambda: calls.append(1))
     return fn(params, x, t, key)
+
   return counted
 
 
@@ -336,8 +398,9 @@ def test_every_sampler_makes_exactly_n_network_calls(num_steps):
   for proc in (processes.Uniform(S, "linear"), processes.Masked(S, "linear")):
     p, ideal = _ideal(proc)
     calls = []
-    out = samplers.sample(jax.random.key(0), proc, _counting(denoisers.from_function(ideal), calls), p,
-                          8, D, num_steps)
+    out = samplers.sample(
+      jax.random.key(0), proc, _counting(denoisers.from_function(ideal), calls), p, 8, D, num_steps
+    )
     jax.block_until_ready(out)
     assert len(calls) == num_steps, (proc, num_steps, len(calls))
     # One compiled program for every N: num_steps is traced.
@@ -352,12 +415,14 @@ def test_uniform_sampler_law_matches_exact_toolkit(num_steps):
   proc = processes.Uniform(S, "linear")
   p, ideal = _ideal(proc)
   n = 40000
-  got = samplers.sample(jax.random.key(num_steps), proc, denoisers.from_function(ideal), p, n, D,
-                        num_steps)
-  hist = np.bincount(exact.state_index(np.asarray(got), S), minlength=S ** D)
+  got = samplers.sample(
+    jax.random.key(num_steps), proc, denoisers.from_function(ideal), p, n, D, num_steps
+  )
+  hist = np.bincount(exact.state_index(np.asarray(got), S), minlength=S**D)
   times, t_final = samplers.schedule(proc, num_steps)
   assert t_final == pytest.approx(0.01) and len(times) == num_steps
   assert samplers.schedule(proc, 1) == (pytest.approx([1.0]), 1.0)
-  law, _ = exact.sampler_distribution(proc, lambda x, t, lam: ideal(p, x, t), D, times,
-                                      final="argmax")
+  law, _ = exact.sampler_distribution(
+    proc, lambda x, t, lam: ideal(p, x, t), D, times, final="argmax"
+  )
   assert_chi2(hist, law)

@@ -4,15 +4,14 @@ A tiny array_record data set is built on disk by a TFDS builder defined
 here, registered in our registry as a catalog data set (one entry) and read
 back through `tfds.data_source`, the path of cifar10, mnist and text8.
 """
+
 import chex
-from etils import epath
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from etils import epath
 
-from mixture_dd.data import pipeline
-from mixture_dd.data import registry
-from mixture_dd.data import sources
+from mixture_dd.data import pipeline, registry, sources
 
 NAME = "mixture_dd_stream_test"
 N, D, VOCAB = 103, 5, 128  # 103 examples: 16-example batches leave a remainder.
@@ -30,38 +29,48 @@ class MixtureDdStreamTest(tfds.core.GeneratorBasedBuilder):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        description="Test records.",
-        features=tfds.features.FeaturesDict({
-            "tokens": tfds.features.Tensor(shape=(D,), dtype=np.int32),
-            "label": tfds.features.Scalar(dtype=np.int32)}))
+      description="Test records.",
+      features=tfds.features.FeaturesDict(
+        {
+          "tokens": tfds.features.Tensor(shape=(D,), dtype=np.int32),
+          "label": tfds.features.Scalar(dtype=np.int32),
+        }
+      ),
+    )
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    return {"train": self._generate_examples(N),
-            "test": self._generate_examples(10)}
+    return {"train": self._generate_examples(N), "test": self._generate_examples(10)}
 
   def _generate_examples(self, n):
     for i in range(n):
-      yield i, {"tokens": np.array([i, i % 7, 3, (5 * i) % 11, 1], np.int32),
-                "label": np.int32(i % 10)}
+      yield (
+        i,
+        {"tokens": np.array([i, i % 7, 3, (5 * i) % 11, 1], np.int32), "label": np.int32(i % 10)},
+      )
 
 
 @pytest.fixture(scope="module")
 def records_dir(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("records"))
-  MixtureDdStreamTest(data_dir=data_dir, file_format="array_record"
-                      ).download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  MixtureDdStreamTest(data_dir=data_dir, file_format="array_record").download_and_prepare(
+    download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
+  )
   return data_dir
 
 
 @pytest.fixture
 def config(records_dir):
   """The test set as a catalog data set of ours: one registry entry."""
-  registry.register(registry.DataSet(
-      NAME, "tfds_catalog", dict(vocab_size=VOCAB, length=D),
-      spec=registry.tokens_spec, open=registry.open_tfds))
+  registry.register(
+    registry.DataSet(
+      NAME,
+      "tfds_catalog",
+      dict(vocab_size=VOCAB, length=D),
+      spec=registry.tokens_spec,
+      open=registry.open_tfds,
+    )
+  )
   cfg = pipeline.default_data_config(NAME)
   cfg.data_dir = records_dir
   yield cfg
@@ -80,6 +89,7 @@ def reads(monkeypatch):
 
   def whole_split(*args, **kwargs):
     raise AssertionError("the catalog path read a whole split")
+
   monkeypatch.setattr(sources, "get_records", spy)
   monkeypatch.setattr(tfds, "as_numpy", whole_split)
   monkeypatch.setattr(tfds, "load", whole_split)
@@ -133,9 +143,10 @@ def test_source_batches_equal_in_memory_batches(config, process_count):
 
 def test_two_processes_read_disjoint_slices_of_the_global_batch(config, reads):
   _, source = pipeline.load(config, "train")
-  procs = [pipeline.make_batcher(source, 16, seed=5, process_index=p,
-                                 process_count=2, prefetch=0)
-           for p in range(2)]
+  procs = [
+    pipeline.make_batcher(source, 16, seed=5, process_index=p, process_count=2, prefetch=0)
+    for p in range(2)
+  ]
   single = pipeline.make_batcher(source, 16, seed=5, prefetch=0)
   assert not reads  # Making a batcher reads nothing either.
   for step in (0, 3, 6, 13):
@@ -172,15 +183,24 @@ def test_tokens_are_checked_batch_by_batch(config):
   _, source = pipeline.load(config, "train")
   # Token 0 is the example id, up to 102: a vocabulary of 50 is too small.
   batcher = pipeline.make_batcher(source, 32, seed=0, vocab_size=50, prefetch=0)
-  with pytest.raises(ValueError, match=r"step 0: tokens lie in .*outside the "
-                     r"vocabulary \[0, 50\)"):
+  with pytest.raises(
+    ValueError,
+    match=r"step 0: tokens lie in .*outside the "
+    r"vocabulary \[0, 50\)",
+  ):
     batcher.batch(0)
 
 
 def test_spec_that_does_not_match_the_files_is_an_error(records_dir):
-  registry.register(registry.DataSet(
-      NAME, "tfds_catalog", dict(vocab_size=VOCAB, length=D - 1),
-      spec=registry.tokens_spec, open=registry.open_tfds))
+  registry.register(
+    registry.DataSet(
+      NAME,
+      "tfds_catalog",
+      dict(vocab_size=VOCAB, length=D - 1),
+      spec=registry.tokens_spec,
+      open=registry.open_tfds,
+    )
+  )
   try:
     cfg = pipeline.default_data_config(NAME)
     cfg.data_dir = records_dir
@@ -207,13 +227,15 @@ def test_mnist_catalog_path_reads_only_each_process_slice(tmp_path, reads):
   """The real catalog entry, with TFDS's fake examples (offline)."""
   cfg = pipeline.default_data_config("mnist")
   cfg.data_dir = str(tmp_path)
-  with tfds.testing.mock_data(num_examples=40,
-                              policy=tfds.testing.MockPolicy.USE_CODE):
+  with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
     spec, source = pipeline.load(cfg, "train")
     assert not reads and len(source) == 40
-    procs = [pipeline.make_batcher(source, 8, seed=1, process_index=p,
-                                   process_count=2, vocab_size=spec.vocab_size,
-                                   prefetch=0) for p in range(2)]
+    procs = [
+      pipeline.make_batcher(
+        source, 8, seed=1, process_index=p, process_count=2, vocab_size=spec.vocab_size, prefetch=0
+      )
+      for p in range(2)
+    ]
     assert not reads
     for step in (0, 4, 5):  # 5 steps per epoch: step 5 starts epoch 1
       reads.clear()
@@ -223,10 +245,8 @@ def test_mnist_catalog_path_reads_only_each_process_slice(tmp_path, reads):
       for part in parts:
         assert part["tokens"].shape == (4, 784) and part["labels"].shape == (4,)
       # The fake examples are a function of their index: compare directly.
-      direct = np.stack([np.asarray(source.data_source[int(k)]["image"]).reshape(-1)
-                         for k in want])
-      np.testing.assert_array_equal(
-          np.concatenate([p["tokens"] for p in parts]), direct)
+      direct = np.stack([np.asarray(source.data_source[int(k)]["image"]).reshape(-1) for k in want])
+      np.testing.assert_array_equal(np.concatenate([p["tokens"] for p in parts]), direct)
 
 
 def test_own_download_opener_streams_a_prepared_builder(tmp_path):
@@ -239,8 +259,9 @@ def test_own_download_opener_streams_a_prepared_builder(tmp_path):
   source = registry.open_own_download(spec, str(tmp_path), "train", fields)
   assert isinstance(source, pipeline.RecordSource)
   streamed = source.to_arrays()
-  chex.assert_trees_all_equal((streamed.tokens, streamed.labels),
-                              (in_memory.tokens, in_memory.labels))
+  chex.assert_trees_all_equal(
+    (streamed.tokens, streamed.labels), (in_memory.tokens, in_memory.labels)
+  )
   a = pipeline.make_batcher(source, 32, seed=2, vocab_size=8)
   b = pipeline.make_batcher(in_memory, 32, seed=2, vocab_size=8)
   for step in (0, 9, 10):

@@ -1,4 +1,5 @@
 """Teacher training: sharding parity, resume, losses, checkpoints, config errors."""
+
 import os
 
 import jax
@@ -36,8 +37,9 @@ def test_sharded_step_matches_single_device(tmp_path):
   batcher = pipeline.Batcher(source.tokens, source.labels, 64, seed=0)
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
-    mesh = jax.make_mesh((len(devices),), ("data",), devices=devices,
-                         axis_types=(jax.sharding.AxisType.Auto,))
+    mesh = jax.make_mesh(
+      (len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,)
+    )
     state = trainer.replicate(trainer.init_state(trainer.init_params(model, 0), opt), mesh)
     jstep = trainer.shard_step(step_fn, mesh)
     losses_seen = []
@@ -79,25 +81,32 @@ def test_nan_stops_with_step_and_term_and_is_not_saved(tmp_path):
     loss, m = loss_fn(params, batch, key)
     poison = jnp.where(m["loss"] > -1, jnp.nan, 0.0)  # always NaN, traced
     return loss, dict(m, consistency=poison)
+
   opt = trainer.make_optimizer(c.optim, 8)
   state = trainer.init_state(trainer.init_params(model, 0), opt)
   batcher = pipeline.Batcher(source.tokens, source.labels, 64, seed=0)
-  loop = trainer.LoopConfig(workdir=str(tmp_path / "nan"), num_steps=8, seed=0, log_every=8,
-                          ckpt_every=2)
+  loop = trainer.LoopConfig(
+    workdir=str(tmp_path / "nan"), num_steps=8, seed=0, log_every=8, ckpt_every=2
+  )
   with pytest.raises(trainer.NonFiniteError, match=r"step 1 .*consistency"):
-    trainer.fit(loop, state, trainer.make_step(bad_loss, opt, 0.9), batcher, trainer.make_mesh(), {})
+    trainer.fit(
+      loop, state, trainer.make_step(bad_loss, opt, 0.9), batcher, trainer.make_mesh(), {}
+    )
   ckpts = tmp_path / "nan" / "checkpoints"
   assert not ckpts.exists() or not [p for p in os.listdir(ckpts) if p.isdigit()]
 
 
-@pytest.mark.parametrize("field,value,match", [
+@pytest.mark.parametrize(
+  "field,value,match",
+  [
     ("process.vocab_size", 2, "process.vocab_size.*smaller than the data"),
     ("process.name", "gaussain", "process.name"),
     ("model.length", 7, "model.length"),
     ("optim.lr", -1.0, "optim.lr"),
     ("train.num_steps", 0, "train.num_steps"),
     ("model.heads", 5, "model.width"),
-])
+  ],
+)
 def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, match):
   c = small_config(tmp_path)
   sec, name = field.split(".")
@@ -114,11 +123,18 @@ def test_unknown_data_field_is_named():
 
 def test_masked_elbo_weight_closed_forms():
   t = jnp.array([0.1, 0.5, 0.9])
-  np.testing.assert_allclose(losses.masked_elbo_weight(processes.Masked(3, "linear"), t), 1 / t, rtol=1e-5)
-  np.testing.assert_allclose(losses.masked_elbo_weight(processes.Masked(3, "loglinear"), t), 1 / t, rtol=1e-4)
+  np.testing.assert_allclose(
+    losses.masked_elbo_weight(processes.Masked(3, "linear"), t), 1 / t, rtol=1e-5
+  )
+  np.testing.assert_allclose(
+    losses.masked_elbo_weight(processes.Masked(3, "loglinear"), t), 1 / t, rtol=1e-4
+  )
   # cosine: alpha = 1 - cos(pi/2 (1-t)) -> -alpha' / (1-alpha) = (pi/2) tan(pi/2 (1-t))
-  np.testing.assert_allclose(losses.masked_elbo_weight(processes.Masked(3, "cosine"), t),
-                             np.pi / 2 * np.tan(np.pi / 2 * (1 - np.asarray(t))), rtol=1e-4)
+  np.testing.assert_allclose(
+    losses.masked_elbo_weight(processes.Masked(3, "cosine"), t),
+    np.pi / 2 * np.tan(np.pi / 2 * (1 - np.asarray(t))),
+    rtol=1e-4,
+  )
 
 
 def test_masked_elbo_of_the_ideal_denoiser_is_the_entropy():
@@ -135,6 +151,7 @@ def test_masked_elbo_of_the_ideal_denoiser_is_the_entropy():
     k_data, k_loss = jax.random.split(key)
     idx = jax.random.choice(k_data, len(probs), (512,), p=jnp.asarray(probs))
     return losses.teacher_loss(fn, jnp.asarray(probs), proc, jnp.asarray(states)[idx], k_loss)[0]
+
   vals = np.array([float(batch_loss(jax.random.key(i))) for i in range(200)])
   se = vals.std(ddof=1) / np.sqrt(len(vals))
   assert abs(vals.mean() - entropy) < 4 * se, (vals.mean(), entropy, se)
@@ -160,4 +177,4 @@ def test_ema_warmup_follows_tauldr():
   assert float(trainer.ema_decay_at(5, 0.9, warmup=False)) == pytest.approx(0.9)
   # After 5000 steps a warmed-up 0.9999 EMA holds a negligible share of the start.
   share = np.prod(np.asarray(trainer.ema_decay_at(np.arange(5000), 0.9999), np.float64))
-  assert share < 1e-3 and 0.9999 ** 5000 > 0.6
+  assert share < 1e-3 and 0.9999**5000 > 0.6

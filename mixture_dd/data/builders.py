@@ -10,15 +10,16 @@ Use `make_builder(name, data_dir, **params)`; the classes are not put in the
 global TFDS registry (so importing this module never clashes with catalog
 names) and are meant to be constructed through it.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import os
 
-from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from mixture_dd import exact
 from mixture_dd.data import markov
@@ -35,10 +36,12 @@ _PYDOC_TEST_EVERY = 10
 
 
 def _features(length: int) -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       "tokens": tfds.features.Tensor(shape=(length,), dtype=np.int32),
       "label": tfds.features.Scalar(dtype=np.int32),
-  })
+    }
+  )
 
 
 def _examples(tokens: np.ndarray, labels: np.ndarray | None = None):
@@ -60,8 +63,7 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is generated or ships with Python/sklearn.
-    return {split: self._generate_examples(split)
-            for split in ("train", "test")}
+    return {split: self._generate_examples(split) for split in ("train", "test")}
 
 
 # ---------------------------------------------------------------- markov --
@@ -84,8 +86,9 @@ class Markov(_Builder, skip_registration=True):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=_features(self.builder_config.length),
-        description="First-order Markov chain with exact likelihood.")
+      features=_features(self.builder_config.length),
+      description="First-order Markov chain with exact likelihood.",
+    )
 
   def _generate_examples(self, split):
     c = self.builder_config
@@ -109,11 +112,14 @@ class TinyConfig(tfds.core.BuilderConfig):
   num_test: int = 2000
 
 
-def tiny_probs(family: str, vocab_size: int, length: int,
-               seed: int) -> tuple[np.ndarray, np.ndarray]:
+def tiny_probs(
+  family: str, vocab_size: int, length: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
   """(states [S**D, D], probabilities [S**D]) of an `exact` family."""
-  return (exact.enumerate_states(vocab_size, length),
-          exact.make_family(family, vocab_size, length, seed))
+  return (
+    exact.enumerate_states(vocab_size, length),
+    exact.make_family(family, vocab_size, length, seed),
+  )
 
 
 class Tiny(_Builder, skip_registration=True):
@@ -124,8 +130,9 @@ class Tiny(_Builder, skip_registration=True):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=_features(self.builder_config.length),
-        description="I.i.d. samples of a tiny exact distribution.")
+      features=_features(self.builder_config.length),
+      description="I.i.d. samples of a tiny exact distribution.",
+    )
 
   def _generate_examples(self, split):
     c = self.builder_config
@@ -147,6 +154,7 @@ class DigitsConfig(tfds.core.BuilderConfig):
 def digits_split_indices() -> tuple[np.ndarray, np.ndarray]:
   """(train, test) row indices into sklearn's `load_digits()`, fixed."""
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
   n = len(datasets.load_digits().target)
   perm = np.random.default_rng(_DIGITS_SPLIT_SEED).permutation(n)
   num_test = int(round(_DIGITS_TEST_FRACTION * n))
@@ -156,6 +164,7 @@ def digits_split_indices() -> tuple[np.ndarray, np.ndarray]:
 def digits_arrays(levels: int = 17) -> tuple[np.ndarray, np.ndarray]:
   """All 1797 digits: tokens [N, 64] int32 in [0, levels), labels [N]."""
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
+
   if not 2 <= levels <= 17:
     raise ValueError(f"digits levels must be in [2, 17], got {levels}.")
   d = datasets.load_digits()
@@ -173,8 +182,10 @@ class Digits(_Builder, skip_registration=True):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=_features(64), supervised_keys=("tokens", "label"),
-        description="scikit-learn load_digits(), 8x8, labels 0..9.")
+      features=_features(64),
+      supervised_keys=("tokens", "label"),
+      description="scikit-learn load_digits(), 8x8, labels 0..9.",
+    )
 
   def _generate_examples(self, split):
     tokens, labels = digits_arrays(self.builder_config.levels)
@@ -193,6 +204,7 @@ class PydocTextConfig(tfds.core.BuilderConfig):
 
 def pydoc_topics() -> dict[str, str]:
   from pydoc_data import topics  # pylint: disable=g-import-not-at-top
+
   return dict(topics.topics)
 
 
@@ -207,7 +219,7 @@ def pydoc_fingerprint() -> str:
 def pydoc_topic_split() -> tuple[list[str], list[str]]:
   """(train, test) topic names: every 10th sorted topic is test."""
   names = sorted(pydoc_topics())
-  test = names[_PYDOC_TEST_EVERY - 1::_PYDOC_TEST_EVERY]
+  test = names[_PYDOC_TEST_EVERY - 1 :: _PYDOC_TEST_EVERY]
   test_set = set(test)
   return [n for n in names if n not in test_set], test
 
@@ -223,7 +235,7 @@ def pydoc_windows(topic_names: list[str], length: int) -> np.ndarray:
   for name in topic_names:
     tokens = text_lib.encode(topics[name], text_lib.PYDOC_ALPHABET)
     n = len(tokens) // length
-    rows.append(tokens[:n * length].reshape(n, length))
+    rows.append(tokens[: n * length].reshape(n, length))
   return np.concatenate(rows, 0).astype(np.int32)
 
 
@@ -235,9 +247,10 @@ class PydocText(_Builder, skip_registration=True):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=_features(self.builder_config.length),
-        description="Characters of pydoc_data.topics; 96 symbols "
-        "(newline + printable ASCII), others mapped to '?'.")
+      features=_features(self.builder_config.length),
+      description="Characters of pydoc_data.topics; 96 symbols "
+      "(newline + printable ASCII), others mapped to '?'.",
+    )
 
   def _generate_examples(self, split):
     train, test = pydoc_topic_split()
@@ -266,32 +279,35 @@ class Text8(_Builder, skip_registration=True):
 
   def _info(self):
     return self.dataset_info_from_configs(
-        features=_features(self.builder_config.length),
-        homepage="http://mattmahoney.net/dc/textdata.html",
-        description="text8 characters: space + a..z (27 symbols).")
+      features=_features(self.builder_config.length),
+      homepage="http://mattmahoney.net/dc/textdata.html",
+      description="text8 characters: space + a..z (27 symbols).",
+    )
 
   def _split_generators(self, dl_manager):
     path = dl_manager.download_and_extract(TEXT8_URL)
     text = (epath.Path(path) / "text8").read_text()
-    bounds = {"train": (0, 90_000_000), "validation": (90_000_000, 95_000_000),
-              "test": (95_000_000, len(text))}
-    return {split: self._generate_examples(text[a:b])
-            for split, (a, b) in bounds.items()}
+    bounds = {
+      "train": (0, 90_000_000),
+      "validation": (90_000_000, 95_000_000),
+      "test": (95_000_000, len(text)),
+    }
+    return {split: self._generate_examples(text[a:b]) for split, (a, b) in bounds.items()}
 
   def _generate_examples(self, text):
     tokens = text_lib.encode(text, text_lib.TEXT8_ALPHABET, unknown=None)
     n = len(tokens) // self.builder_config.length
-    return _examples(tokens[:n * self.builder_config.length].reshape(n, -1))
+    return _examples(tokens[: n * self.builder_config.length].reshape(n, -1))
 
 
 # --------------------------------------------------------------- factory --
 
 _BUILDERS = {
-    "markov": (Markov, MarkovConfig),
-    "tiny": (Tiny, TinyConfig),
-    "digits": (Digits, DigitsConfig),
-    "pydoc_text": (PydocText, PydocTextConfig),
-    "text8": (Text8, Text8Config),
+  "markov": (Markov, MarkovConfig),
+  "tiny": (Tiny, TinyConfig),
+  "digits": (Digits, DigitsConfig),
+  "pydoc_text": (PydocText, PydocTextConfig),
+  "text8": (Text8, Text8Config),
 }
 NAMES = tuple(_BUILDERS)
 
@@ -304,35 +320,34 @@ def config_name(name: str, params: dict) -> str:
   return "_".join(parts).replace("-", "m").replace(".", "p")
 
 
-def make_builder(name: str, data_dir: str | None = None,
-                 **params) -> tfds.core.DatasetBuilder:
+def make_builder(name: str, data_dir: str | None = None, **params) -> tfds.core.DatasetBuilder:
   """A builder for `name` with its parameters (see the *Config classes).
 
   Unknown parameters are an error; missing ones take the config defaults.
   """
   if name not in _BUILDERS:
-    raise ValueError(f"unknown generated data set {name!r}; choose one of "
-                     f"{NAMES}.")
+    raise ValueError(f"unknown generated data set {name!r}; choose one of {NAMES}.")
   cls, config_cls = _BUILDERS[name]
-  fields = [f.name for f in dataclasses.fields(config_cls)
-            if f.name not in {f.name for f in
-                              dataclasses.fields(tfds.core.BuilderConfig)}]
+  fields = [
+    f.name
+    for f in dataclasses.fields(config_cls)
+    if f.name not in {f.name for f in dataclasses.fields(tfds.core.BuilderConfig)}
+  ]
   unknown = sorted(set(params) - set(fields))
   if unknown:
-    raise ValueError(f"{name}: unknown parameter(s) {unknown}; accepted: "
-                     f"{fields}.")
+    raise ValueError(f"{name}: unknown parameter(s) {unknown}; accepted: {fields}.")
   full = {f: params.get(f, getattr(config_cls, f)) for f in fields}
-  config = config_cls(name=config_name(name, full), version=_VERSION,
-                      release_notes=_RELEASE_NOTES, **full)
+  config = config_cls(
+    name=config_name(name, full), version=_VERSION, release_notes=_RELEASE_NOTES, **full
+  )
   data_dir = os.path.expanduser(data_dir or DEFAULT_DATA_DIR)
   return cls(config=config, data_dir=data_dir, file_format="array_record")
 
 
-def prepare(name: str, data_dir: str | None = None,
-            **params) -> tfds.core.DatasetBuilder:
+def prepare(name: str, data_dir: str | None = None, **params) -> tfds.core.DatasetBuilder:
   """`make_builder` then build the files unless they are already cached."""
   builder = make_builder(name, data_dir, **params)
   builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-          compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
+  )
   return builder

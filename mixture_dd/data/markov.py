@@ -3,6 +3,7 @@
 Everything is float64 numpy on the host: the chain is a reference whose
 negative log-likelihood per token a trained model can be compared against.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,9 @@ import numpy as np
 _FLOOR = 1e-6
 
 
-def make_chain(vocab_size: int, seed: int,
-               concentration: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
+def make_chain(
+  vocab_size: int, seed: int, concentration: float = 0.3
+) -> tuple[np.ndarray, np.ndarray]:
   """A seeded, strongly correlated chain with full support.
 
   Rows are drawn from Dirichlet(concentration); a small concentration puts
@@ -65,26 +67,26 @@ def log_prob(x: np.ndarray, init: np.ndarray, trans: np.ndarray) -> np.ndarray:
   num_values = len(init)
   if x.size and (x.min() < 0 or x.max() >= num_values):
     raise ValueError(
-        f"x has values in [{x.min()}, {x.max()}], outside the chain's "
-        f"vocabulary [0, {num_values}).")
+      f"x has values in [{x.min()}, {x.max()}], outside the chain's vocabulary [0, {num_values})."
+    )
   lp = np.log(init)[x[:, 0]]
   lp = lp + np.log(trans)[x[:, :-1], x[:, 1:]].sum(-1)
   return lp.astype(np.float64)
 
 
-def sample(rng: np.random.Generator, n: int, length: int, init: np.ndarray,
-           trans: np.ndarray) -> np.ndarray:
+def sample(
+  rng: np.random.Generator, n: int, length: int, init: np.ndarray, trans: np.ndarray
+) -> np.ndarray:
   """n i.i.d. sequences [n, D] int32 by inverse-CDF sampling per step."""
   if length < 1 or n < 0:
-    raise ValueError(f"need n >= 0 and length >= 1, got n={n}, "
-                     f"length={length}.")
+    raise ValueError(f"need n >= 0 and length >= 1, got n={n}, length={length}.")
   num_values = len(init)
   out = np.empty((n, length), np.int32)
   # Inverse CDF, vectorised over the batch; the clip guards against a
   # uniform draw just above the last cumulative sum in floating point.
   out[:, 0] = np.minimum(
-      np.searchsorted(np.cumsum(init), rng.random(n), side="right"),
-      num_values - 1)
+    np.searchsorted(np.cumsum(init), rng.random(n), side="right"), num_values - 1
+  )
   cdf = np.cumsum(trans, axis=-1)  # [S, S]
   for k in range(1, length):
     rows = cdf[out[:, k - 1]]  # [n, S]

@@ -15,6 +15,7 @@ memory. Either way `batcher.batch(step)` is a pure function of (seed, step,
 process_index, process_count), so a resumed run sees exactly the batches of
 an uninterrupted one. The data sets themselves are declared in `registry`.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -23,9 +24,7 @@ import os
 import ml_collections
 import numpy as np
 
-from mixture_dd.data import builders
-from mixture_dd.data import registry
-from mixture_dd.data import sources
+from mixture_dd.data import builders, registry, sources
 from mixture_dd.data import text as text_lib
 
 # Re-exported: the rest of the code reads them from here.
@@ -46,14 +45,17 @@ def default_data_config(name: str) -> ml_collections.ConfigDict:
   entry = registry.get(name)
   # A typed None: `--config.data.data_dir=DIR` can set it from the command line.
   return ml_collections.ConfigDict(
-      dict(name=name, data_dir=ml_collections.config_dict.placeholder(str), **entry.defaults))
+    dict(name=name, data_dir=ml_collections.config_dict.placeholder(str), **entry.defaults)
+  )
 
 
 def decode_text(spec: DataSpec, tokens: np.ndarray) -> str | list[str]:
   """Tokens [D] -> str, or [B, D] -> list of B strings, for text specs."""
   if spec.alphabet is None:
-    raise ValueError(f"data set {spec.name!r} is {spec.kind!r}, not text; "
-                     "only text specs (pydoc_text, text8) can be decoded.")
+    raise ValueError(
+      f"data set {spec.name!r} is {spec.kind!r}, not text; "
+      "only text specs (pydoc_text, text8) can be decoded."
+    )
   tokens = np.asarray(tokens)
   if tokens.ndim == 2:
     return [text_lib.decode(t, spec.alphabet) for t in tokens]
@@ -65,21 +67,25 @@ def _check_fields(data_config) -> tuple[registry.DataSet, str | None, dict]:
   cfg = dict(data_config)  # ConfigDict and plain dicts alike.
   name = cfg.pop("name", None)
   if name not in registry.names():
-    raise ValueError(f"data.name={name!r} is not a known data set; choose one "
-                     f"of {registry.names()}.")
+    raise ValueError(
+      f"data.name={name!r} is not a known data set; choose one of {registry.names()}."
+    )
   entry = registry.get(name)
   if "data_dir" not in cfg:
-    raise ValueError("data.data_dir is missing; set it to a directory or "
-                     "None for the default ~/.cache/mixture_dd/tfds.")
+    raise ValueError(
+      "data.data_dir is missing; set it to a directory or "
+      "None for the default ~/.cache/mixture_dd/tfds."
+    )
   data_dir = cfg.pop("data_dir")
   accepted = sorted(entry.defaults)
   unknown = sorted(set(cfg) - set(accepted))
   missing = sorted(set(accepted) - set(cfg))
   if unknown or missing:
     raise ValueError(
-        f"data set {name!r}: unknown field(s) {unknown}, missing field(s) "
-        f"{missing}; accepted fields are {accepted} (start from "
-        f"default_data_config({name!r})).")
+      f"data set {name!r}: unknown field(s) {unknown}, missing field(s) "
+      f"{missing}; accepted fields are {accepted} (start from "
+      f"default_data_config({name!r}))."
+    )
   return entry, data_dir, cfg
 
 
@@ -89,8 +95,7 @@ def data_spec(data_config) -> DataSpec:
   return entry.make_spec(fields)
 
 
-def load(data_config, split: str
-         ) -> tuple[DataSpec, ArraySource | RecordSource]:
+def load(data_config, split: str) -> tuple[DataSpec, ArraySource | RecordSource]:
   """(spec, source of `split`) for a `default_data_config`-style config.
 
   Generated data sets are built under data_dir on first use (seconds), read
@@ -116,18 +121,30 @@ class _IndexedBatches:
   example of host memory (240 MB at 30M examples), the data itself nothing.
   """
 
-  def __init__(self, num_examples: int, global_batch_size: int, seed: int,
-               process_index: int, process_count: int):
+  def __init__(
+    self,
+    num_examples: int,
+    global_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+  ):
     if process_count < 1 or not 0 <= process_index < process_count:
-      raise ValueError(f"need 0 <= process_index < process_count, got "
-                       f"process_index={process_index}, "
-                       f"process_count={process_count}.")
+      raise ValueError(
+        f"need 0 <= process_index < process_count, got "
+        f"process_index={process_index}, "
+        f"process_count={process_count}."
+      )
     if global_batch_size < 1 or global_batch_size % process_count:
-      raise ValueError(f"global_batch_size={global_batch_size} must be a "
-                       f"positive multiple of process_count={process_count}.")
+      raise ValueError(
+        f"global_batch_size={global_batch_size} must be a "
+        f"positive multiple of process_count={process_count}."
+      )
     if global_batch_size > num_examples:
-      raise ValueError(f"global_batch_size={global_batch_size} exceeds the "
-                       f"{num_examples} examples; lower the batch size.")
+      raise ValueError(
+        f"global_batch_size={global_batch_size} exceeds the "
+        f"{num_examples} examples; lower the batch size."
+      )
     self.num_examples = num_examples
     self.global_batch_size = global_batch_size
     self.local_batch_size = global_batch_size // process_count
@@ -141,8 +158,7 @@ class _IndexedBatches:
     # One read of the cache: a prefetch thread may replace it meanwhile.
     cached_epoch, perm = self._perm_cache
     if cached_epoch != epoch:
-      perm = np.random.default_rng([self.seed, epoch]).permutation(
-          self.num_examples)
+      perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
       self._perm_cache = (epoch, perm)
     return perm
 
@@ -152,12 +168,12 @@ class _IndexedBatches:
       raise ValueError(f"step must be >= 0, got {step}.")
     epoch, within = divmod(step, self.steps_per_epoch)
     start = within * self.global_batch_size
-    return self._permutation(epoch)[start:start + self.global_batch_size]
+    return self._permutation(epoch)[start : start + self.global_batch_size]
 
   def local_indices(self, step: int) -> np.ndarray:
     """This process's slice [local_batch] of `global_indices(step)`."""
     start = self.process_index * self.local_batch_size
-    return self.global_indices(step)[start:start + self.local_batch_size]
+    return self.global_indices(step)[start : start + self.local_batch_size]
 
 
 class Batcher(_IndexedBatches):
@@ -167,36 +183,41 @@ class Batcher(_IndexedBatches):
   whole array is checked once here (dtype, vocabulary, labels).
   """
 
-  def __init__(self, tokens: np.ndarray, labels: np.ndarray | None,
-               global_batch_size: int, seed: int, process_index: int = 0,
-               process_count: int = 1, vocab_size: int | None = None):
+  def __init__(
+    self,
+    tokens: np.ndarray,
+    labels: np.ndarray | None,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    vocab_size: int | None = None,
+  ):
     tokens = np.asarray(tokens)
     if tokens.ndim != 2:
-      raise ValueError(f"tokens must be [num_examples, length], got shape "
-                       f"{tokens.shape}.")
+      raise ValueError(f"tokens must be [num_examples, length], got shape {tokens.shape}.")
     if not np.issubdtype(tokens.dtype, np.integer):
       raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}.")
     if len(tokens) == 0:
       raise ValueError("the data set is empty: nothing to batch.")
-    if vocab_size is not None and (tokens.min() < 0 or
-                                   tokens.max() >= vocab_size):
-      raise ValueError(f"tokens lie in [{tokens.min()}, {tokens.max()}], "
-                       f"outside the vocabulary [0, {vocab_size}).")
-    labels = (np.zeros(len(tokens), np.int32) if labels is None
-              else np.asarray(labels))
+    if vocab_size is not None and (tokens.min() < 0 or tokens.max() >= vocab_size):
+      raise ValueError(
+        f"tokens lie in [{tokens.min()}, {tokens.max()}], outside the vocabulary [0, {vocab_size})."
+      )
+    labels = np.zeros(len(tokens), np.int32) if labels is None else np.asarray(labels)
     if labels.shape != (len(tokens),):
-      raise ValueError(f"labels must be [{len(tokens)}], got shape "
-                       f"{labels.shape}.")
-    super().__init__(len(tokens), global_batch_size, seed, process_index,
-                     process_count)
+      raise ValueError(f"labels must be [{len(tokens)}], got shape {labels.shape}.")
+    super().__init__(len(tokens), global_batch_size, seed, process_index, process_count)
     self.tokens = tokens
     self.labels = labels
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """{"tokens": [local_batch, D] int32, "labels": [local_batch] int32}."""
     idx = self.local_indices(step)
-    return {"tokens": self.tokens[idx].astype(np.int32),
-            "labels": self.labels[idx].astype(np.int32)}
+    return {
+      "tokens": self.tokens[idx].astype(np.int32),
+      "labels": self.labels[idx].astype(np.int32),
+    }
 
 
 class SourceBatcher(_IndexedBatches):
@@ -212,20 +233,29 @@ class SourceBatcher(_IndexedBatches):
   what a batch holds. All reads happen on that one thread.
   """
 
-  def __init__(self, source, global_batch_size: int, seed: int,
-               process_index: int = 0, process_count: int = 1,
-               vocab_size: int | None = None, prefetch: int = 0):
+  def __init__(
+    self,
+    source,
+    global_batch_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    vocab_size: int | None = None,
+    prefetch: int = 0,
+  ):
     if len(source) == 0:
       raise ValueError("the data set is empty: nothing to batch.")
     if prefetch < 0:
       raise ValueError(f"prefetch must be >= 0 steps, got {prefetch}.")
-    super().__init__(len(source), global_batch_size, seed, process_index,
-                     process_count)
+    super().__init__(len(source), global_batch_size, seed, process_index, process_count)
     self.source = source
     self.vocab_size = vocab_size
     self.prefetch = prefetch
-    self._pool = (concurrent.futures.ThreadPoolExecutor(
-        1, thread_name_prefix="mixture_dd_prefetch") if prefetch else None)
+    self._pool = (
+      concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mixture_dd_prefetch")
+      if prefetch
+      else None
+    )
     self._pending: dict[int, concurrent.futures.Future] = {}
 
   def _read(self, step: int) -> dict[str, np.ndarray]:
@@ -233,14 +263,13 @@ class SourceBatcher(_IndexedBatches):
     tokens = np.asarray(rows.tokens)
     if not np.issubdtype(tokens.dtype, np.integer):
       raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}.")
-    if self.vocab_size is not None and (tokens.min() < 0 or
-                                        tokens.max() >= self.vocab_size):
+    if self.vocab_size is not None and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
       raise ValueError(
-          f"step {step}: tokens lie in [{tokens.min()}, {tokens.max()}], "
-          f"outside the vocabulary [0, {self.vocab_size}); the files do not "
-          "match the data set's spec (its registry entry).")
-    return {"tokens": tokens.astype(np.int32),
-            "labels": np.asarray(rows.labels).astype(np.int32)}
+        f"step {step}: tokens lie in [{tokens.min()}, {tokens.max()}], "
+        f"outside the vocabulary [0, {self.vocab_size}); the files do not "
+        "match the data set's spec (its registry entry)."
+      )
+    return {"tokens": tokens.astype(np.int32), "labels": np.asarray(rows.labels).astype(np.int32)}
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
     """{"tokens": [local_batch, D] int32, "labels": [local_batch] int32}."""
@@ -275,10 +304,15 @@ class SourceBatcher(_IndexedBatches):
     self.close()
 
 
-def make_batcher(source, global_batch_size: int, seed: int,
-                 process_index: int = 0, process_count: int = 1,
-                 vocab_size: int | None = None, prefetch: int = 2
-                 ) -> Batcher | SourceBatcher:
+def make_batcher(
+  source,
+  global_batch_size: int,
+  seed: int,
+  process_index: int = 0,
+  process_count: int = 1,
+  vocab_size: int | None = None,
+  prefetch: int = 2,
+) -> Batcher | SourceBatcher:
   """This process's batcher over either kind of source `load` returns.
 
   An `ArraySource` gets the in-memory `Batcher` (as before: the same batches
@@ -289,14 +323,27 @@ def make_batcher(source, global_batch_size: int, seed: int,
    "labels": [global_batch_size / process_count] int32} from `batch(step)`.
   """
   if isinstance(source, ArraySource):
-    return Batcher(source.tokens, source.labels, global_batch_size, seed=seed,
-                   process_index=process_index, process_count=process_count,
-                   vocab_size=vocab_size)
+    return Batcher(
+      source.tokens,
+      source.labels,
+      global_batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      vocab_size=vocab_size,
+    )
   if not (hasattr(source, "read") and hasattr(source, "__len__")):
-    raise TypeError(f"make_batcher needs an ArraySource or a source with "
-                    f"__len__ and read(indices), got {type(source).__name__}; "
-                    "use pipeline.load or wrap arrays in pipeline.ArraySource.")
-  return SourceBatcher(source, global_batch_size, seed,
-                       process_index=process_index,
-                       process_count=process_count, vocab_size=vocab_size,
-                       prefetch=prefetch)
+    raise TypeError(
+      f"make_batcher needs an ArraySource or a source with "
+      f"__len__ and read(indices), got {type(source).__name__}; "
+      "use pipeline.load or wrap arrays in pipeline.ArraySource."
+    )
+  return SourceBatcher(
+    source,
+    global_batch_size,
+    seed,
+    process_index=process_index,
+    process_count=process_count,
+    vocab_size=vocab_size,
+    prefetch=prefetch,
+  )

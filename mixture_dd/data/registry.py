@@ -24,6 +24,7 @@ an evaluation asks for it: evaluation code imports this package, so a
 direct reference here would be an import cycle, and the data code should
 not pull in the reference models (flax training code) just to read data.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,8 +37,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from mixture_dd.data import builders
-from mixture_dd.data import sources
+from mixture_dd.data import builders, sources
 from mixture_dd.data import text as text_lib
 
 ORIGINS = ("generated", "tfds_catalog", "own_download")
@@ -61,6 +61,7 @@ class DataSet:
     primary_metric: the metric the evaluation report is ranked by; needed
       with a scorer.
   """
+
   name: str
   origin: str
   defaults: Mapping[str, Any]
@@ -71,17 +72,16 @@ class DataSet:
 
   def __post_init__(self):
     if self.origin not in ORIGINS:
-      raise ValueError(f"data set {self.name!r}: origin={self.origin!r}; "
-                       f"choose one of {ORIGINS}.")
+      raise ValueError(f"data set {self.name!r}: origin={self.origin!r}; choose one of {ORIGINS}.")
     if (self.scorer is None) != (self.primary_metric is None):
-      raise ValueError(f"data set {self.name!r}: give both scorer and "
-                       "primary_metric, or neither.")
+      raise ValueError(f"data set {self.name!r}: give both scorer and primary_metric, or neither.")
     if {"name", "data_dir"} & set(self.defaults):
-      raise ValueError(f"data set {self.name!r}: 'name' and 'data_dir' are "
-                       "added to every config; leave them out of defaults.")
+      raise ValueError(
+        f"data set {self.name!r}: 'name' and 'data_dir' are "
+        "added to every config; leave them out of defaults."
+      )
     # A read-only copy: entries are shared module state.
-    object.__setattr__(self, "defaults",
-                       types.MappingProxyType(dict(self.defaults)))
+    object.__setattr__(self, "defaults", types.MappingProxyType(dict(self.defaults)))
 
   def make_spec(self, fields: Mapping[str, Any]) -> sources.DataSpec:
     return self.spec(self.name, fields)
@@ -90,18 +90,20 @@ class DataSet:
     """The scorer function, imported now (see the module docstring)."""
     if self.scorer is None:
       raise ValueError(
-          f"evaluation has no metrics for data set {self.name!r}; data sets "
-          f"with metrics: {sorted(PRIMARY_METRICS)}. Add a scorer and a "
-          "primary_metric to its registry entry.")
+        f"evaluation has no metrics for data set {self.name!r}; data sets "
+        f"with metrics: {sorted(PRIMARY_METRICS)}. Add a scorer and a "
+        "primary_metric to its registry entry."
+      )
     if callable(self.scorer):
       return self.scorer
     module, _, attr = self.scorer.partition(":")
     try:
       return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:
-      raise ValueError(f"data set {self.name!r}: scorer {self.scorer!r} does "
-                       f"not resolve ({e}); write it as 'module:function'."
-                       ) from e
+      raise ValueError(
+        f"data set {self.name!r}: scorer {self.scorer!r} does "
+        f"not resolve ({e}); write it as 'module:function'."
+      ) from e
 
 
 _REGISTRY: dict[str, DataSet] = {}
@@ -113,8 +115,9 @@ PRIMARY_METRICS = types.MappingProxyType(_PRIMARY)
 def register(entry: DataSet) -> DataSet:
   """Adds `entry`; a name is registered once (no silent replacement)."""
   if entry.name in _REGISTRY:
-    raise ValueError(f"data set {entry.name!r} is already registered; pick "
-                     "another name or call unregister first.")
+    raise ValueError(
+      f"data set {entry.name!r} is already registered; pick another name or call unregister first."
+    )
   _REGISTRY[entry.name] = entry
   if entry.primary_metric is not None:
     _PRIMARY[entry.name] = entry.primary_metric
@@ -135,8 +138,7 @@ def get(name: str) -> DataSet:
 
 def names(origin: str | None = None) -> tuple[str, ...]:
   """Registered names in registration order, optionally of one origin."""
-  return tuple(n for n, e in _REGISTRY.items()
-               if origin is None or e.origin == origin)
+  return tuple(n for n, e in _REGISTRY.items() if origin is None or e.origin == origin)
 
 
 # ------------------------------------------------------------ openers --
@@ -144,8 +146,7 @@ def names(origin: str | None = None) -> tuple[str, ...]:
 
 def check_split(name: str, split: str, splits) -> None:
   if split not in splits:
-    raise ValueError(f"data set {name!r} has no split {split!r}; choose one "
-                     f"of {sorted(splits)}.")
+    raise ValueError(f"data set {name!r} has no split {split!r}; choose one of {sorted(splits)}.")
 
 
 def read_all(data_source) -> list[dict]:
@@ -157,8 +158,9 @@ def read_all(data_source) -> list[dict]:
   return records
 
 
-def open_generated(spec: sources.DataSpec, data_dir: str, split: str,
-                   fields: Mapping[str, Any]) -> sources.ArraySource:
+def open_generated(
+  spec: sources.DataSpec, data_dir: str, split: str, fields: Mapping[str, Any]
+) -> sources.ArraySource:
   """Builds `builders.make_builder(spec.name)` once, then the whole split in
   memory (these splits are a few MB; batches are then pure array indexing)."""
   builder = builders.prepare(spec.name, data_dir, **fields)
@@ -166,57 +168,73 @@ def open_generated(spec: sources.DataSpec, data_dir: str, split: str,
   records = read_all(builder.as_data_source(split))
   dtype = sources.token_dtype(spec.vocab_size)
   if not records:
-    return sources.ArraySource(np.zeros((0, spec.length), dtype),
-                               np.zeros(0, np.int32))
+    return sources.ArraySource(np.zeros((0, spec.length), dtype), np.zeros(0, np.int32))
   tokens = np.stack([np.asarray(r["tokens"]).reshape(-1) for r in records])
   labels = np.asarray([r["label"] for r in records], np.int32)
   return sources.ArraySource(tokens.astype(dtype), labels)
 
 
-def open_own_download(spec: sources.DataSpec, data_dir: str, split: str,
-                      fields: Mapping[str, Any]) -> sources.RecordSource:
+def open_own_download(
+  spec: sources.DataSpec, data_dir: str, split: str, fields: Mapping[str, Any]
+) -> sources.RecordSource:
   """Our builder's array_record files, which must already be prepared (this
   never downloads), read by random access."""
   builder = builders.make_builder(spec.name, data_dir, **fields)
   if not builder.is_prepared():
     args = ", ".join(f"{k}={v!r}" for k, v in sorted(fields.items()))
     raise ValueError(
-        f"data set {spec.name!r} ({args}) is not prepared under "
-        f"data_dir={data_dir!r} and this machine cannot download it. On a "
-        "machine with network run `python -c \"from mixture_dd.data import "
-        f"builders; builders.prepare('{spec.name}', 'DIR', {args})\"`, copy "
-        "DIR here and set config.data.data_dir=DIR.")
+      f"data set {spec.name!r} ({args}) is not prepared under "
+      f"data_dir={data_dir!r} and this machine cannot download it. On a "
+      'machine with network run `python -c "from mixture_dd.data import '
+      f"builders; builders.prepare('{spec.name}', 'DIR', {args})\"`, copy "
+      "DIR here and set config.data.data_dir=DIR."
+    )
   check_split(spec.name, split, builder.info.splits)
-  return sources.RecordSource(builder.as_data_source(split), spec.name,
-                              spec.length, sources.token_dtype(spec.vocab_size))
+  return sources.RecordSource(
+    builder.as_data_source(split), spec.name, spec.length, sources.token_dtype(spec.vocab_size)
+  )
 
 
-def open_tfds(spec: sources.DataSpec, data_dir: str, split: str,
-              fields: Mapping[str, Any], *, token_key: str = "tokens",
-              label_key: str | None = "label") -> sources.RecordSource:
+def open_tfds(
+  spec: sources.DataSpec,
+  data_dir: str,
+  split: str,
+  fields: Mapping[str, Any],
+  *,
+  token_key: str = "tokens",
+  label_key: str | None = "label",
+) -> sources.RecordSource:
   """A TFDS catalog data set (prepared as array_record under data_dir, never
   downloaded here) read by random access; `split` may be a TFDS slice such
   as 'train[:10%]'."""
   del fields  # Catalog data sets have no parameters of ours.
   try:
-    data_source = tfds.data_source(spec.name, split=split, data_dir=data_dir,
-                                   download=False)
-  except (NotImplementedError, FileNotFoundError, AssertionError,
-          tfds.core.registered.DatasetNotFoundError) as e:
+    data_source = tfds.data_source(spec.name, split=split, data_dir=data_dir, download=False)
+  except (
+    NotImplementedError,
+    FileNotFoundError,
+    AssertionError,
+    tfds.core.registered.DatasetNotFoundError,
+  ) as e:
     raise ValueError(
-        f"data set {spec.name!r} is not prepared under data_dir={data_dir!r} "
-        f"({type(e).__name__}). This machine cannot download it: on a "
-        f"machine with network run `tfds build {spec.name} --data_dir DIR "
-        "--file_format=array_record` (random access needs array_record, not "
-        "the default tfrecord), copy DIR here and set "
-        "config.data.data_dir=DIR.") from e
-  return sources.RecordSource(data_source, spec.name, spec.length,
-                              sources.token_dtype(spec.vocab_size),
-                              token_key=token_key, label_key=label_key)
+      f"data set {spec.name!r} is not prepared under data_dir={data_dir!r} "
+      f"({type(e).__name__}). This machine cannot download it: on a "
+      f"machine with network run `tfds build {spec.name} --data_dir DIR "
+      "--file_format=array_record` (random access needs array_record, not "
+      "the default tfrecord), copy DIR here and set "
+      "config.data.data_dir=DIR."
+    ) from e
+  return sources.RecordSource(
+    data_source,
+    spec.name,
+    spec.length,
+    sources.token_dtype(spec.vocab_size),
+    token_key=token_key,
+    label_key=label_key,
+  )
 
 
-open_tfds_images = functools.partial(open_tfds, token_key="image",
-                                     label_key="label")
+open_tfds_images = functools.partial(open_tfds, token_key="image", label_key="label")
 
 
 # -------------------------------------------------------------- specs --
@@ -224,24 +242,22 @@ open_tfds_images = functools.partial(open_tfds, token_key="image",
 
 def tokens_spec(name: str, f: Mapping[str, Any]) -> sources.DataSpec:
   """Unlabelled token sequences with `vocab_size` and `length` fields."""
-  return sources.DataSpec(name, f["vocab_size"], f["length"], 0, None,
-                          "tokens")
+  return sources.DataSpec(name, f["vocab_size"], f["length"], 0, None, "tokens")
 
 
-def image_spec(shape: tuple[int, ...], levels: int = 256,
-               num_classes: int = 10) -> Callable:
+def image_spec(shape: tuple[int, ...], levels: int = 256, num_classes: int = 10) -> Callable:
   """Labelled images of a fixed shape, flattened to D = prod(shape)."""
   length = 1
   for s in shape:
     length *= s
-  return lambda name, f: sources.DataSpec(name, levels, length, num_classes,
-                                          tuple(shape), "image")
+  return lambda name, f: sources.DataSpec(name, levels, length, num_classes, tuple(shape), "image")
 
 
 def text_spec(alphabet: str) -> Callable:
   """Character windows with a `length` field; token i is alphabet[i]."""
-  return lambda name, f: sources.DataSpec(name, len(alphabet), f["length"],
-                                          0, None, "text", alphabet)
+  return lambda name, f: sources.DataSpec(
+    name, len(alphabet), f["length"], 0, None, "text", alphabet
+  )
 
 
 def _digits_spec(name: str, f: Mapping[str, Any]) -> sources.DataSpec:
@@ -252,28 +268,51 @@ def _digits_spec(name: str, f: Mapping[str, Any]) -> sources.DataSpec:
 
 _EVAL = "mixture_dd.evaluate:"
 _ENTRIES = (
-    DataSet("markov", "generated",
-            dict(vocab_size=8, length=32, seed=0, num_train=20000,
-                 num_test=2000),
-            spec=tokens_spec, open=open_generated,
-            scorer=_EVAL + "markov_scorer", primary_metric="nll_per_token"),
-    DataSet("tiny", "generated",
-            dict(family="noisy_copies", vocab_size=3, length=3, seed=0,
-                 num_train=20000, num_test=2000),
-            spec=tokens_spec, open=open_generated,
-            scorer=_EVAL + "tiny_scorer", primary_metric="tv"),
-    DataSet("digits", "generated", dict(levels=17),
-            spec=_digits_spec, open=open_generated,
-            scorer=_EVAL + "digits_scorer", primary_metric="fd"),
-    DataSet("pydoc_text", "generated", dict(length=64),
-            spec=text_spec(text_lib.PYDOC_ALPHABET), open=open_generated,
-            scorer=_EVAL + "text_scorer", primary_metric="gen_ppl"),
-    DataSet("mnist", "tfds_catalog", {},
-            spec=image_spec((28, 28, 1)), open=open_tfds_images),
-    DataSet("cifar10", "tfds_catalog", {},
-            spec=image_spec((32, 32, 3)), open=open_tfds_images),
-    DataSet("text8", "own_download", dict(length=256),
-            spec=text_spec(text_lib.TEXT8_ALPHABET), open=open_own_download),
+  DataSet(
+    "markov",
+    "generated",
+    dict(vocab_size=8, length=32, seed=0, num_train=20000, num_test=2000),
+    spec=tokens_spec,
+    open=open_generated,
+    scorer=_EVAL + "markov_scorer",
+    primary_metric="nll_per_token",
+  ),
+  DataSet(
+    "tiny",
+    "generated",
+    dict(family="noisy_copies", vocab_size=3, length=3, seed=0, num_train=20000, num_test=2000),
+    spec=tokens_spec,
+    open=open_generated,
+    scorer=_EVAL + "tiny_scorer",
+    primary_metric="tv",
+  ),
+  DataSet(
+    "digits",
+    "generated",
+    dict(levels=17),
+    spec=_digits_spec,
+    open=open_generated,
+    scorer=_EVAL + "digits_scorer",
+    primary_metric="fd",
+  ),
+  DataSet(
+    "pydoc_text",
+    "generated",
+    dict(length=64),
+    spec=text_spec(text_lib.PYDOC_ALPHABET),
+    open=open_generated,
+    scorer=_EVAL + "text_scorer",
+    primary_metric="gen_ppl",
+  ),
+  DataSet("mnist", "tfds_catalog", {}, spec=image_spec((28, 28, 1)), open=open_tfds_images),
+  DataSet("cifar10", "tfds_catalog", {}, spec=image_spec((32, 32, 3)), open=open_tfds_images),
+  DataSet(
+    "text8",
+    "own_download",
+    dict(length=256),
+    spec=text_spec(text_lib.TEXT8_ALPHABET),
+    open=open_own_download,
+  ),
 )
 for _entry in _ENTRIES:
   register(_entry)

@@ -10,6 +10,7 @@ Two kinds of source, with one reading interface (`len`, `read`, `head`):
     read slices with `read(indices)` / `head(n)`, or batch it with
     `pipeline.make_batcher`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -36,6 +37,7 @@ class DataSpec:
     kind: 'image' | 'text' | 'tokens'.
     alphabet: for text, the string whose i-th character is token i.
   """
+
   name: str
   vocab_size: int
   length: int
@@ -53,6 +55,7 @@ def token_dtype(vocab_size: int):
 @dataclasses.dataclass(frozen=True)
 class ArraySource:
   """A whole split in memory: tokens [N, D], labels [N] (random access)."""
+
   tokens: np.ndarray
   labels: np.ndarray
 
@@ -92,8 +95,15 @@ class RecordSource:
   of each batch touches only those records on disk.
   """
 
-  def __init__(self, data_source, name: str, length: int, dtype,
-               token_key: str = "tokens", label_key: str | None = "label"):
+  def __init__(
+    self,
+    data_source,
+    name: str,
+    length: int,
+    dtype,
+    token_key: str = "tokens",
+    label_key: str | None = "label",
+  ):
     self.data_source = data_source
     self.name = name
     self.length = length
@@ -105,16 +115,18 @@ class RecordSource:
     return len(self.data_source)
 
   def __repr__(self) -> str:
-    return (f"RecordSource({self.name!r}, {len(self)} records of length "
-            f"{self.length}, read on demand)")
+    return (
+      f"RecordSource({self.name!r}, {len(self)} records of length {self.length}, read on demand)"
+    )
 
   @property
   def tokens(self):
     raise AttributeError(
-        f"{self!r} does not hold the split in memory, so it has no `tokens` "
-        "array: read rows with `source.read(indices)` or `source.head(n)`, "
-        "batch it with `pipeline.make_batcher(source, ...)`, or (only if the "
-        "split fits in memory) call `source.to_arrays()`.")
+      f"{self!r} does not hold the split in memory, so it has no `tokens` "
+      "array: read rows with `source.read(indices)` or `source.head(n)`, "
+      "batch it with `pipeline.make_batcher(source, ...)`, or (only if the "
+      "split fits in memory) call `source.to_arrays()`."
+    )
 
   labels = tokens
 
@@ -123,19 +135,21 @@ class RecordSource:
     indices = np.asarray(indices, np.int64).reshape(-1)
     n = len(self)
     if indices.size and (indices.min() < 0 or indices.max() >= n):
-      raise IndexError(f"{self.name}: indices in [{indices.min()}, "
-                       f"{indices.max()}] outside the {n} records.")
+      raise IndexError(
+        f"{self.name}: indices in [{indices.min()}, {indices.max()}] outside the {n} records."
+      )
     tokens = np.zeros((len(indices), self.length), self.dtype)
     labels = np.zeros(len(indices), np.int32)
     for start in range(0, len(indices), READ_CHUNK):
-      keys = indices[start:start + READ_CHUNK]
+      keys = indices[start : start + READ_CHUNK]
       for j, record in enumerate(get_records(self.data_source, keys)):
         row = np.asarray(record[self.token_key]).reshape(-1)
         if row.shape != (self.length,):
           raise ValueError(
-              f"{self.name}: record {keys[j]} has {row.size} tokens, the spec "
-              f"says length {self.length}; the registry entry's spec does not "
-              "match the files.")
+            f"{self.name}: record {keys[j]} has {row.size} tokens, the spec "
+            f"says length {self.length}; the registry entry's spec does not "
+            "match the files."
+          )
         tokens[start + j] = row
         if self.label_key is not None:
           labels[start + j] = record[self.label_key]

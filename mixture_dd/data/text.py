@@ -1,4 +1,5 @@
 """Character vocabularies: token i is `alphabet[i]`."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,7 @@ def _lookup(alphabet: str, unknown: str | None) -> np.ndarray:
   return table
 
 
-def encode(text: str, alphabet: str = PYDOC_ALPHABET,
-           unknown: str | None = "?") -> np.ndarray:
+def encode(text: str, alphabet: str = PYDOC_ALPHABET, unknown: str | None = "?") -> np.ndarray:
   """String -> tokens [len(text)] int32; characters outside map to `unknown`.
 
   With `unknown=None`, a character outside the alphabet is an error.
@@ -33,8 +33,10 @@ def encode(text: str, alphabet: str = PYDOC_ALPHABET,
     tokens[non_ascii] = alphabet.index(unknown)
   elif non_ascii.any() or (tokens < 0).any():
     bad = sorted({c for c in text if c not in alphabet})[:10]
-    raise ValueError(f"characters {bad!r} are not in the alphabet; pass "
-                     "unknown='?' (or another alphabet symbol) to map them.")
+    raise ValueError(
+      f"characters {bad!r} are not in the alphabet; pass "
+      "unknown='?' (or another alphabet symbol) to map them."
+    )
   return tokens.astype(np.int32)
 
 
@@ -42,9 +44,11 @@ def decode(tokens: np.ndarray, alphabet: str = PYDOC_ALPHABET) -> str:
   """Tokens [L] int -> string."""
   tokens = np.asarray(tokens)
   if tokens.ndim != 1:
-    raise ValueError(f"decode takes one sequence [length], got shape "
-                     f"{tokens.shape}; decode rows one at a time.")
+    raise ValueError(
+      f"decode takes one sequence [length], got shape {tokens.shape}; decode rows one at a time."
+    )
   if tokens.size and (tokens.min() < 0 or tokens.max() >= len(alphabet)):
-    raise ValueError(f"tokens in [{tokens.min()}, {tokens.max()}] are "
-                     f"outside the vocabulary [0, {len(alphabet)}).")
+    raise ValueError(
+      f"tokens in [{tokens.min()}, {tokens.max()}] are outside the vocabulary [0, {len(alphabet)})."
+    )
   return "".join(alphabet[t] for t in tokens.tolist())
