@@ -70,7 +70,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mixture_dd import configuration, denoisers, distill, losses, networks, samplers, train
+from mixture_dd import configuration, denoisers, distill, networks, samplers, train
 from mixture_dd import trainer as T  # the generic training pieces
 from mixture_dd.data import pipeline
 
@@ -108,21 +108,7 @@ def init_params(model, seed: int):
 def teacher_loss_fn(config, model, process) -> Callable:
   """`(params, batch, key, frozen) -> (loss, metrics)`: the teacher's objective
   (as `train.setup_teacher` builds it, without loading data)."""
-  denoise = train.teacher_denoiser(model, config.model.label_dropout)
-
-  def loss_fn(params, batch, key, frozen=None):
-    del frozen
-    return losses.teacher_loss(
-      denoise,
-      params,
-      process,
-      batch["tokens"],
-      key,
-      t_min=config.loss.t_min,
-      labels=batch["labels"] if model.num_classes else None,
-    )
-
-  return loss_fn
+  return train.teacher_loss_fn(config, model, process)
 
 
 def distill_loss_fn(config, teacher_model, student_model, process) -> Callable:
@@ -130,14 +116,8 @@ def distill_loss_fn(config, teacher_model, student_model, process) -> Callable:
   parameters (as `distill.setup_student` builds it)."""
   # The teacher's parameters reach the loss as its `frozen` argument, never as constants.
   teacher = distill.network_teacher(teacher_model, None)
-  return distill.di4c_loss(
-    denoisers.from_network(student_model, train=True),
-    teacher,
-    process,
-    config.distill,
-    config.model.label_dropout,
-    student_model.num_classes,
-    target=denoisers.from_network(student_model),
+  return distill.student_loss(
+    student_model, teacher, process, config.distill, config.model.label_dropout
   )
 
 

@@ -17,7 +17,7 @@ import time
 import jax
 from absl import app, flags
 
-from mixture_dd import configuration, denoisers, distill, exact_report, networks, runs, trainer
+from mixture_dd import configuration, denoisers, distill, exact_report, runs
 from mixture_dd.data import pipeline
 
 _OUT = flags.DEFINE_string("out", "reports/student_start.md", "Markdown table goes here.")
@@ -104,8 +104,7 @@ def main(argv):
     for start, scale in starts:
       entry = configuration.entry_for_start(start)
       model = run.model.clone(latent=True, latent_entry=entry)
-      params = networks.student_params_from_teacher(run.params, trainer.init_params(model, 0))
-      params = distill.start_student(params, jax.random.key(1), start, scale)
+      params = distill.initial_student(model, _dconf(start, scale), 0, run.params)
       kl0 = distill.marginal_kl(
         teacher, model, params, run.process, head, jax.random.key(5), num_latents=32
       )

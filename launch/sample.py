@@ -80,25 +80,15 @@ def main(argv):
       uncond=uncond,
       guidance=_GUIDANCE.value,
     )
-  elif _SECOND.value:
-    second = runs.load_run(_SECOND.value)
-    if _NUM_FIRST.value is None:
-      raise ValueError("--second_workdir needs --num_first")
-    x = samplers.sample(
-      key,
-      run.process,
-      den,
-      run.params,
-      _NUM.value,
-      run.spec.length,
-      _STEPS.value,
-      grid=_GRID.value,
-      final=_FINAL.value,
-      second=second.denoiser(labels),
-      second_params=second.params,
-      num_first=_NUM_FIRST.value,
-    )
   else:
+    hybrid = {}
+    if _SECOND.value:
+      if _NUM_FIRST.value is None:
+        raise ValueError("--second_workdir needs --num_first")
+      second = runs.load_run(_SECOND.value)
+      hybrid = dict(
+        second=second.denoiser(labels), second_params=second.params, num_first=_NUM_FIRST.value
+      )
     x = samplers.sample(
       key,
       run.process,
@@ -109,6 +99,7 @@ def main(argv):
       _STEPS.value,
       grid=_GRID.value,
       final=_FINAL.value,
+      **hybrid,
     )
   x = np.asarray(x)
   print(f"{_NUM.value} samples in {time.time() - t0:.2f} s (incl. compile)")

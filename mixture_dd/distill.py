@@ -388,28 +388,37 @@ def setup_student(config) -> StudentSetup:
   if teacher.component is not None:  # next round: a student of ours starts from itself
     params = teacher.frozen
   else:
-    params = trainer.init_params(model, config.seed)
-    if config.teacher.kind == "network":
-      params = networks.student_params_from_teacher(teacher.frozen, params)
-    params = start_student(
-      params,
-      jax.random.key(config.seed + 1),
-      config.distill.student_start,
-      config.distill.latent_init_scale,
-    )
+    teacher_params = teacher.frozen if config.teacher.kind == "network" else None
+    params = initial_student(model, config.distill, config.seed, teacher_params)
   # Own buffers: the train step donates the student's state, and the teacher
   # (frozen) must not lose the arrays they would otherwise share.
   params = jax.tree.map(jnp.copy, params)
-  loss_fn = di4c_loss(
+  loss_fn = student_loss(model, teacher, process, config.distill, config.model.label_dropout)
+  return StudentSetup(config, spec, source, process, model, teacher, params, loss_fn)
+
+
+def initial_student(model, d, seed: int, teacher_params=None):
+  """The student's parameters at step 0: a fresh init of `model` (a product
+  teacher's weights copied in where `teacher_params` is given), its latent
+  path started as d.student_start / d.latent_init_scale say."""
+  params = trainer.init_params(model, seed)
+  if teacher_params is not None:
+    params = networks.student_params_from_teacher(teacher_params, params)
+  return start_student(params, jax.random.key(seed + 1), d.student_start, d.latent_init_scale)
+
+
+def student_loss(model, teacher: Teacher, process, d, label_dropout: float = 0.0):
+  """`di4c_loss` with our network as the student: train mode (dropout) at t,
+  eval mode for the consistency target."""
+  return di4c_loss(
     denoisers.from_network(model, train=True),
     teacher,
     process,
-    config.distill,
-    config.model.label_dropout,
+    d,
+    label_dropout,
     model.num_classes,
     target=denoisers.from_network(model),
   )
-  return StudentSetup(config, spec, source, process, model, teacher, params, loss_fn)
 
 
 def student_task(setup: StudentSetup) -> trainer.Task:

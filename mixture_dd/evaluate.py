@@ -571,9 +571,7 @@ def evaluate(
 
 def _describe(run) -> str | None:
   """The run and checkpoint step a report's numbers come from."""
-  if run is None:
-    return None
-  return run.describe() if hasattr(run, "describe") else repr(run)
+  return None if run is None else run.describe()
 
 
 def _short(row: dict) -> str:

@@ -11,7 +11,6 @@ import numpy as np
 
 from mixture_dd import (
   configuration,
-  denoisers,
   distill,
   exact,
   losses,
@@ -192,18 +191,9 @@ def distill_tiny_student(
   """A Di4C student of a network teacher: (model, params at step 0, trained EMA params)."""
   entry = configuration.entry_for_start(dconf.student_start)
   model = teacher_model.clone(latent=True, latent_entry=entry)
-  params = networks.student_params_from_teacher(teacher_params, trainer.init_params(model, seed))
-  params = distill.start_student(
-    params, jax.random.key(seed + 1), dconf.student_start, dconf.latent_init_scale
-  )
+  params = distill.initial_student(model, dconf, seed, teacher_params)
   teacher = distill.network_teacher(teacher_model, teacher_params)
-  loss_fn = distill.di4c_loss(
-    denoisers.from_network(model, train=True),
-    teacher,
-    process,
-    dconf,
-    target=denoisers.from_network(model),
-  )
+  loss_fn = distill.student_loss(model, teacher, process, dconf)
   opt = trainer.make_optimizer(tiny_optim(lr, latent_lr_mult=latent_lr_mult), steps)
   state = trainer.init_state(params, opt)
   batcher = pipeline.Batcher(tokens, None, batch, seed=seed)

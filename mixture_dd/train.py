@@ -37,6 +37,12 @@ def setup_teacher(config) -> TeacherSetup:
   process = configuration.make_process(config, spec)
   process.check_tokens(source.head(1000).tokens, f"data set {spec.name} tokens")
   model = configuration.make_model(config, spec, process)
+  return TeacherSetup(config, spec, source, process, model, teacher_loss_fn(config, model, process))
+
+
+def teacher_loss_fn(config, model, process) -> Callable:
+  """`(params, batch, key, frozen=None) -> (loss, metrics)`: the teacher's
+  objective with config.loss.t_min and (class-conditional models) label dropout."""
   denoise = teacher_denoiser(model, config.model.label_dropout)
 
   def loss_fn(params, batch, key, frozen=None):
@@ -51,7 +57,7 @@ def setup_teacher(config) -> TeacherSetup:
       labels=batch["labels"] if model.num_classes else None,
     )
 
-  return TeacherSetup(config, spec, source, process, model, loss_fn)
+  return loss_fn
 
 
 def teacher_denoiser(model, label_dropout: float = 0.0) -> denoisers.Denoiser:

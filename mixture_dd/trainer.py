@@ -231,12 +231,10 @@ def _as_words(x):
   size = x.dtype.itemsize
   if x.dtype == jnp.bool_:
     return x.astype(jnp.uint32).ravel()
-  if size == 4:
-    return jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()
   if size in (1, 2):
     small = jnp.uint8 if size == 1 else jnp.uint16
     return jax.lax.bitcast_convert_type(x, small).astype(jnp.uint32).ravel()
-  return jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()  # 8 bytes -> [..., 2]
+  return jax.lax.bitcast_convert_type(x, jnp.uint32).ravel()  # 4 bytes; 8 -> [..., 2]
 
 
 @jax.jit
@@ -420,7 +418,10 @@ def load_params(directory: str, abstract_params, signature: dict | None = None, 
       ),
     )["state"]
 
-  step, meta, restored, _ = _newest_good(mngr, ckpt_dir, restore, signature)
+  try:
+    step, meta, restored, _ = _newest_good(mngr, ckpt_dir, restore, signature)
+  finally:
+    mngr.close()
   if step is None:
     raise FileNotFoundError(
       f"no complete, readable checkpoint in {ckpt_dir}; train (or finish "

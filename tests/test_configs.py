@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mixture_dd import configuration, denoisers, distill, losses, networks, train, trainer
+from mixture_dd import configuration, distill, networks, train, trainer
 from mixture_dd.data import pipeline
 from mixture_dd.data import text as text_lib
 
@@ -87,20 +87,7 @@ def _teacher_from_random_tokens(config, spec, rng):
   configuration.validate(config, spec)
   process = configuration.make_process(config, spec)
   model = configuration.make_model(config, spec, process)
-  denoise = train.teacher_denoiser(model, config.model.label_dropout)
-
-  def loss_fn(params, batch, key, frozen=None):
-    del frozen
-    return losses.teacher_loss(
-      denoise,
-      params,
-      process,
-      batch["tokens"],
-      key,
-      t_min=config.loss.t_min,
-      labels=batch["labels"] if model.num_classes else None,
-    )
-
+  loss_fn = train.teacher_loss_fn(config, model, process)
   tokens = rng.integers(0, spec.vocab_size, (4 * BATCH, spec.length)).astype(np.int32)
   labels = rng.integers(0, max(spec.num_classes, 1), 4 * BATCH).astype(np.int32)
   return train.TeacherSetup(
@@ -199,20 +186,10 @@ def test_distill_config_resolves_validates_and_takes_one_di4c_step(path, tmp_pat
   process = configuration.make_process(config, spec)
   teacher = distill.load_teacher(config, spec, process)
   model = configuration.make_model(config, spec, process, latent=True)
-  params = trainer.init_params(model, 0)
-  if config.teacher.kind == "network":
-    params = networks.student_params_from_teacher(teacher.frozen, params)
-  params = distill.start_student(
-    params, jax.random.key(1), config.distill.student_start, config.distill.latent_init_scale
-  )
-  loss_fn = distill.di4c_loss(
-    denoisers.from_network(model, train=True),
-    teacher,
-    process,
-    config.distill,
-    config.model.label_dropout,
-    model.num_classes,
-    target=denoisers.from_network(model),
+  teacher_params = teacher.frozen if config.teacher.kind == "network" else None
+  params = distill.initial_student(model, config.distill, 0, teacher_params)
+  loss_fn = distill.student_loss(
+    model, teacher, process, config.distill, config.model.label_dropout
   )
   opt = trainer.make_optimizer(config.optim, config.train.num_steps)
   step = jax.jit(trainer.make_step(loss_fn, opt, config.optim.ema_decay))

@@ -18,7 +18,6 @@ from mixture_dd import (
   distill,
   evaluate,
   exact,
-  networks,
   processes,
   runs,
   train,
@@ -73,8 +72,8 @@ def _student_like(teacher_run, scale=0.3):
   model = configuration.make_model(
     teacher_run.config, teacher_run.spec, teacher_run.process, latent=True
   )
-  params = networks.student_params_from_teacher(teacher_run.params, trainer.init_params(model, 0))
-  params = distill.start_student(params, jax.random.key(1), "normal", scale)
+  start = configuration.distill_preset("sdtt", student_start="normal", latent_init_scale=scale)
+  params = distill.initial_student(model, start, 0, teacher_run.params)
   config = ml_collections.ConfigDict(teacher_run.config.to_dict())
   config.is_student = True
   return runs.Run(config, teacher_run.spec, teacher_run.process, model, params, True)
