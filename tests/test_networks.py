@@ -1,6 +1,7 @@
 """Tests for mixture_dd.networks."""
 
 import math
+import tempfile
 
 import chex
 import jax
@@ -20,7 +21,7 @@ LENGTH = 12
 BF16_U = 2.0**-8
 
 
-def _quick_distill_losses(dtype: str, num_steps: int):
+def _quick_distill_losses(dtype: str, num_steps: int, seed: int = 0, data_dir=None):
   """(student params, per-step Di4C losses `[num_steps]`) of a short run.
 
   configs/tiny_distill.py (exact "ideal" teacher, no trained teacher needed),
@@ -33,6 +34,9 @@ def _quick_distill_losses(dtype: str, num_steps: int):
 
   config = tiny_distill.get_config()
   config.model.update(dtype=dtype, width=32, depth=1)
+  config.seed = seed
+  if data_dir:
+    config.data.data_dir = data_dir
   result = distill.quick_distill(config, num_steps=num_steps, chunk=num_steps)
   return result.params, np.asarray(result.losses)
 
@@ -262,6 +266,13 @@ def test_bfloat16_forward_agrees_with_float32(positions):
   chex.assert_trees_all_close(jax.nn.softmax(got), jax.nn.softmax(want), atol=0.05, rtol=0.0)
 
 
+def measure(seed: int) -> dict:
+  """The late/early loss ratio of a 40-step bfloat16 distillation (`benchmarks.spread`)."""
+  # Its own data directory: the processes of benchmarks.spread run at once.
+  _, losses = _quick_distill_losses("bfloat16", 40, seed, tempfile.mkdtemp())
+  return {"late_over_early": float(losses[-10:].mean() / losses[:10].mean())}
+
+
 def test_bfloat16_distillation_stays_finite_and_learns():
   params, losses = _quick_distill_losses("bfloat16", num_steps=40)
   chex.assert_shape(losses, (40,))
@@ -269,11 +280,12 @@ def test_bfloat16_distillation_stays_finite_and_learns():
   chex.assert_tree_all_finite(params)
   assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(params))
   # A fresh student against the exact teacher: its loss falls several-fold
-  # in the first tens of steps (measured 0.53 -> 0.15 between the first and
-  # last 10-step means, float32 within 1% of bfloat16). Halving is a loose
-  # bar that the step-to-step noise of a 10-step mean (about 20%) cannot
-  # fake, and a model that does not learn in bfloat16 cannot pass.
-  assert losses[-10:].mean() < 0.5 * losses[:10].mean(), losses
+  # in the first tens of steps. Late/early ratio of the 10-step means
+  # (`measure`, benchmarks.spread, Intel Xeon, JAX 0.11.2, seeds 0-4): 0.28
+  # 0.29 0.18 0.38 0.46, the same to 3 digits with --xla_cpu_max_isa=AVX2.
+  # 0.7 sits a margin above the largest; a model that does not learn in
+  # bfloat16 stays near 1.
+  assert losses[-10:].mean() < 0.7 * losses[:10].mean(), losses
 
 
 def test_masked_carry_over():
