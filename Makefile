@@ -17,6 +17,16 @@ EXTRAS ?= test,notebooks
 
 .PHONY: demo test smoke format exact-demo results install clean
 
+# One line saying where the tests ran (results depend on the processor: see tests/ docstrings).
+define WHERE
+import os, platform, jax, jaxlib
+info = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+cpu = next((l.split(":", 1)[1].strip() for l in info.splitlines() if l.startswith("model name")), platform.processor())
+isa = next((f for f in ("avx512f", "avx2", "avx") if f" {f} " in info), "unknown")
+print(f"== Python {platform.python_version()}, jax {jax.__version__}, jaxlib {jaxlib.__version__}; {cpu}, {os.cpu_count()} cores, {platform.machine()}, widest ISA {isa}; XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+endef
+export WHERE
+
 $(VENV)/.installed: setup.py
 	@test -n "$(PYTHON)" || { echo "no Python >= 3.11 found: run make PYTHON=/path/to/python3.11+"; exit 1; }
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "mixture_dd needs Python >= 3.11, got " + sys.version'
@@ -31,14 +41,17 @@ install: $(VENV)/.installed
 # given: `JAX_PLATFORMS=cuda make test`. Only test and smoke pin the platform.
 test smoke: JAX_PLATFORMS ?= cpu
 
-# The style check, then every test (test_smoke.py repeats, through the launchers, what the
+# The style check, then every test, a file at a time per worker (--dist loadfile: a module's
+# shared fixtures, e.g. the demo's uninterrupted run, are built once; test_smoke.py repeats, through the launchers, what the
 # others test piece by piece: it is for the second Python in CI).
 test: $(VENV)/.installed
+	@$(PY) -c "$$WHERE"
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .
-	JAX_PLATFORMS=$(JAX_PLATFORMS) $(PY) -m pytest -q -n 2 --durations=15 tests --ignore=tests/test_smoke.py
+	JAX_PLATFORMS=$(JAX_PLATFORMS) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests --ignore=tests/test_smoke.py
 
 # The package imports, and launch.train -> launch.distill -> launch.sample run (about a minute).
 smoke: $(VENV)/.installed
+	@$(PY) -c "$$WHERE"
 	JAX_PLATFORMS=$(JAX_PLATFORMS) $(PY) -m pytest -q tests/test_smoke.py
 
 # Applies the one style (ruff.toml) to the whole tree.

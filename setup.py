@@ -12,8 +12,20 @@ setup(
   # The experiment configs live at the top of the repository (configs/) and
   # install as mixture_dd.configs, so a notebook can `from mixture_dd.configs
   # import digits` wherever the package is installed.
-  packages=find_packages(include=["mixture_dd", "mixture_dd.*"]) + ["mixture_dd.configs"],
+  # The launchers (launch/) install as the package `launch`, so that
+  # `python -m launch.train` works from any directory, and as commands.
+  packages=find_packages(include=["mixture_dd", "mixture_dd.*", "launch"]) + ["mixture_dd.configs"],
   package_dir={"mixture_dd.configs": "configs"},
+  entry_points={
+    "console_scripts": [
+      "mdd-train = launch.train:cli",
+      "mdd-distill = launch.distill:cli",
+      "mdd-evaluate = launch.evaluate:cli",
+      "mdd-sample = launch.sample:cli",
+      "mdd-demo = launch.demo:cli",
+      "mdd-exact-demo = launch.exact_demo:cli",
+    ]
+  },
   # One range per library; pip takes the newest release that the running Python
   # supports: on Python 3.11, JAX 0.10.x (JAX 0.11+ needs Python >= 3.12) with
   # flax 0.12.8; on Python 3.12+, JAX 0.12.x with flax 0.12.12. Both ends are tested.

@@ -50,7 +50,7 @@ def main(argv):
   steps = [int(s) for s in _STEPS.value]
   teacher = runs.load_run(config.teacher.workdir)
   specs = evaluate.sampler_specs(teacher)
-  score, data_ref, _ = evaluate.make_scorer(teacher, None, specs, None, 32)
+  score, data_ref, _ = evaluate.make_scorer(teacher, None, specs, None, 32, _NUM.value)
   metric = evaluate.PRIMARY[teacher.spec.name]
   cache, length, process = {}, teacher.spec.length, teacher.process
 

@@ -16,6 +16,7 @@ max, from which the tests' thresholds are set (with a margin).
 cores (0: no pinning), so a 16-core machine measures 8 two-core runs at once.
 """
 
+import importlib.metadata
 import itertools
 import json
 import os
@@ -145,7 +146,12 @@ def write(done: dict) -> str:
     (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
     "unknown CPU",
   )
-  lines = [f"# Spread of the statistical tests ({cpu}, {os.cpu_count()} cores)", ""]
+  jax_version = importlib.metadata.version("jax")
+  pinned = f", {_CORES.value} per run" if _CORES.value else ""
+  lines = [
+    f"# Spread of the statistical tests ({cpu}, {os.cpu_count()} cores{pinned}, jax {jax_version})",
+    "",
+  ]
   for name in _WHICH.value:
     rows = {j: r for j, r in done.items() if j[0] == name}
     lines += table(name, rows) if rows else []

@@ -3,8 +3,10 @@
 Mirrors the teacher of Di4C's CIFAR-10 experiment, tauLDR's (Campbell et al.,
 2022) CIFAR-10 model: each of the 3072 sub-pixels is a token over 256 ordinal
 levels, forward process the Gaussian-rate CTMC with rate_sigma=6,
-Q_sigma=512, time_base=3, time_exp=100, training times t >= 0.01, Adam at
-2e-4 with batch 128 and gradient-norm clip 1. What differs: tauLDR's network
+Q_sigma=512, time_base=3, time_exp=100, training times t >= 0.01, dropout
+0.1, Adam at 2e-4 with batch 128 and gradient-norm clip 1. Its student
+(configs/cifar10_tauldr_distill.py) trains at this dropout too, as in the
+official Di4C code (0.1 for both). What differs: tauLDR's network
 is a convolutional U-Net; ours is a DiT (width 768, depth 12, 12 heads, about
 the size of DiT-B) over the flattened 32x32x3 sequence, with learned absolute
 positions because 1-D rotary positions know nothing of the image's 2-D
@@ -13,8 +15,9 @@ tauLDR's CTMC ELBO. Attention over 3072 tokens makes this an accelerator
 config: about 0.9 TFLOP per example per forward pass, 3x that to train.
 
 Needs CIFAR-10 prepared with TFDS (see `mixture_dd.data.pipeline.load`):
-  python -m launch.train --config=configs/cifar10_gaussian.py --workdir=workdirs/cifar10 \
-      --config.data.data_dir=DIR
+  python -m launch.train --config=configs/cifar10_gaussian.py \
+      --workdir=workdirs/cifar10_teacher --config.data.data_dir=DIR
+(the workdir configs/cifar10_tauldr_distill.py reads its teacher from).
 """
 
 import ml_collections
@@ -36,7 +39,7 @@ def get_config():
     depth=12,
     heads=12,
     mlp_ratio=4,
-    dropout=0.0,
+    dropout=0.1,  # tauLDR's; its student inherits it (configuration.resolve)
     positions="learned",
     class_conditional=False,
     dtype="bfloat16",

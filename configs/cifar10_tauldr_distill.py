@@ -1,13 +1,13 @@
 """Full-size preset: Di4C on the CIFAR-10 Gaussian-CTMC teacher (tauLDR setup).
 
-method.md sec. 4, tauLDR column: Delta log-uniform in [1e-3, 1e-2], t ~ U[0.01 + Delta, 1],
+docs/method.md sec. 4, tauLDR column: Delta log-uniform in [1e-3, 1e-2], t ~ U[0.01 + Delta, 1],
 distillation on every example at a fresh delta ~ U[0.01, 0.02], alpha_t = sigmoid(20 (t - 0.5)),
-L = 16, Adam 2e-4 with clipping 1.0. For accelerators:
-  python -m launch.distill --config=configs/cifar10_tauldr_distill.py --workdir=... \
-      --config.teacher.workdir=<a configs/cifar10_gaussian.py run>
+L = 16, Adam 2e-4 with clipping 1.0. The student's dropout is its teacher's (0.1 in
+configs/cifar10_gaussian.py, as in the official runs). For accelerators; the teacher is the
+configs/cifar10_gaussian.py run of that file's docstring, in workdirs/cifar10_teacher:
+  python -m launch.distill --config=configs/cifar10_tauldr_distill.py \
+      --workdir=workdirs/cifar10_student --config.teacher.workdir=workdirs/cifar10_teacher
 """
-
-import ml_collections
 
 from mixture_dd import configuration
 
@@ -28,5 +28,4 @@ def get_config():
     sample_steps=10,
   )
   c.train.eval_weights = "ema"  # tauLDR samples from its warmed-up EMA
-  c.model = ml_collections.ConfigDict(dict(dropout=0.1))  # the official student's dropout
   return c

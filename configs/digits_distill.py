@@ -12,6 +12,7 @@ from mixture_dd import configuration
 def get_config(scale: str = "full"):
   c = configuration.distill_base_config("sdtt")
   c.teacher.update(kind="network", workdir="workdirs/demo/teacher")
+  c.data.name = "digits"  # a teacher of another data set is refused
   c.distill.update(
     num_latents=16,
     t_sampling="uniform",

@@ -13,6 +13,7 @@ from mixture_dd import configuration
 def get_config():
   c = configuration.distill_base_config("sdtt")
   c.teacher.update(kind="network", workdir="workdirs/markov_teacher")
+  c.data.name = "markov"  # a teacher of another data set is refused
   c.distill.update(
     num_latents=16,
     t_sampling="uniform",

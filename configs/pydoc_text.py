@@ -2,6 +2,8 @@
 
 Sized for a 2-core CPU: about 9 minutes (0.35 s/step).
   python -m launch.train --config=configs/pydoc_text.py --workdir=workdirs/pydoc_teacher
+Its student (configs/pydoc_text_distill.py, whose config.teacher.workdir is that workdir):
+  python -m launch.distill --config=configs/pydoc_text_distill.py --workdir=workdirs/pydoc_student
 """
 
 from mixture_dd import configuration

@@ -1,7 +1,7 @@
 """Di4C student of the character-level text teacher (configs/pydoc_text.py).
 
-  python -m launch.train --config=configs/pydoc_text.py --workdir=workdirs/text_teacher
-  python -m launch.distill --config=configs/pydoc_text_distill.py --workdir=workdirs/text_student
+  python -m launch.train --config=configs/pydoc_text.py --workdir=workdirs/pydoc_teacher
+  python -m launch.distill --config=configs/pydoc_text_distill.py --workdir=workdirs/pydoc_student
 The same small-budget recipe as the digits and Markov students (per-example
 uniform t, Delta = 0.05, distillation below t = 0.05, di4c-d with alpha as
 tauLDR's): SDTT's own Delta of 1/1024 is sized for 1024-step teachers and
@@ -13,7 +13,8 @@ from mixture_dd import configuration
 
 def get_config():
   c = configuration.distill_base_config("sdtt")
-  c.teacher.update(kind="network", workdir="workdirs/text_teacher")
+  c.teacher.update(kind="network", workdir="workdirs/pydoc_teacher")
+  c.data.name = "pydoc_text"  # a teacher of another data set is refused
   c.distill.update(
     num_latents=16,
     t_sampling="uniform",

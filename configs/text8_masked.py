@@ -12,6 +12,9 @@ text8 needs network to build once (see `mixture_dd.data.builders.prepare`):
   python -c "from mixture_dd.data import builders; builders.prepare('text8', 'DIR', length=256)"
   python -m launch.train --config=configs/text8_masked.py --workdir=workdirs/text8 \
       --config.data.data_dir=DIR
+Its student (configs/text8_sdtt_distill.py, whose config.teacher.workdir is workdirs/text8):
+  python -m launch.distill --config=configs/text8_sdtt_distill.py \
+      --workdir=workdirs/text8_student --config.data.data_dir=DIR
 """
 
 from mixture_dd import configuration

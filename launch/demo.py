@@ -32,12 +32,17 @@ _NUM = flags.DEFINE_integer(
   2048,
   "Samples per sampler and N (FD's standard error is about 0.5-1 at "
   "2048; differences of 3 are noise at 256).",
+  lower_bound=1,
 )
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS cache (default ~/.cache/mixture_dd/tfds).")
 
 
 def main(argv):
   common.setup(argv)
+  steps = common.int_list(_STEPS.value, "steps")
+  student_steps = common.int_list(_STUDENT_STEPS.value, "student_steps")
+  common.check_workdir(_WORKDIR.value)
+  common.check_writable_dir(_OUT.value, "--out_dir")
   t0 = time.time()
   teacher_dir = os.path.join(_WORKDIR.value, "teacher")
   student_dir = os.path.join(_WORKDIR.value, "student")
@@ -52,7 +57,6 @@ def main(argv):
   print(f"[2/3] Di4C student -> {student_dir} ({time.time() - t0:.0f} s so far)", flush=True)
   distill.distill_student(dconf, student_dir)
   print(f"[3/3] evaluation -> {_OUT.value} ({time.time() - t0:.0f} s so far)", flush=True)
-  steps = [int(s) for s in _STEPS.value]
   num = _NUM.value if _SCALE.value == "full" else min(_NUM.value, 32)
   evaluate.evaluate(
     runs.load_run(teacher_dir),
@@ -62,11 +66,16 @@ def main(argv):
     seed=0,
     out_dir=_OUT.value,
     batch_size=min(256, num),
-    student_steps=[int(s) for s in _STUDENT_STEPS.value],
+    student_steps=student_steps,
   )
   print(open(os.path.join(_OUT.value, "results.md")).read())
   print(f"done in {time.time() - t0:.0f} s; report in {_OUT.value}")
 
 
+def cli(argv=None):
+  """The `mdd-demo` command (`python -m launch.demo`)."""
+  return common.run(main, argv=argv)
+
+
 if __name__ == "__main__":
-  common.run(main)
+  cli()

@@ -7,7 +7,8 @@ r"""Draws samples from a teacher, a student, or a hybrid of the two.
       --steps=8 --num_first=6 --out=reports/samples/hybrid_N8
   # MaskGIT confidence sampler with classifier-free guidance (class-conditional runs):
   python -m launch.sample --workdir=... --sampler=confidence --label=3 --guidance=2.0 --steps=4 ...
-Writes OUT.npz plus OUT.png (images) or OUT.txt (text).
+Writes OUT.npz plus OUT.png (images) or OUT.txt (text). The runs and OUT's
+directory are checked before anything is sampled.
 """
 
 import time
@@ -23,8 +24,8 @@ from mixture_dd import runs, samplers, visualize
 _WORKDIR = flags.DEFINE_string("workdir", None, "A launch.train or launch.distill workdir.")
 _SECOND = flags.DEFINE_string("second_workdir", None, "Hybrid: this run takes the last steps.")
 _NUM_FIRST = flags.DEFINE_integer("num_first", None, "Hybrid: steps taken by --workdir's model.")
-_STEPS = flags.DEFINE_integer("steps", 8, "Number of sampling steps N.")
-_NUM = flags.DEFINE_integer("num_samples", 64, "How many samples.")
+_STEPS = flags.DEFINE_integer("steps", 8, "Number of sampling steps N.", lower_bound=1)
+_NUM = flags.DEFINE_integer("num_samples", 64, "How many samples.", lower_bound=1)
 _SAMPLER = flags.DEFINE_enum(
   "sampler",
   "analytic",
@@ -40,13 +41,20 @@ _GUIDANCE = flags.DEFINE_float("guidance", 0.0, "Classifier-free guidance scale 
 _TEMP = flags.DEFINE_float("choice_temperature", 4.5, "Confidence sampler's Gumbel scale.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _OUT = flags.DEFINE_string("out", None, "Output prefix (OUT.npz, OUT.png / OUT.txt).")
-flags.mark_flags_as_required(["workdir", "out"])
 
 
 def main(argv):
   common.setup(argv)
-  if _STEPS.value < 1 or _NUM.value < 1:
-    raise ValueError(f"--steps and --num_samples must be >= 1, got {_STEPS.value}, {_NUM.value}")
+  common.check_run(_WORKDIR.value, "--workdir")
+  if _SECOND.value:
+    if _SAMPLER.value == "confidence":
+      raise common.UsageError("--second_workdir (hybrid) works with --sampler=analytic only")
+    if _NUM_FIRST.value is None:
+      raise common.UsageError("--second_workdir needs --num_first (steps taken by --workdir's run)")
+    common.check_run(_SECOND.value, "--second_workdir")
+  if _GUIDANCE.value and _LABEL.value is None:
+    raise common.UsageError("--guidance needs --label")
+  out = common.check_out_prefix(_OUT.value)
   run = runs.load_run(_WORKDIR.value)
   labels = None
   if _LABEL.value is not None:
@@ -58,16 +66,12 @@ def main(argv):
   den = run.denoiser(labels)
   uncond = None
   if _GUIDANCE.value:
-    if labels is None:
-      raise ValueError("--guidance needs --label")
     uncond = run.denoiser(jnp.full((_NUM.value,), run.model.num_classes, jnp.int32))
     if _SAMPLER.value == "analytic":  # the confidence sampler ramps the scale itself
       den = samplers.guided(den, uncond, _GUIDANCE.value)
   key = jax.random.key(_SEED.value)
   t0 = time.time()
   if _SAMPLER.value == "confidence":
-    if _SECOND.value:
-      raise ValueError("--second_workdir (hybrid) works with --sampler=analytic only")
     x = samplers.confidence_sample(
       key,
       run.process,
@@ -83,8 +87,6 @@ def main(argv):
   else:
     hybrid = {}
     if _SECOND.value:
-      if _NUM_FIRST.value is None:
-        raise ValueError("--second_workdir needs --num_first")
       second = runs.load_run(_SECOND.value)
       hybrid = dict(
         second=second.denoiser(labels), second_params=second.params, num_first=_NUM_FIRST.value
@@ -103,9 +105,14 @@ def main(argv):
     )
   x = np.asarray(x)
   print(f"{_NUM.value} samples in {time.time() - t0:.2f} s (incl. compile)")
-  for path in visualize.save_samples(x, run.spec, _OUT.value, title=f"N={_STEPS.value}"):
+  for path in visualize.save_samples(x, run.spec, out, title=f"N={_STEPS.value}"):
     print("wrote", path)
 
 
+def cli(argv=None):
+  """The `mdd-sample` command (`python -m launch.sample`)."""
+  return common.run(main, required=("workdir", "out"), argv=argv)
+
+
 if __name__ == "__main__":
-  common.run(main)
+  cli()

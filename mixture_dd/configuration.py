@@ -12,10 +12,14 @@ A config (ml_collections.ConfigDict) has these sections:
   train                batch_size, num_steps, log_every, ckpt_every, keep,
                        sample_every, sample_steps, num_samples, eval_weights
 A distillation config also has
-  teacher              kind ("network" | "ideal"), workdir, num_latents,
-                       restart_if_changed
+  teacher              kind ("network" | "ideal" | "user"), workdir, num_latents,
+                       restart_if_changed; optional init_workdir (an ideal
+                       or user teacher's student starts from that run's weights)
   distill              a preset of the Di4C knobs (`distill_preset`)
-and takes data/process/model from its teacher's run (`resolve`).
+and takes data/process/model from its teacher's run (`resolve`); an ideal
+teacher's config sets them itself, a user teacher's (a `distill.Teacher`
+passed in) too, over base_config()'s process and model. Data may be a token
+array passed in (data.name "array", `pipeline.array_source`).
 Validation happens here, once (`validate`); every check raises a ValueError
 that names the field and what it accepts. The modules downstream assume a
 valid config.
@@ -59,6 +63,10 @@ def base_config() -> ml_collections.ConfigDict:
       class_conditional=False,
       label_dropout=0.1,
       dtype="float32",
+      # A student's latent: lambda in [0, 1]^latent_dim, latent_dim independent
+      # uniforms, each embedded (an int >= 1; 1 is the paper's scalar latent).
+      # A product teacher has no latent path and ignores it.
+      latent_dim=1,
     )
   )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
@@ -116,9 +124,20 @@ def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
       restart_if_changed=False,
     )
   )
-  # Filled from the teacher's run by `resolve`; only a data_dir of one's own.
-  c.data = ml_collections.ConfigDict(dict(data_dir=ml_collections.config_dict.placeholder(str)))
+  # Filled from the teacher's run by `resolve`; only a data_dir of one's own,
+  # and the name of the data set the config is meant for (None: any; else a
+  # teacher of another data set is refused).
+  c.data = ml_collections.ConfigDict(
+    dict(
+      name=ml_collections.config_dict.placeholder(str),
+      data_dir=ml_collections.config_dict.placeholder(str),
+    )
+  )
   c.distill = distill_preset(preset)
+  # Filled from the teacher's run by `resolve`, as data is; latent_dim (see
+  # base_config) may be set here, e.g. --config.model.latent_dim=4 (None:
+  # the teacher run's, 1 for a product teacher's).
+  c.model = ml_collections.ConfigDict(dict(latent_dim=ml_collections.config_dict.placeholder(int)))
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
   c.optim = ml_collections.ConfigDict(
     dict(
@@ -175,6 +194,7 @@ PRESETS = {
     small_t_max=0.0,
     teacher_step="analytic",
     confidence_temperature=0.0,
+    confidence_steps=0,
   ),
   # MaskGIT / ImageNet: progress r = 1 - t; distil on r >= 0.95 with the same
   # x_t; the consistency target's teacher step is MaskGIT's confidence step.
@@ -199,7 +219,12 @@ PRESETS = {
     small_t_prob=0.0,
     small_t_max=0.0,
     teacher_step="confidence",
+    # Gumbel temperature of the teacher's confidence step at progress r = 1 - t:
+    # confidence_temperature * max(0, 1 - r T / (T - 1)), T = confidence_steps,
+    # the MaskGIT sampler's temperature at the step that starts at r = k / T
+    # (see `distill.confidence_step_temperature`).
     confidence_temperature=4.5,
+    confidence_steps=8,
   ),
   # SDTT / OpenWebText: one t per batch, 30 % of batches near the data end.
   "sdtt": dict(
@@ -224,6 +249,7 @@ PRESETS = {
     small_t_max=0.02,
     teacher_step="analytic",
     confidence_temperature=0.0,
+    confidence_steps=0,
   ),
 }
 # How the student starts from its teacher (see `start_student`).
@@ -301,6 +327,13 @@ def validate_distill(d) -> None:
     "teacher_step",
     f"{d.teacher_step!r}; choose one of {TEACHER_STEPS}",
   )
+  if d.teacher_step == "confidence":
+    req(
+      _is_int(d.get("confidence_steps")) and d.confidence_steps >= 2,
+      "confidence_steps",
+      "teacher_step='confidence' needs the teacher sampler's step count T >= 2 (its Gumbel "
+      f"temperature ramps over T - 1 steps; MaskGIT: 8), got {d.get('confidence_steps')!r}",
+    )
   req(0.0 <= d.distil_p_lo <= 1.0, "distil_p_lo", f"must be in [0, 1], got {d.distil_p_lo}")
   for f in (
     "distil_weight",
@@ -352,6 +385,11 @@ def validate(config, spec) -> None:
     f"width {m.width} must be a positive multiple of model.heads={m.heads}",
   )
   _require(m.depth >= 1, "model.depth", f"must be >= 1, got {m.depth}")
+  _require(
+    _is_int(model_latent_dim(config)) and model_latent_dim(config) >= 1,
+    "model.latent_dim",
+    f"must be an integer >= 1 (1: the paper's scalar latent), got {m.get('latent_dim')!r}",
+  )
   _require(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r}; choose one of {DTYPES}")
   _require(
     0.0 <= m.label_dropout < 1.0, "model.label_dropout", f"must be in [0, 1), got {m.label_dropout}"
@@ -430,7 +468,15 @@ def make_model(config, spec, process, latent: bool = False) -> networks.Transfor
     latent_entry=latent_entry(config) if latent else "add",
     mask_id=process.mask_id,
     dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
+    latent_dim=model_latent_dim(config) if latent else 1,
   )
+
+
+def model_latent_dim(config):
+  """config.model.latent_dim; 1 where it is unset (None, or a run config
+  written before the field existed)."""
+  k = config.model.get("latent_dim")
+  return 1 if k is None else k
 
 
 def entry_for_start(student_start: str | None) -> str:
@@ -447,20 +493,27 @@ def latent_entry(config) -> str:
 def model_signature(config, spec) -> dict:
   """What a checkpoint's parameters depend on; compared on restore.
 
-  A student (config.is_student) adds its latent path's entry."""
+  A student (config.is_student) adds its latent path's entry and its
+  latent_dim (as "latent": checkpoints from before latent_dim existed saved
+  True there, and True == 1, so they still load as latent_dim 1; a k > 1
+  student also signs "model.latent_dim", which names the config field when
+  it is refused)."""
   # Parameters are float32 at any activation dtype, so model.dtype is free
   # to change between a checkpoint and its use (as dropout is).
   sig = {
     f"model.{k}": v
     for k, v in config.model.to_dict().items()
-    if k not in ("dropout", "label_dropout", "dtype")
+    if k not in ("dropout", "label_dropout", "dtype", "latent_dim")
   }
   sig.update({f"process.{k}": v for k, v in config.process.to_dict().items()})
   sig["process.vocab_size"] = config.process.vocab_size or spec.vocab_size
   sig["data.length"] = spec.length
   sig["data.num_classes"] = spec.num_classes
   if config.get("is_student", False):
-    sig.update(latent=True, latent_entry=latent_entry(config))
+    k = model_latent_dim(config)
+    sig.update(latent=k, latent_entry=latent_entry(config))
+    if k != 1:
+      sig["model.latent_dim"] = k
   return sig
 
 
@@ -481,10 +534,41 @@ def read_run_config(workdir: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(json.load(f))
 
 
+# Model fields a student takes from its teacher's run and may not change: the
+# student learns its teacher's marginals under the same training noise, and at
+# step 0 it is compared with the teacher (the official code trains teacher and
+# student at dropout 0.1 and the same label dropout).
+TRAINING_DROPOUTS = ("dropout", "label_dropout")
+
+
+def check_training_dropout(own_model, teacher_model, teacher_workdir: str) -> None:
+  """Raises if a distillation config sets a training dropout other than its teacher's.
+
+  own_model: the distillation config's own `model` section (None when the
+  file sets none); teacher_model: the teacher run's. An unset field (absent
+  or None) takes the teacher's value in `resolve`, so a student's dropout
+  defaults to its teacher's; only an explicit different value is refused.
+  """
+  if own_model is None:
+    return
+  for f in TRAINING_DROPOUTS:
+    mine, theirs = own_model.get(f), teacher_model.get(f)
+    if mine is not None and theirs is not None and float(mine) != float(theirs):
+      raise ValueError(
+        f"config.model.{f}={mine} differs from the {f} {theirs} its teacher "
+        f"({teacher_workdir}) trained with: a student trains at its teacher's {f}. "
+        f"Leave config.model.{f} unset (the student takes the teacher's), or distil "
+        f"from a teacher trained at {f}={mine}"
+      )
+
+
 def resolve(config) -> ml_collections.ConfigDict:
   """A distillation config made complete: data/process/model from the
   teacher's run (the file's own entries override), so that a student's
-  config stands on its own (and a student can teach the next round)."""
+  config stands on its own (and a student can teach the next round).
+
+  The student's dropout and label dropout are its teacher's: left unset they
+  are copied, set to another value they raise (`check_training_dropout`)."""
   config = ml_collections.ConfigDict(config.to_dict())
   kind = config.teacher.kind
   if kind == "network":
@@ -494,6 +578,7 @@ def resolve(config) -> ml_collections.ConfigDict:
         "launch.train run (e.g. --config.teacher.workdir=workdirs/digits_teacher)"
       )
     tconf = read_run_config(config.teacher.workdir)
+    check_training_dropout(config.get("model"), tconf.model, config.teacher.workdir)
     for sec in ("data", "process", "model"):
       merged = ml_collections.ConfigDict(tconf[sec].to_dict())
       if sec in config and config[sec] is not None:
@@ -503,15 +588,79 @@ def resolve(config) -> ml_collections.ConfigDict:
       config[sec] = merged
     if config.data.name != tconf.data.name:
       raise ValueError(
-        f"config.data.name={config.data.name!r} differs from the teacher's data {tconf.data.name!r}"
+        f"config.data.name={config.data.name!r}: this config distils a teacher of "
+        f"{config.data.name!r}, but the teacher in {config.teacher.workdir} was trained on "
+        f"{tconf.data.name!r}; point config.teacher.workdir to a {config.data.name} teacher, "
+        "or use a config for that data set"
+      )
+    if config.teacher.get("init_workdir"):
+      raise ValueError(
+        "config.teacher.init_workdir is for an ideal teacher's student; a network teacher's "
+        "student starts from its teacher (config.teacher.workdir): unset init_workdir"
       )
   elif kind == "ideal":
-    if config.data.name != "tiny":
-      raise ValueError("config.teacher.kind='ideal' needs config.data.name='tiny' (its exact law)")
+    if config.teacher.get("workdir"):
+      raise ValueError(
+        f"config.teacher.workdir={config.teacher.workdir!r} is given, but this config's "
+        "teacher is the exact ideal denoiser (config.teacher.kind='ideal'), not a network: "
+        "drop config.teacher.workdir, or use a distillation config whose teacher is a "
+        "network (e.g. configs/digits_distill.py)"
+      )
+    if config.data.name not in IDEAL_DATA:
+      raise ValueError(
+        f"config.teacher.kind='ideal' needs a data set whose exact law we have: "
+        f"config.data.name in {IDEAL_DATA}, got {config.data.name!r}"
+      )
+    if config.teacher.get("init_workdir"):
+      check_start_run(config, read_run_config(config.teacher.init_workdir))
+  elif kind == "user":
+    if config.teacher.get("workdir"):
+      raise ValueError(
+        f"config.teacher.workdir={config.teacher.workdir!r} is given, but this config's "
+        "teacher is the one passed in (config.teacher.kind='user': "
+        "distill.distill_student(config, workdir, teacher=...)): drop config.teacher.workdir, "
+        "or set config.teacher.kind='network' to distil that run"
+      )
+    # No run to read them from: the file's own process (base_config()'s when
+    # it sets none: a user teacher must match the process it was made for) and
+    # its model fields over base_config()'s.
+    base = base_config()
+    own = lambda sec: config[sec].to_dict() if config.get(sec) is not None else {}
+    if own("process").get("name"):
+      base.process = ml_collections.ConfigDict({"vocab_size": None, **own("process")})
+    base.model.update({k: v for k, v in own("model").items() if v is not None})
+    config.process, config.model = base.process, base.model
+    if config.teacher.get("init_workdir"):
+      check_start_run(config, read_run_config(config.teacher.init_workdir))
   else:
     raise ValueError(
-      f"config.teacher.kind={kind!r}; choose 'network' (a workdir of ours) or "
-      "'ideal' (the exact denoiser of a tiny family)"
+      f"config.teacher.kind={kind!r}; choose 'network' (a workdir of ours), "
+      f"'ideal' (the exact denoiser of {IDEAL_DATA}) or 'user' (a distill.Teacher passed "
+      "to distill_student / setup_student / quick_distill)"
     )
   config.is_student = True
   return config
+
+
+# Data sets with an exact ideal teacher: tiny (enumeration) and markov
+# (forward-backward on the chain).
+IDEAL_DATA = ("tiny", "markov")
+
+
+def check_start_run(config, run_config) -> None:
+  """An ideal teacher's student can start from the run at
+  config.teacher.init_workdir: a product network on the same data and process
+  (the architecture is checked leaf by leaf when the weights are copied)."""
+  where = f"config.teacher.init_workdir={config.teacher.init_workdir!r}"
+  if run_config.get("is_student", False):
+    raise ValueError(f"{where} is a distilled student; give a launch.train run (a product network)")
+  if run_config.data.name != config.data.name:
+    raise ValueError(f"{where} was trained on {run_config.data.name!r}, not {config.data.name!r}")
+  for sec in ("data", "process"):
+    mine = {k: v for k, v in config[sec].to_dict().items() if k != "data_dir"}
+    theirs = {k: v for k, v in run_config[sec].to_dict().items() if k != "data_dir"}
+    if mine != theirs:
+      raise ValueError(
+        f"{where}: its config.{sec} {theirs} differs from this config's {mine}; start from a "
+        "run with the same data and process, or from a fresh network (init_workdir=None)"
+      )

@@ -5,8 +5,9 @@ A denoiser is any callable
     denoise(params, x_t, t, key, lam=None, labels=None) -> logits
 
 with x_t `[batch, D]` int32, t `[batch]` float32, lam `[batch]` in [0, 1)
-(a mixture student's latent; None for a product denoiser, which ignores
-it), labels `[batch]` int32 or None (unconditional), and logits
+(a mixture student's latent; `[batch, k]` for a student with latent_dim
+k > 1; None for a product denoiser, which ignores it), labels `[batch]`
+int32 or None (unconditional), and logits
 `[batch, D, S]` over the data values. `params` is an explicit (traced)
 argument so that jitted samplers and losses never bake weights in as
 constants; `key` is the randomness the denoiser may use (dropout in train
@@ -15,6 +16,12 @@ mode, a mixture's latent draw).
 Everything that calls a model takes this one interface: the samplers, the
 teacher loss, the Di4C loss (student and teacher), evaluation and the exact
 toolkit (through `exact_view`).
+
+A denoiser made by `from_network` carries its network's latent_dim as the
+attribute `latent_dim` (`latent_dim(denoiser)`, 1 when absent), and the
+wrappers here that keep a latent-taking denoiser pass it on, so that every
+place that draws latents for it (`mixture`, `mixture_marginals`, the Di4C
+loss, the exact toolkit's nodes) draws the right number.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixture_dd import exact, losses
+from mixture_dd import exact, losses, networks
 
 
 class Denoiser(Protocol):
@@ -41,11 +48,31 @@ class Denoiser(Protocol):
   ) -> jax.Array: ...
 
 
+def latent_dim(denoiser) -> int:
+  """The number k of latent coordinates a denoiser takes (lam `[batch, k]`;
+  1: lam `[batch]`): its `latent_dim` attribute, 1 when it has none."""
+  return int(getattr(denoiser, "latent_dim", 1))
+
+
+def _with_latent_dim(fn, k: int):
+  fn.latent_dim = k
+  return fn
+
+
+def draw_latents(key, shape: tuple[int, ...], latent_dim: int = 1) -> jax.Array:
+  """Independent U[0, 1) latents: `[*shape]` for latent_dim 1 (the scalar
+  latent: the same draw, bit for bit, as `jax.random.uniform(key, shape)`),
+  `[*shape, latent_dim]` otherwise."""
+  full = tuple(shape) if latent_dim == 1 else tuple(shape) + (latent_dim,)
+  return jax.random.uniform(key, full, jnp.float32)
+
+
 def from_network(model, train: bool = False) -> Denoiser:
   """A `networks.Transformer` as a denoiser.
 
   train=True turns dropout on (its randomness from `key`). Labels reach the
   model only if it is class-conditional; lam only if it has a latent path.
+  The denoiser's `latent_dim` attribute is the model's.
   """
 
   def denoise(params, x_t, t, key, lam=None, labels=None):
@@ -55,14 +82,15 @@ def from_network(model, train: bool = False) -> Denoiser:
     if model.latent:
       if lam is None:
         raise ValueError(
-          "this network is a mixture student: pass lam `[batch]`, or sample "
-          "through denoisers.mixture(...)"
+          "this network is a mixture student: pass lam "
+          f"{'`[batch]`' if model.latent_dim == 1 else f'`[batch, {model.latent_dim}]`'}, "
+          "or sample through denoisers.mixture(...)"
         )
       kw["lam"] = lam
     rngs = {"dropout": key} if train else {}
     return model.apply({"params": params}, x_t, t, train=train, rngs=rngs, **kw)
 
-  return denoise
+  return _with_latent_dim(denoise, model.latent_dim if model.latent else 1)
 
 
 def from_function(fn: Callable) -> Denoiser:
@@ -75,11 +103,12 @@ def from_function(fn: Callable) -> Denoiser:
 
 
 def mixture(component: Denoiser) -> Denoiser:
-  """A mixture's samples: a fresh lambda ~ U[0, 1) per sequence per call
-  (shared by all D positions), drawn from the key."""
+  """A mixture's samples: a fresh lambda ~ U[0, 1)^k per sequence per call
+  (shared by all D positions), drawn from the key; k = latent_dim(component)."""
+  k = latent_dim(component)
 
   def denoise(params, x_t, t, key, lam=None, labels=None):
-    lam = jax.random.uniform(key, (x_t.shape[0],), jnp.float32)
+    lam = draw_latents(key, (x_t.shape[0],), k)
     return component(params, x_t, t, key, lam=lam, labels=labels)
 
   return denoise
@@ -91,15 +120,25 @@ def mixture_marginals(component: Denoiser, num_latents: int) -> Denoiser:
   Averages the components' probabilities over `num_latents` stratified
   latents (one random offset per example, from the key): how a student is
   a teacher for the next round (di4c^2), and how its marginals are scored.
+  With latent_dim k > 1 the latents are a lattice stratified in every
+  coordinate (`networks.latent_lattice`) shifted by one uniform offset in
+  [0, 1)^k per example, so each latent is still uniform on the cube.
   """
+  k = latent_dim(component)
 
   def denoise(params, x_t, t, key, lam=None, labels=None):
     b = x_t.shape[0]
-    offs = jax.random.uniform(key, (b, 1))
-    lams = jnp.mod(offs + jnp.arange(num_latents) / num_latents, 1.0)  # [B, L]
+    if k == 1:
+      offs = jax.random.uniform(key, (b, 1))
+      lams = jnp.mod(offs + jnp.arange(num_latents) / num_latents, 1.0)  # [B, L]
+    else:
+      offs = jax.random.uniform(key, (b, 1, k))
+      grid = jnp.asarray(networks.latent_lattice(num_latents, k), jnp.float32)
+      lams = jnp.mod(offs + grid[None], 1.0)  # [B, L, k]
     rep = lambda a: None if a is None else jnp.repeat(a, num_latents, axis=0)
+    lam_flat = lams.reshape((b * num_latents,) + lams.shape[2:])
     lp = jax.nn.log_softmax(
-      component(params, rep(x_t), rep(t), key, lam=lams.reshape(-1), labels=rep(labels)).astype(
+      component(params, rep(x_t), rep(t), key, lam=lam_flat, labels=rep(labels)).astype(
         jnp.float32
       ),
       -1,
@@ -124,8 +163,10 @@ def ideal(process, length: int) -> Denoiser:
 
 
 def exact_view(denoiser: Denoiser, params, size: int | None = None) -> Callable:
-  """`fn(x [n, D], t: float, lam: float | None) -> log-probs [n, D, S]` (numpy),
-  the view `exact.sampler_distribution` takes.
+  """`fn(x [n, D], t: float, lam) -> log-probs [n, D, S]` (numpy), the view
+  `exact.sampler_distribution` takes; lam is None (a product denoiser), a
+  float (latent_dim 1) or a `[k]` point of [0, 1]^k, shared by the n rows.
+  The view's `latent_dim` attribute is the denoiser's.
 
   With `size`, inputs are padded to `size` rows so that the jitted call
   compiles once: the exact toolkit evaluates only the reachable states,
@@ -136,7 +177,7 @@ def exact_view(denoiser: Denoiser, params, size: int | None = None) -> Callable:
   def f(params, x, t, lam):
     n = x.shape[0]
     tt = jnp.full((n,), t, jnp.float32)
-    ll = None if lam is None else jnp.full((n,), lam, jnp.float32)
+    ll = None if lam is None else jnp.broadcast_to(lam, (n,) + lam.shape)
     logits = denoiser(params, x, tt, jax.random.key(0), lam=ll)
     return jax.nn.log_softmax(logits.astype(jnp.float32), -1)
 
@@ -147,6 +188,7 @@ def exact_view(denoiser: Denoiser, params, size: int | None = None) -> Callable:
       pad = np.zeros((size, x.shape[1]), np.int32)
       pad[:n] = x
       x = pad
-    return np.asarray(f(params, x, float(t), None if lam is None else float(lam)))[:n]
+    lam = None if lam is None else np.asarray(lam, np.float32)
+    return np.asarray(f(params, x, float(t), lam))[:n]
 
-  return view
+  return _with_latent_dim(view, latent_dim(denoiser))

@@ -2,12 +2,12 @@
 
 The pieces, in the order a distillation step uses them:
   * `sample_times`: t, u = t - Delta and the per-example gates of a preset
-    (tauLDR, MaskGIT, SDTT: method.md section 4's table; the presets live
+    (tauLDR, MaskGIT, SDTT: docs/method.md section 4's table; the presets live
     with the config schema, `configuration.distill_preset`);
   * `Teacher`: any `denoisers.Denoiser` with its frozen parameters: our
     network (product), a distilled student (a mixture teacher for "di4c^2":
     its components' probabilities averaged over L latents), the exact ideal
-    denoiser of a tiny family, or a user function;
+    denoiser of a tiny family or of the Markov chain, or a user function;
   * `di4c_loss`: the distillation, consistency and data terms;
   * `setup_student` / `distill_student`: a run from a config, handed to the
     one trainer (trainer.py).
@@ -30,11 +30,12 @@ from mixture_dd import (
   denoisers,
   exact,
   losses,
+  markov_exact,
   networks,
   samplers,
   trainer,
 )
-from mixture_dd.data import pipeline
+from mixture_dd.data import markov, pipeline
 from mixture_dd.denoisers import Denoiser
 
 log = logging.getLogger("mixture_dd")
@@ -91,6 +92,22 @@ def sample_times(key, batch: int, d):
   return dict(t=t, u=u, distil_t=distil_t, w_distil=w_distil, w_consis=w_consis, alpha=alpha)
 
 
+def confidence_step_temperature(d, t):
+  """Gumbel temperature of the teacher's MaskGIT confidence step at time t `[...]`.
+
+  The MaskGIT sampler with T = d.confidence_steps steps starts step k at
+  progress r = 1 - t = k / T with temperature c (1 - k / (T - 1)), c =
+  d.confidence_temperature; the official training step (Trainer/vit.py)
+  interpolates that as c (1 - r T / (T - 1)). That is below c (1 - r), and it
+  turns negative for r > (T - 1) / T, which the sampler never reaches (its
+  last step has temperature 0) and where a negative factor would flip the
+  Gumbel noise's sign instead of removing it: clipped at 0 here (the official
+  code leaves it negative, at most c / (T - 1) in size).
+  """
+  ramp = d.confidence_steps / (d.confidence_steps - 1.0)
+  return d.confidence_temperature * jnp.maximum(1.0 - (1.0 - t) * ramp, 0.0)
+
+
 # ---------------------------------------------------------------------------
 # Teachers.
 # ---------------------------------------------------------------------------
@@ -108,7 +125,14 @@ class Teacher:
   component (a true mixture step), instead of stepping with the product of
   the averaged marginals, which would lose the teacher's correlations.
   provenance: what a student's checkpoints record about this teacher (a
-  resumed distillation must find the same).
+  resumed distillation must find the same; a JSON-able dict). A teacher of
+  one's own (config.teacher.kind "user") left without one gets the checksum
+  of `frozen` (`user_teacher`): give one that names the function's version
+  too if the function may change while its parameters do not.
+
+  Any function is a teacher: Teacher(denoisers.from_function(fn), frozen,
+  "my model") with fn(frozen, x_t `[B, D]`, t `[B]`) -> logits `[B, D, S]`
+  over the S data values (no mask entry).
   """
 
   denoise: Denoiser
@@ -147,6 +171,77 @@ def ideal_teacher(process, probs, length: int) -> Teacher:
   )
 
 
+def chain_teacher(process, init, trans) -> Teacher:
+  """The exact ideal product denoiser of a first-order Markov chain (init `[S]`,
+  trans `[S, S]`), by forward-backward (markov_exact.py)."""
+  params = markov_exact.chain_params(init, trans)
+  return Teacher(
+    markov_exact.denoiser(process),
+    params,
+    "exact ideal product denoiser (Markov chain, forward-backward)",
+    provenance={"kind": "ideal", "checksum": trainer.checksum(params)},
+  )
+
+
+def user_teacher(teacher: Teacher, spec, process) -> Teacher:
+  """A teacher passed in (config.teacher.kind "user"), checked on a probe
+  batch and given its provenance (the checksum of its frozen parameters
+  unless it brings one).
+
+  The probe traces the denoiser on a batch x_t `[2, D]` at t = 0.5 without
+  running it (jax.eval_shape): its logits must be `[2, D, S]`, S =
+  process.vocab_size, the data's vocabulary (the student's output size).
+  """
+  if not isinstance(teacher, Teacher):
+    raise TypeError(
+      f"teacher must be a distill.Teacher, got {type(teacher).__name__}; wrap a plain "
+      "fn(frozen, x_t, t) -> logits as distill.Teacher(denoisers.from_function(fn), frozen, "
+      "'a description')"
+    )
+  b, length, size = 2, spec.length, process.vocab_size
+  t = jnp.full((b,), 0.5, jnp.float32)
+  x_t = process.sample_xt(jax.random.key(0), jnp.zeros((b, length), jnp.int32), t)
+  labels = jnp.zeros((b,), jnp.int32) if spec.num_classes else None
+  out = jax.eval_shape(
+    lambda f, x, tt, k: teacher.denoise(f, x, tt, k, labels=labels),
+    teacher.frozen,
+    x_t,
+    t,
+    jax.random.key(0),
+  )
+  name = f"teacher {teacher.description!r}"
+  shape = getattr(out, "shape", None)
+  if shape is None or len(shape) != 3 or tuple(shape[:2]) != (b, length):
+    raise ValueError(
+      f"{name} returns {shape if shape is not None else type(out).__name__} for x_t of shape "
+      f"{(b, length)}; a denoiser returns logits [batch, D, S] = [{b}, {length}, {size}]"
+    )
+  if shape[2] != size:
+    where = (
+      "config.data.vocab_size: the largest token + 1 unless set"
+      if spec.name == pipeline.ARRAY
+      else f"data set {spec.name}, or config.process.vocab_size"
+    )
+    mask = (
+      f" It looks like it includes the mask state (id {size}): drop that logit."
+      if shape[2] == size + 1 and process.mask_id is not None
+      else ""
+    )
+    fix = (
+      f"set config.data.vocab_size={shape[2]}"
+      if spec.name == pipeline.ARRAY
+      else f"set config.process.vocab_size={shape[2]}"
+    )
+    raise ValueError(
+      f"{name} returns {shape[2]} logits per token, but the data's vocabulary has {size} "
+      f"values ({where}).{mask} Make the teacher return [batch, D, {size}] logits over the "
+      f"data values, or, if the vocabulary really has {shape[2]} values (tokens that never "
+      f"use the top ones), {fix}"
+    )
+  provenance = teacher.provenance or {"kind": "user", "checksum": trainer.checksum(teacher.frozen)}
+  return dataclasses.replace(teacher, provenance=provenance)
+
+
 # ---------------------------------------------------------------------------
 # The loss.
 # ---------------------------------------------------------------------------
@@ -161,7 +256,7 @@ def di4c_loss(
   num_classes: int = 0,
   target: Denoiser | None = None,
 ):
-  """`loss_fn(params, batch, key, frozen) -> (loss, metrics)` of method.md sec. 4.
+  """`loss_fn(params, batch, key, frozen) -> (loss, metrics)` of docs/method.md sec. 4.
 
   `student` is the mixture student's component (a denoiser taking lam) in
   train mode; `target` the same in eval mode, for the consistency target
@@ -176,10 +271,15 @@ def di4c_loss(
   Gradients flow only through the student's passes at t (and, in
   "separate" mode, at the distillation times); the teacher, the x_u draws,
   the student at u and the x0 targets are all stop-gradient.
+
+  Latents are `[B, L]` uniforms, or `[B, L, k]` for a student with
+  latent_dim k > 1 (`denoisers.latent_dim(student)`; a mixture teacher's
+  own latents have its own k), each drawn from its own key.
   """
   num_l = d.num_latents
   chunks = d.latent_chunks
   target = student if target is None else target
+  k_student = denoisers.latent_dim(student)
 
   def rep(a):
     return None if a is None else jnp.repeat(a, num_l, axis=0)
@@ -187,7 +287,7 @@ def di4c_loss(
   def student_lp(params, x, t, lam, labels, key, train, remat=True):
     """Component log-probs `[B, L, D, S]` at per-latent inputs.
 
-    x `[B, L, D]`, t and lam `[B, L]`, labels `[B]`. With latent_chunks =
+    x `[B, L, D]`, t `[B, L]`, lam `[B, L]` or `[B, L, k]`, labels `[B]`. With latent_chunks =
     c > 1 the L latents run as c sequential micro-batches of L / c
     (lax.map), each rematerialised in the backward pass when `remat`, so
     activation memory scales with B x L / c instead of B x L. The values,
@@ -203,7 +303,7 @@ def di4c_loss(
         x_c.reshape((b * per,) + x_c.shape[2:]),
         t_c.reshape(-1),
         key_c,
-        lam=lam_c.reshape(-1),
+        lam=lam_c.reshape((b * per,) + lam_c.shape[2:]),
         labels=r(labels),
       )
       lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
@@ -256,7 +356,7 @@ def di4c_loss(
       teacher.denoise(frozen, x_t, t, keys["teacher"], labels=labels)
     )
     teacher_lp = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), -1)
-    lam = jax.random.uniform(keys["lam_t"], (b, num_l))
+    lam = denoisers.draw_latents(keys["lam_t"], (b, num_l), k_student)
     lp = student_lp(params, per_latent(x_t), per_latent(t), lam, labels, keys["drop_t"], True)
 
     # Consistency: one teacher step t -> u from every latent copy of x_t,
@@ -265,19 +365,19 @@ def di4c_loss(
     if teacher.component is None:
       step_logits = rep(teacher_logits)
     else:  # a mixture teacher: each copy steps with its own teacher latent
-      mu = jax.random.uniform(keys["mu"], (b * num_l,))
+      mu = denoisers.draw_latents(keys["mu"], (b * num_l,), denoisers.latent_dim(teacher.component))
       step_logits = jax.lax.stop_gradient(
         teacher.component(frozen, x_rep, t_rep, keys["mu"], lam=mu, labels=rep(labels))
       )
     if d.teacher_step == "confidence":
       n_after = jnp.round(length * (1.0 - process.alpha(u_rep))).astype(jnp.int32)
       x_u = samplers.confidence_step(
-        keys["step"], process, x_rep, step_logits, n_after, d.confidence_temperature * t_rep
+        keys["step"], process, x_rep, step_logits, n_after, confidence_step_temperature(d, t_rep)
       )
     else:
       x_u = samplers.analytic_step(keys["step"], process, x_rep, t_rep, u_rep, step_logits)
     x_u = jax.lax.stop_gradient(x_u.reshape(b, num_l, length))
-    lam_u = jax.random.uniform(keys["lam_u"], (b, num_l))
+    lam_u = denoisers.draw_latents(keys["lam_u"], (b, num_l), k_student)
     q = jax.lax.stop_gradient(
       student_lp(
         jax.lax.stop_gradient(params),
@@ -304,7 +404,7 @@ def di4c_loss(
         ).astype(jnp.float32),
         -1,
       )
-      lam_d = jax.random.uniform(keys["lam_d"], (b, num_l))
+      lam_d = denoisers.draw_latents(keys["lam_d"], (b, num_l), k_student)
       lp_d = student_lp(
         params, x_d.reshape(b, num_l, length), dt, lam_d, labels, keys["drop_d"], True
       )
@@ -355,8 +455,34 @@ class StudentSetup:
   loss_fn: Any
 
 
-def load_teacher(config, spec, process) -> Teacher:
-  """The teacher a resolved distillation config names, with its provenance."""
+def _check_teacher_arg(kind: str, teacher: Teacher | None) -> None:
+  """A teacher is passed in exactly when config.teacher.kind is "user"."""
+  if (kind == "user") == (teacher is not None):
+    return
+  if teacher is not None:
+    raise ValueError(
+      f"a teacher= was passed, but config.teacher.kind={kind!r} names its teacher itself: "
+      "set config.teacher.kind='user' (and leave config.teacher.workdir unset) to distil "
+      "the teacher passed in, or drop teacher="
+    )
+  raise ValueError(
+    "config.teacher.kind='user' needs the teacher itself: pass teacher=distill.Teacher(...) "
+    "(a run does not store a user teacher's function: pass it again to resume)"
+  )
+
+
+def load_teacher(config, spec, process, teacher: Teacher | None = None) -> Teacher:
+  """The teacher a resolved distillation config names, with its provenance.
+
+  config.teacher.kind "user": `teacher` itself (`user_teacher` checks it);
+  the other kinds take none.
+  """
+  _check_teacher_arg(config.teacher.kind, teacher)
+  if teacher is not None:
+    return user_teacher(teacher, spec, process)
+  if config.teacher.kind == "ideal" and spec.name == "markov":
+    # The chain the data set samples from (as builders.Markov makes it).
+    return chain_teacher(process, *markov.make_chain(config.data.vocab_size, config.data.seed))
   if config.teacher.kind == "ideal":
     probs = exact.make_family(config.data.family, spec.vocab_size, spec.length, config.data.seed)
     return ideal_teacher(process, probs, spec.length)
@@ -365,8 +491,13 @@ def load_teacher(config, spec, process) -> Teacher:
     tconf, spec, process, latent=bool(tconf.get("is_student", False))
   )
   abstract = jax.eval_shape(lambda: trainer.init_params(t_model, 0))
+  # The weights the teacher's run evaluates (its train.eval_weights): the EMA
+  # of a teacher of ours, the raw weights of an SDTT/MaskGIT-preset student
+  # teaching the next round (SDTT's di4c^2 loads the raw weights). A mixture
+  # teacher's weights are also the next round's start (`setup_student`).
+  ema = tconf.train.get("eval_weights", "ema") == "ema"
   t_params, meta = trainer.load_params(
-    config.teacher.workdir, abstract, configuration.model_signature(tconf, spec)
+    config.teacher.workdir, abstract, configuration.model_signature(tconf, spec), ema=ema
   )
   provenance = {
     "workdir": os.path.abspath(config.teacher.workdir),
@@ -376,25 +507,77 @@ def load_teacher(config, spec, process) -> Teacher:
   return network_teacher(t_model, t_params, config.teacher.num_latents, provenance)
 
 
-def setup_student(config) -> StudentSetup:
-  """The student's pieces from a distillation config (resolved and validated here)."""
-  config = configuration.resolve(config)
-  spec, source = pipeline.load(config.data, "train")
+def setup_student(config, teacher: Teacher | None = None, tokens=None, labels=None) -> StudentSetup:
+  """The student's pieces from a distillation config (resolved and validated here).
+
+  teacher: the teacher of config.teacher.kind "user", any `Teacher` (its
+  logits checked on a probe batch: `user_teacher`). tokens `[N, D]` int
+  (labels `[N]`): the data as an array instead of a data set (config.data.name
+  "array", or unset); its length and vocabulary come from the array unless
+  the config sets them (`pipeline.array_source`), and the resolved config
+  records them, so that `runs.load_run` rebuilds the student without them.
+  """
+  _check_teacher_arg(config.teacher.kind, teacher)
+  config = configuration.resolve(_name_array_data(config, tokens, labels))
+  if config.data.name == pipeline.ARRAY:
+    if tokens is None:
+      raise ValueError(
+        f"config.data.name={pipeline.ARRAY!r} is a token array: pass it, "
+        "tokens=[N, D] (and labels=[N] if it has them)"
+      )
+    config.data, spec, source = pipeline.array_source(config.data, tokens, labels)
+  else:
+    spec, source = pipeline.load(config.data, "train")
   configuration.validate(config, spec)
   process = configuration.make_process(config, spec)
   process.check_tokens(source.head(1000).tokens, f"data set {spec.name} tokens")
   model = configuration.make_model(config, spec, process, latent=True)
-  teacher = load_teacher(config, spec, process)
-  if teacher.component is not None:  # next round: a student of ours starts from itself
-    params = teacher.frozen
+  teacher = load_teacher(config, spec, process, teacher)
+  if config.teacher.kind == "network" and teacher.component is not None:
+    params = teacher.frozen  # next round: a student of ours starts from itself
   else:
-    teacher_params = teacher.frozen if config.teacher.kind == "network" else None
+    if config.teacher.kind == "network":
+      teacher_params = teacher.frozen
+    else:
+      teacher_params = start_weights(config, spec, process)
     params = initial_student(model, config.distill, config.seed, teacher_params)
   # Own buffers: the train step donates the student's state, and the teacher
   # (frozen) must not lose the arrays they would otherwise share.
   params = jax.tree.map(jnp.copy, params)
   loss_fn = student_loss(model, teacher, process, config.distill, config.model.label_dropout)
   return StudentSetup(config, spec, source, process, model, teacher, params, loss_fn)
+
+
+def _name_array_data(config, tokens, labels):
+  """The config with data.name "array" when tokens are passed and it names none."""
+  if tokens is None:
+    if labels is not None:
+      raise ValueError("labels= were passed without tokens=: pass the tokens [N, D] they label")
+    return config
+  name = config.data.get("name") if config.get("data") is not None else None
+  if name not in (None, pipeline.ARRAY):
+    raise ValueError(
+      f"tokens= were passed, but config.data.name={name!r} names a data set: set "
+      f"config.data = configuration.data_config({pipeline.ARRAY!r}) (or leave "
+      "config.data.name unset) to distil on the array, or drop tokens="
+    )
+  config = config.copy_and_resolve_references()
+  if config.get("data") is None:
+    config.data = pipeline.default_data_config(pipeline.ARRAY)
+  config.data.name = pipeline.ARRAY
+  return config
+
+
+def start_weights(config, spec, process):
+  """The product network an ideal teacher's student starts from: the weights
+  of the run config.teacher.init_workdir names (checked against the config by
+  `configuration.resolve`), or None for a fresh network."""
+  workdir = config.teacher.get("init_workdir")
+  if not workdir:
+    return None
+  net = config.copy_and_resolve_references()
+  net.teacher.update(kind="network", workdir=workdir)
+  return load_teacher(net, spec, process).frozen
 
 
 def initial_student(model, d, seed: int, teacher_params=None):
@@ -450,15 +633,25 @@ def student_task(setup: StudentSetup) -> trainer.Task:
   )
 
 
-def distill_student(config, workdir: str) -> trainer.TrainState:
+def distill_student(
+  config, workdir: str, teacher: Teacher | None = None, tokens=None, labels=None
+) -> trainer.TrainState:
   """Trains (or resumes, or finds finished) a Di4C student; checkpoints in workdir.
 
   Resuming against a teacher that changed since (another step or other
   weights) raises trainer.ProvenanceChanged, unless
   config.teacher.restart_if_changed. Raises trainer.Preempted after a
   preemption save.
+
+  A teacher of one's own and a token array (see `setup_student`) take the
+  same path: checkpoints, resume, sharding over the devices, provenance and
+  the sample grids. The workdir records what `runs.load_run` needs to sample
+  the student (config.json: the array's vocabulary and length, the process,
+  the network); a user teacher's function is not stored: pass the same
+  teacher (and tokens) again to resume, and to `runs.from_teacher` to sample
+  or evaluate it.
   """
-  setup = setup_student(config)
+  setup = setup_student(config, teacher, tokens, labels)
   log.info(
     "distilling %s into a mixture student (L=%d, preset %s)",
     setup.teacher.description,
@@ -537,11 +730,19 @@ class QuickResult:
 
 
 def quick_distill(
-  config, num_steps: int | None = None, chunk: int = 100, log_every: int = 0
+  config,
+  num_steps: int | None = None,
+  chunk: int = 100,
+  log_every: int = 0,
+  *,
+  teacher: Teacher | None = None,
+  tokens=None,
+  labels=None,
 ) -> QuickResult:
   """Distillation without checkpoints (`trainer.fit_scanned`), for small
-  experiments, notebooks and tests. Single device."""
-  setup = setup_student(config)
+  experiments, notebooks and tests. Single device. teacher, tokens, labels:
+  as `setup_student`."""
+  setup = setup_student(config, teacher, tokens, labels)
   c = setup.config
   num_steps = num_steps or c.train.num_steps
   opt = trainer.make_optimizer(c.optim, num_steps)

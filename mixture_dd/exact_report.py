@@ -75,21 +75,32 @@ def product_tv_report(steps, out_path=None, cases=DEFAULT_CASES):
 
 
 def network_log_marginals_fn(model, params, latent: bool):
-  """Adapter: a network -> `fn(x [n, D], t, lam)` for `exact.sampler_distribution`."""
+  """Adapter: a network -> `fn(x [n, D], t, lam)` for `exact.sampler_distribution`
+  (lam a float, or a `[k]` point for a student with latent_dim k > 1; the
+  adapter's `latent_dim` attribute is the model's)."""
 
   @jax.jit
   def f(params, x, t, lam):
     n = x.shape[0]
-    kw = {"lam": jnp.full((n,), lam, jnp.float32)} if latent else {}
+    kw = {"lam": jnp.broadcast_to(lam, (n,) + lam.shape)} if latent else {}
     return jax.nn.log_softmax(
       model.apply({"params": params}, x, jnp.full((n,), t, jnp.float32), **kw)
     )
 
-  return lambda x, t, lam: f(params, jnp.asarray(x), t, 0.0 if lam is None else lam)
+  def fn(x, t, lam):
+    lam = np.asarray(0.0 if lam is None else lam, np.float32)
+    return f(params, jnp.asarray(x), t, lam)
+
+  fn.latent_dim = model.latent_dim if latent else 1
+  return fn
 
 
 def tv_table(process, probs, length, denoisers: dict, steps, num_latent_nodes=32):
-  """{name: [TV at each N]} for denoisers {name: (fn(x, t, lam), is_mixture)}."""
+  """{name: [TV at each N]} for denoisers {name: (fn(x, t, lam), is_mixture)}.
+
+  A mixture's lambda is integrated with `num_latent_nodes` nodes in all
+  (`exact.latent_nodes`); its latent_dim is `fn.latent_dim` (1 if absent).
+  """
   out = {}
   for name, (fn, is_mix) in denoisers.items():
     out[name] = []

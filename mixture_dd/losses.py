@@ -79,7 +79,7 @@ def teacher_loss(denoiser, params, process: Process, x0, key, t_min: float = 0.0
 
 
 # ---------------------------------------------------------------------------
-# Di4C (method.md, sections 3-4).
+# Di4C (docs/method.md, sections 3-4).
 #
 # lp `[B, L, D, S]` are the student's component log-probabilities
 # log p^{theta,d}_{0|t}(a | x_t; lambda_j) for L latents per example.

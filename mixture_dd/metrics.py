@@ -8,6 +8,11 @@ arrays (or lists of token lists) and returns plain floats or numpy arrays.
   * Unigram entropies (pooled, and mean per sample as in MDLM/SDTT).
   * Self-BLEU (diversity: lower is more diverse).
   * Class histograms and their KL divergence from uniform (mode coverage).
+  * Two-sided distances to a reference law: position-wise pair TV against a
+    Markov chain's exact pair laws, n-gram Jensen-Shannon against held-out
+    text; the cross-sample pair entropy beside them.
+  * Bootstrap standard errors (by row resampling, or by row multiplicities
+    for count-based statistics), and a frontier's value at matched diversity.
 """
 
 from __future__ import annotations
@@ -348,3 +353,286 @@ def kl_from_uniform(freqs: np.ndarray) -> float:
   if freqs.ndim != 1:
     raise ValueError(f"freqs must be [K], got {freqs.shape}")
   return kl_divergence(freqs, np.full(freqs.shape, 1.0 / freqs.shape[0]))
+
+
+# ----------------------------------------------------------------------------
+# Bootstrap by row multiplicities.
+
+
+def bootstrap_weights(n: int, num_resamples: int = 100, seed: int = 0):
+  """Yields `num_resamples` row multiplicities `[n]` (float64, summing to n).
+
+  Resampling rows with replacement is the same as weighting each row by how
+  often it was drawn; statistics built from per-row counts (n-grams, pairs)
+  then cost one weighted `bincount` per resample instead of a recount. The
+  draws are those of `bootstrap_se` with the same seed.
+  """
+  rng = np.random.default_rng(seed)
+  for _ in range(num_resamples):
+    yield np.bincount(rng.integers(0, n, n), minlength=n).astype(np.float64)
+
+
+def bootstrap_se_weighted(statistic, n: int, num_resamples: int = 100, seed: int = 0) -> float:
+  """Bootstrap standard error of `statistic(weights [n])` over n rows.
+
+  `statistic(w)` must equal the statistic of the data with row i repeated
+  w[i] times; then this equals `bootstrap_se` of the same statistic.
+  """
+  vals = [statistic(w) for w in bootstrap_weights(n, num_resamples, seed)]
+  return float(np.std(vals, ddof=1))
+
+
+def _row_weights(weights, n: int) -> np.ndarray:
+  if weights is None:
+    return np.ones(n, np.float64)
+  weights = np.asarray(weights, np.float64)
+  if weights.shape != (n,):
+    raise ValueError(f"weights must be [{n}] (one per sample), got {weights.shape}")
+  return weights
+
+
+# ----------------------------------------------------------------------------
+# Position-wise pair statistics of sequences (Markov chains).
+
+
+def chain_pair_laws(init: np.ndarray, trans: np.ndarray, length: int, lag: int) -> np.ndarray:
+  """Exact laws of (x_d, x_{d+lag}) of a first-order Markov chain.
+
+  P(x_d = a, x_{d+k} = b) = m_d[a] (T^k)[a, b] with m_d = init T^d (the
+  chain need not start stationary, so every position has its own law).
+
+  Args:
+    init: initial law [S].
+    trans: transition matrix [S, S], trans[a, b] = P(x_{d+1} = b | x_d = a).
+    length: D.
+    lag: k in [1, D).
+
+  Returns:
+    float64 [D - k, S, S], each [S, S] slice summing to one.
+  """
+  init = np.asarray(init, np.float64)
+  trans = np.asarray(trans, np.float64)
+  s = init.shape[0]
+  if trans.shape != (s, s):
+    raise ValueError(f"trans must be [{s}, {s}] to match init [{s}], got {trans.shape}")
+  if not 1 <= lag < length:
+    raise ValueError(f"need 1 <= lag < length, got lag={lag}, length={length}")
+  step_k = np.linalg.matrix_power(trans, lag)
+  out = np.empty((length - lag, s, s))
+  marginal = init
+  for d in range(length - lag):
+    out[d] = marginal[:, None] * step_k
+    marginal = marginal @ trans
+  return out
+
+
+def pair_frequencies(
+  tokens: np.ndarray, lag: int, num_values: int, weights: np.ndarray | None = None
+) -> np.ndarray:
+  """Empirical laws of (x_d, x_{d+lag}) over samples, position by position.
+
+  Args:
+    tokens: int [n, D] in [0, num_values).
+    lag: k in [1, D).
+    num_values: S.
+    weights: optional row multiplicities [n] (see `bootstrap_weights`).
+
+  Returns:
+    float64 [D - k, S, S], each slice summing to one.
+  """
+  tokens = np.asarray(tokens)
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be [n, D], got {tokens.shape}")
+  n, length = tokens.shape
+  if not 1 <= lag < length:
+    raise ValueError(f"need 1 <= lag < D, got lag={lag}, D={length}")
+  if tokens.min() < 0 or tokens.max() >= num_values:
+    raise ValueError(
+      f"tokens must lie in [0, {num_values}), got range [{tokens.min()}, {tokens.max()}]"
+    )
+  w = _row_weights(weights, n)
+  t = tokens.astype(np.int64)
+  cells = num_values * num_values
+  idx = np.arange(length - lag) * cells + t[:, :-lag] * num_values + t[:, lag:]  # [n, D - k]
+  counts = np.bincount(
+    idx.reshape(-1), np.repeat(w, length - lag), minlength=(length - lag) * cells
+  )
+  return counts.reshape(length - lag, num_values, num_values) / w.sum()
+
+
+def pair_tv(
+  tokens: np.ndarray, laws: dict[int, np.ndarray], weights: np.ndarray | None = None
+) -> float:
+  """Mean total variation between empirical and reference pair laws.
+
+  The mean over lags k (the keys of `laws`) and positions d of
+  TV(empirical law of (x_d, x_{d+k}), laws[k][d]). It is two-sided: a
+  sampler that collapses onto few sequences and one that spreads mass too
+  evenly (noise, independent tokens) both move the pair laws away from the
+  reference. With n samples it is biased upwards even for a perfect
+  sampler (by up to sqrt(2 / pi) sqrt(S^2 / n) / 2, the value for uniform
+  pair laws), so rows must be compared at the same n.
+
+  Args:
+    tokens: int [n, D].
+    laws: {k: [D - k, S, S]}, e.g. from `chain_pair_laws`.
+    weights: optional row multiplicities [n].
+  """
+  if not laws:
+    raise ValueError("laws is empty: give at least one lag")
+  tvs = []
+  for lag, law in sorted(laws.items()):
+    emp = pair_frequencies(tokens, lag, law.shape[-1], weights)
+    if emp.shape != law.shape:
+      raise ValueError(f"lag {lag}: the reference law is {law.shape}, the samples give {emp.shape}")
+    tvs.append(0.5 * np.abs(emp - law).sum((-1, -2)).mean())
+  return float(np.mean(tvs))
+
+
+def pair_entropy(tokens: np.ndarray, num_values: int, weights: np.ndarray | None = None) -> float:
+  """Mean over positions d of the entropy (nats) of the empirical (x_d, x_{d+1}) law.
+
+  A diversity check across samples: 0 when every sample is the same
+  sequence, near log S^2 for noise, and above a correlated source's value
+  for independent tokens (H(a, b) <= H(a) + H(b)). The plug-in estimate is
+  biased low by about (S^2 - 1) / (2 n): compare rows at the same n.
+  """
+  freqs = pair_frequencies(tokens, 1, num_values, weights)
+  return float(_entropy_of_counts(freqs.reshape(freqs.shape[0], -1)).mean())
+
+
+def exact_pair_entropy(laws: np.ndarray) -> float:
+  """`pair_entropy`'s population value for exact pair laws [D - 1, S, S]."""
+  return float(_entropy_of_counts(laws.reshape(laws.shape[0], -1)).mean())
+
+
+# ----------------------------------------------------------------------------
+# n-gram Jensen-Shannon divergence.
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+  """Jensen-Shannon divergence in nats between distributions [K] (in [0, log 2]).
+
+  JS = KL(p || m) / 2 + KL(q || m) / 2 with m = (p + q) / 2; finite even
+  where the supports differ. Inputs are normalised here, so counts work.
+  """
+  p = np.asarray(p, np.float64)
+  q = np.asarray(q, np.float64)
+  if p.shape != q.shape or p.ndim != 1:
+    raise ValueError(f"p and q must be vectors of one shape, got {p.shape} and {q.shape}")
+  if p.sum() <= 0 or q.sum() <= 0 or (p < 0).any() or (q < 0).any():
+    raise ValueError("p and q must be non-negative with positive mass")
+  p, q = p / p.sum(), q / q.sum()
+  m = 0.5 * (p + q)
+
+  def half_kl(a):
+    on = a > 0
+    return 0.5 * float((a[on] * np.log(a[on] / m[on])).sum())
+
+  return max(half_kl(p) + half_kl(q), 0.0)
+
+
+def ngram_codes(tokens: np.ndarray, order: int, vocab_size: int) -> np.ndarray:
+  """Every n-gram of every row as one integer: `[n, D - order + 1]` int64.
+
+  Code of (a_1, .., a_n) = sum_i a_i V^(n - i), unique for V^order < 2^63.
+  """
+  tokens = np.asarray(tokens)
+  if tokens.ndim != 2:
+    raise ValueError(f"tokens must be [n, D], got {tokens.shape}")
+  if not 1 <= order <= tokens.shape[1]:
+    raise ValueError(f"need 1 <= order <= D = {tokens.shape[1]}, got order={order}")
+  if order * np.log2(max(vocab_size, 2)) >= 63:
+    raise ValueError(f"{vocab_size}^{order} n-grams do not fit in int64 codes; lower the order")
+  if tokens.min() < 0 or tokens.max() >= vocab_size:
+    raise ValueError(
+      f"tokens must lie in [0, {vocab_size}), got range [{tokens.min()}, {tokens.max()}]"
+    )
+  t = tokens.astype(np.int64)
+  width = t.shape[1] - order + 1
+  codes = np.zeros((t.shape[0], width), np.int64)
+  for i in range(order):
+    codes = codes * vocab_size + t[:, i : i + width]
+  return codes
+
+
+class NgramJS:
+  """Mean n-gram Jensen-Shannon divergence of samples from a fixed reference.
+
+    ngram_js = mean over n = 1..max_order of JS(p_n, r_n),
+
+  p_n, r_n: the n-gram frequencies (pooled over positions and rows) of the
+  samples and of the reference text. Two-sided: collapse (few n-grams, too
+  often) and noise or independent characters (n-grams the text never has)
+  both raise it; 0 iff every order's frequencies agree. Empirical n-gram
+  laws of finite samples are noisy, and JS grows with that noise, so the
+  value depends on the number of samples: compare rows at the same n.
+
+  The reference is counted once; `__call__(tokens, weights)` costs one
+  `np.unique` per order, and `with_se` then reuses it for the bootstrap.
+  """
+
+  def __init__(self, reference: np.ndarray, vocab_size: int, max_order: int = 4):
+    if max_order < 1:
+      raise ValueError(f"max_order must be >= 1, got {max_order}")
+    self.vocab_size = vocab_size
+    self.orders = tuple(range(1, max_order + 1))
+    self.ref = {
+      n: np.unique(ngram_codes(reference, n, vocab_size), return_counts=True) for n in self.orders
+    }
+
+  def _indexed(self, tokens: np.ndarray):
+    """Per order: (index [n, m] of each n-gram in a joint vocabulary, ref counts)."""
+    out = []
+    for n in self.orders:
+      codes = ngram_codes(tokens, n, self.vocab_size)
+      ref_codes, ref_counts = self.ref[n]
+      joint, inverse = np.unique(
+        np.concatenate([ref_codes, codes.reshape(-1)]), return_inverse=True
+      )
+      ref_full = np.zeros(len(joint))
+      ref_full[inverse[: len(ref_codes)]] = ref_counts
+      out.append((inverse[len(ref_codes) :].reshape(codes.shape), ref_full))
+    return out
+
+  @staticmethod
+  def _value(indexed, weights) -> float:
+    vals = []
+    for inv, ref_full in indexed:
+      counts = np.bincount(
+        inv.reshape(-1), np.repeat(weights, inv.shape[1]), minlength=len(ref_full)
+      )
+      vals.append(js_divergence(counts, ref_full))
+    return float(np.mean(vals))
+
+  def __call__(self, tokens: np.ndarray, weights: np.ndarray | None = None) -> float:
+    """ngram_js of samples [n, D] (rows weighted by `weights` [n] if given)."""
+    return self._value(self._indexed(tokens), _row_weights(weights, len(tokens)))
+
+  def with_se(self, tokens: np.ndarray, num_resamples: int = 100) -> tuple[float, float]:
+    """(ngram_js, bootstrap standard error over the samples' rows)."""
+    indexed = self._indexed(tokens)
+    value = self._value(indexed, np.ones(len(tokens)))
+    se = bootstrap_se_weighted(lambda w: self._value(indexed, w), len(tokens), num_resamples)
+    return value, se
+
+
+# ----------------------------------------------------------------------------
+# Quality at matched diversity.
+
+
+def frontier_value(frontier_x, frontier_y, x: float) -> float | None:
+  """The frontier's y at x by linear interpolation; None outside its x range.
+
+  frontier_x, frontier_y: points [m] of a curve (e.g. a teacher's entropy
+  per token and generative perplexity over temperatures), any order.
+  """
+  fx = np.asarray(frontier_x, np.float64)
+  fy = np.asarray(frontier_y, np.float64)
+  if fx.shape != fy.shape or fx.ndim != 1 or len(fx) < 1:
+    raise ValueError(f"frontier x and y must be vectors of one length, got {fx.shape}, {fy.shape}")
+  order = np.argsort(fx)
+  fx, fy = fx[order], fy[order]
+  if not fx[0] <= x <= fx[-1]:
+    return None
+  return float(np.interp(x, fx, fy))

@@ -1,12 +1,13 @@
 """The denoising network: a bidirectional transformer with adaLN-zero conditioning.
 
 The same module serves as the product-denoiser teacher (`latent=False`) and the
-mixture student (`latent=True`, method.md section 3). The student's only extra
+mixture student (`latent=True`, docs/method.md section 3). The student's only extra
 parameters live in the `latent_embed` sub-module, so a teacher's parameter tree
 is exactly the student's tree minus that sub-module and
 `student_params_from_teacher` can copy a trained teacher into a fresh student.
 
-Shapes: x `[batch, length]` int tokens, t `[batch]`, lam `[batch]`,
+Shapes: x `[batch, length]` int tokens, t `[batch]`, lam `[batch]`
+(latent_dim 1, the paper's scalar latent) or `[batch, latent_dim]`,
 labels `[batch]`, logits `[batch, length, vocab_size]` (float32).
 """
 
@@ -20,6 +21,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
@@ -67,6 +69,61 @@ def timestep_embedding(
   return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
 
 
+def latent_embedding(lam: jax.Array) -> jax.Array:
+  """The latent's sinusoidal embedding: `[n]` -> `[n, 128]` (latent_dim 1, the
+  paper's), `[n, k]` -> `[n, 128 k]`, each coordinate embedded as a scalar
+  latent is and the k embeddings concatenated.
+
+  Each coordinate keeps the full 128 dimensions (rather than 128 / k each):
+  every coordinate is resolved as finely as the paper's scalar, the first
+  coordinate's features are exactly the scalar path's (a k-latent network
+  whose other input rows are zero is the k = 1 network), and the cost,
+  128 (k - 1) x width more weights in the first projection, is per example,
+  not per token.
+  """
+  if lam.ndim == 1:
+    return timestep_embedding(lam)
+  return timestep_embedding(lam.reshape(-1)).reshape(lam.shape[0], -1)
+
+
+@functools.lru_cache(maxsize=None)
+def _lattice_multiplier(num_points: int, latent_dim: int) -> int:
+  """The Korobov multiplier a (coprime to n) whose lattice has the largest
+  smallest distance between two points on the torus (ties: the smallest a)."""
+  n = num_points
+  j = np.arange(1, n)[:, None]
+  best, best_a = -1.0, 1
+  for a in range(1, n):
+    if math.gcd(a, n) != 1:
+      continue
+    g = np.array([pow(a, i, n) for i in range(latent_dim)])
+    frac = (j * g % n) / n
+    dist2 = float(np.min(np.sum(np.minimum(frac, 1.0 - frac) ** 2, axis=1)))
+    if dist2 > best + 1e-12:
+      best, best_a = dist2, a
+  return best_a
+
+
+def latent_lattice(num_points: int, latent_dim: int) -> np.ndarray:
+  """A rank-1 (Korobov) lattice of `num_points` in [0, 1)^latent_dim.
+
+  Row j is frac(j (1, a, a^2, ..., a^(k-1)) / n), `[n, k]` float64, with a
+  coprime to n chosen by `_lattice_multiplier` (latent_dim 1: the grid j / n).
+  Because every a^i is coprime to n, each coordinate's projection is the
+  whole grid {0, 1/n, ..., (n-1)/n}: shifted by one common offset (mod 1),
+  the points are stratified in every coordinate, and with a uniform offset
+  each point is uniform on the cube. This is how k > 1 latents keep what
+  the scalar latent's grids give at k = 1: the stratified latents of a
+  mixture's marginals (`denoisers.mixture_marginals`) and the centring grid
+  of `LatentEmbed` ("centred").
+  """
+  if num_points < 1 or latent_dim < 1:
+    raise ValueError(f"need num_points >= 1 and latent_dim >= 1, got {num_points}, {latent_dim}")
+  a = _lattice_multiplier(num_points, latent_dim) if num_points > 1 else 1
+  g = np.array([pow(a, i, num_points) for i in range(latent_dim)])
+  return (np.arange(num_points)[:, None] * g % num_points) / num_points
+
+
 def apply_rope(x: jax.Array, base: float = 10000.0) -> jax.Array:
   """Rotary position embedding over the sequence axis.
 
@@ -97,7 +154,9 @@ def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 class LatentEmbed(nn.Module):
   """Embeds the mixture latent lambda into the conditioning space.
 
-  sinusoid(1000 * lam) -> Dense -> SiLU -> Dense(width).
+  sinusoid(1000 * lam) -> Dense -> SiLU -> Dense(width); lam `[batch]`
+  (latent_dim 1) or `[batch, latent_dim]`, whose coordinates are embedded
+  one by one and concatenated (`latent_embedding`) before the first Dense.
   "add": the last Dense is zero-initialised, so the output is exactly 0.
   "gate": the last Dense has its default (fan-in scaled) initialisation and
   the output is multiplied by a zero-initialised per-channel `gate`. Both
@@ -109,19 +168,28 @@ class LatentEmbed(nn.Module):
   "centred": as "add", minus the mean embedding over a fixed midpoint grid
   of lambda in [0, 1]. Averaged over lambda the conditioning is then the
   teacher's, so a small random start moves the mixture's marginals only at
-  second order while its components differ at first order.
+  second order while its components differ at first order. With
+  latent_dim k > 1 the grid is a lattice of CENTRING_NODES points whose
+  every coordinate is the k = 1 midpoint grid (`latent_lattice` shifted by
+  1 / (2 n)): the part of the embedding additive over coordinates is
+  centred as at k = 1, interactions between coordinates approximately.
   """
 
   width: int
   entry: str = "add"
   dtype: Dtype = jnp.float32
+  latent_dim: int = 1
 
   @nn.compact
   def __call__(self, lam: jax.Array) -> jax.Array:
     if self.entry == "centred":
-      grid = (jnp.arange(CENTRING_NODES, dtype=jnp.float32) + 0.5) / CENTRING_NODES
+      if self.latent_dim == 1:
+        grid = (jnp.arange(CENTRING_NODES, dtype=jnp.float32) + 0.5) / CENTRING_NODES
+      else:
+        nodes = latent_lattice(CENTRING_NODES, self.latent_dim) + 0.5 / CENTRING_NODES
+        grid = jnp.asarray(nodes % 1.0, jnp.float32)
       lam = jnp.concatenate([lam.astype(jnp.float32), grid])
-    h = timestep_embedding(lam).astype(self.dtype)
+    h = latent_embedding(lam).astype(self.dtype)
     h = _Dense(self.width, dtype=self.dtype, name="dense_in")(h)
     h = nn.silu(h)
     if self.entry == "centred":
@@ -230,8 +298,13 @@ class Transformer(nn.Module):
       where `num_classes` itself is the "null" class for classifier-free
       guidance / label dropout.
     latent: adds the mixture student's latent path (requires `lam`).
-    latent_entry: how the latent path enters ("add" or "gate", see
-      `LatentEmbed`); both make the student equal to its teacher at init.
+    latent_entry: how the latent path enters ("add", "gate" or "centred",
+      see `LatentEmbed`); "add" and "gate" make the student equal to its
+      teacher at init.
+    latent_dim: k, the number of independent uniform latents: lambda in
+      [0, 1]^k, lam `[batch]` for k = 1 (the paper's scalar latent),
+      `[batch, k]` otherwise. Only the latent path's first Dense depends
+      on k (its input is 128 k wide).
     mask_id: if set, masked-diffusion carry-over: unmasked inputs are copied
       to the output. Must be a non-data id, vocab_size <= mask_id < num_states.
     dtype: activation dtype (float32 or bfloat16). Parameters are always
@@ -253,6 +326,7 @@ class Transformer(nn.Module):
   latent_entry: str = "add"
   mask_id: int | None = None
   dtype: Dtype = jnp.float32
+  latent_dim: int = 1
 
   def validate_config(self) -> None:
     """Raises ValueError naming the offending field if the config is invalid."""
@@ -278,6 +352,8 @@ class Transformer(nn.Module):
       )
     if self.latent_entry not in LATENT_ENTRIES:
       raise ValueError(f"latent_entry must be one of {LATENT_ENTRIES}, got {self.latent_entry!r}")
+    if self.latent_dim < 1:
+      raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
     if self.num_classes < 0:
       raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
     if self.mask_id is not None and not (self.vocab_size <= self.mask_id < self.num_states):
@@ -285,6 +361,26 @@ class Transformer(nn.Module):
         f"mask_id ({self.mask_id}) must satisfy vocab_size "
         f"({self.vocab_size}) <= mask_id < num_states ({self.num_states})"
       )
+
+  def _lam_shape(self, batch) -> str:
+    return f"[{batch}]" if self.latent_dim == 1 else f"[{batch}, latent_dim={self.latent_dim}]"
+
+  def _check_lam(self, lam: jax.Array, batch: int) -> jax.Array:
+    """lam as `[batch]` (latent_dim 1) or `[batch, latent_dim]`; raises otherwise."""
+    k = self.latent_dim
+    if k == 1 and lam.shape == (batch, 1):
+      return lam[:, 0]
+    if k > 1 and lam.shape == (batch,) and self.is_initializing():
+      # trainer.init_params builds every student with a `[1]` dummy lam; the
+      # parameters' shapes depend on latent_dim only, not on lam's values.
+      return jnp.broadcast_to(lam[:, None], (batch, k))
+    if lam.shape != ((batch,) if k == 1 else (batch, k)):
+      raise ValueError(
+        f"lam must have shape {self._lam_shape(batch)} (this student has latent_dim={k}), "
+        f"got {lam.shape}; draw it with denoisers.draw_latents or sample through "
+        "denoisers.mixture(...)"
+      )
+    return lam
 
   @nn.compact
   def __call__(
@@ -300,7 +396,9 @@ class Transformer(nn.Module):
     Args:
       x: `[batch, length]` int tokens in [0, num_states).
       t: `[batch]` float times in [0, 1].
-      lam: `[batch]` float mixture latents in [0, 1]; required iff `latent`.
+      lam: `[batch]` (latent_dim 1; `[batch, 1]` is accepted too) or
+        `[batch, latent_dim]` float mixture latents in [0, 1]; required iff
+        `latent`.
       labels: `[batch]` int class ids in [0, num_classes]; None means the
         null class. Only allowed when `num_classes > 0`.
       train: enables dropout.
@@ -318,7 +416,7 @@ class Transformer(nn.Module):
     t = jnp.asarray(t)
     chex.assert_shape(t, (batch,))
     if self.latent and lam is None:
-      raise ValueError("Transformer(latent=True) needs lam of shape [batch]")
+      raise ValueError(f"Transformer(latent=True) needs lam of shape {self._lam_shape('batch')}")
     if not self.latent and lam is not None:
       raise ValueError("lam was given but the Transformer has latent=False")
     if self.num_classes == 0 and labels is not None:
@@ -335,14 +433,15 @@ class Transformer(nn.Module):
       chex.assert_shape(labels, (batch,))
       c = c + _Embed(self.num_classes + 1, self.width, dtype=self.dtype, name="class_embed")(labels)
     if self.latent:
-      lam = jnp.asarray(lam)
-      chex.assert_shape(lam, (batch,))
+      lam = self._check_lam(jnp.asarray(lam), batch)
       # Di4C's transformer forks append lambda as an extra token. We add it to
       # c instead: with the last projection zero-initialised the added term is
       # exactly 0, so a student built from a teacher reproduces the teacher
       # bit-for-bit at step 0 (an extra token would perturb attention even
       # with a zero embedding), and the sequence does not grow.
-      c = c + LatentEmbed(self.width, self.latent_entry, self.dtype, name=LATENT_MODULE)(lam)
+      c = c + LatentEmbed(
+        self.width, self.latent_entry, self.dtype, self.latent_dim, name=LATENT_MODULE
+      )(lam)
 
     h = _Embed(self.num_states, self.width, dtype=self.dtype, name="token_embed")(x)
     if self.positions == "learned":

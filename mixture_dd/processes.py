@@ -207,7 +207,7 @@ class _MatrixProcess(Process):
     q_s0 = _rows(self.transition(jnp.zeros_like(s), s), x0)
     q_ts = _rows(jnp.swapaxes(self.transition(s, t), -1, -2), x_t)
     joint = q_s0 * q_ts
-    # 1e-9 keeps the ratio defined where float32 underflows (method.md, sec. 1).
+    # 1e-9 keeps the ratio defined where float32 underflows (docs/method.md, sec. 1).
     joint = joint + 1e-9 * jnp.sum(joint, -1, keepdims=True) + _TINY
     return jnp.log(joint / jnp.sum(joint, -1, keepdims=True))
 

@@ -1,8 +1,12 @@
 """Small reference models that evaluation metrics are measured with.
 
-  * `DigitsClassifier`: an MLP on 8x8 grey-level digits. Its penultimate
-    activations feed the Frechet distance (an FID for digits) and its
-    predictions give class histograms (mode coverage).
+  * `DigitsClassifier`: an MLP on 8x8 grey-level digits with an 11th
+    "reject" class trained on noise and destroyed digits (`reject_images`),
+    so that "recognised" (a digit class with p > 0.9) means something: a
+    plain 10-way softmax called 83 % of uniform-noise images a digit with
+    p > 0.9. Its penultimate activations feed the Frechet distance (an FID
+    for digits) and its digit predictions give class histograms (mode
+    coverage).
   * `CharLM`: a small causal transformer over characters. Its likelihood of
     generated samples gives the generative perplexity.
 
@@ -66,6 +70,10 @@ def _load(directory: str) -> tuple[Params, dict]:
 # ----------------------------------------------------------------------------
 # Digits classifier.
 
+NUM_DIGITS = 10
+REJECT = NUM_DIGITS  # label of the reject class
+REJECT_KINDS = ("uniform", "marginal", "shuffled", "corrupted", "blurred")
+
 
 class DigitsClassifier(nn.Module):
   """MLP classifier on flattened 8x8 images in [0, 1].
@@ -127,8 +135,73 @@ def classifier_features(params: Params, images: np.ndarray, levels: int) -> np.n
 
 
 def classifier_predict(params: Params, images: np.ndarray, levels: int) -> np.ndarray:
-  """Predicted labels [n] for int images [n, 64]."""
+  """Predicted labels [n] for int images [n, 64] (REJECT for a rejected image)."""
   return classifier_logits(params, images, levels).argmax(-1)
+
+
+def has_reject_class(params: Params) -> bool:
+  """Whether a classifier has the reject class (11 outputs)."""
+  return _classifier_from_params(params).num_classes == NUM_DIGITS + 1
+
+
+def classifier_recognised(
+  params: Params, images: np.ndarray, levels: int, threshold: float = 0.9
+) -> np.ndarray:
+  """Bool [n]: the most likely class of each image is a digit, with p > threshold.
+
+  Needs a classifier with the reject class: a 10-way softmax must call
+  every image some digit, noise included.
+  """
+  if not has_reject_class(params):
+    raise ValueError(
+      "this digits classifier has no reject class (it predates it); recognition needs one. "
+      "Delete its directory (it is retrained on first use) or pass another reference_dir."
+    )
+  probs = jax.nn.softmax(jnp.asarray(classifier_logits(params, images, levels)), -1)
+  probs = np.asarray(probs)
+  return (probs.argmax(-1) < NUM_DIGITS) & (probs.max(-1) > threshold)
+
+
+def _blur(images: np.ndarray, levels: int, passes: int = 2) -> np.ndarray:
+  """3x3 box blur of [n, 64] images (edges replicated), `passes` times, rounded."""
+  x = np.asarray(images, np.float64).reshape(-1, 8, 8)
+  for _ in range(passes):
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    x = sum(padded[:, i : i + 8, j : j + 8] for i in range(3) for j in range(3)) / 9.0
+  return np.clip(np.rint(x), 0, levels - 1).reshape(-1, 64).astype(np.int32)
+
+
+def reject_images(images: np.ndarray, levels: int, num: int, seed: int = 0) -> np.ndarray:
+  """`num` images [num, 64] int32 that are not digits, made from `images` [n, 64].
+
+  Equal shares of (`REJECT_KINDS`): uniform noise; independent per-pixel
+  draws from the images' pixel marginals (the product of marginals); real
+  digits with their 64 pixels permuted; real digits with 30-70 % of the
+  pixels replaced by noise; real digits blurred twice by a 3x3 box.
+  """
+  images = np.asarray(images)
+  if images.ndim != 2 or images.shape[1] != 64 or len(images) == 0:
+    raise ValueError(f"images must be [n, 64] with n > 0, got {images.shape}")
+  rng = np.random.default_rng(seed)
+  n = len(images)
+  shares = np.diff(np.linspace(0, num, len(REJECT_KINDS) + 1).round().astype(int))
+  rows = lambda k: images[rng.integers(0, n, k)]
+  out = []
+  for kind, k in zip(REJECT_KINDS, shares):
+    if kind == "uniform":
+      x = rng.integers(0, levels, (k, 64))
+    elif kind == "marginal":
+      x = images[rng.integers(0, n, (k, 64)), np.arange(64)]
+    elif kind == "shuffled":
+      x = rng.permuted(rows(k), axis=1)
+    elif kind == "corrupted":
+      x = rows(k).copy()
+      hit = rng.random((k, 64)) < rng.uniform(0.3, 0.7, (k, 1))
+      x[hit] = rng.integers(0, levels, hit.sum())
+    else:
+      x = _blur(rows(k), levels)
+    out.append(np.asarray(x, np.int32))
+  return np.concatenate(out)[rng.permutation(num)]
 
 
 def classifier_accuracy(
@@ -149,28 +222,43 @@ def train_digits_classifier(
   hidden: Sequence[int] = (128, 64),
   learning_rate: float = 3e-3,
   weight_decay: float = 1e-4,
+  reject_fraction: float = 2.0,
 ) -> tuple[Params, dict]:
-  """Full-batch AdamW training of a `DigitsClassifier`.
+  """Full-batch AdamW training of a `DigitsClassifier` with a reject class.
+
+  The training set is the digits plus `reject_fraction * n` images of
+  `reject_images` (label REJECT, drawn with `seed`).
 
   Args:
     images: int [n, 64] with values in [0, levels).
     labels: int [n] in [0, 10).
     levels: number of grey levels (17 for sklearn's digits).
-    seed: PRNG seed for the initialisation.
+    seed: PRNG seed for the initialisation and the reject images.
     steps: optimiser steps (each over the whole training set).
-    eval_images, eval_labels: optional held-out set for `test_accuracy`.
+    eval_images, eval_labels: optional held-out set for `test_accuracy`
+      and `test_recognised`.
     hidden: hidden widths; the last is the feature size.
     learning_rate, weight_decay: AdamW settings.
+    reject_fraction: reject images per digit image; 0 trains a plain
+      10-way classifier (no recognition).
 
   Returns:
     (params, meta) where meta is a JSON-ready dict with levels, seed, steps,
-    train_accuracy and, given an eval set, test_accuracy.
+    train_accuracy (11-way argmax on the digits), reject_fraction, the
+    recognised rate of fresh uniform noise (`noise_recognised`) and, given
+    an eval set, test_accuracy and test_recognised.
   """
-  x = _scale_images(images, levels)
-  y = jnp.asarray(labels, jnp.int32)
-  if y.shape != (x.shape[0],):
-    raise ValueError(f"labels must be [{x.shape[0]}] to match images, got {y.shape}")
-  model = DigitsClassifier(hidden=tuple(hidden))
+  labels = np.asarray(labels)
+  if labels.shape != (np.shape(images)[0],):
+    raise ValueError(f"labels must be [{np.shape(images)[0]}] to match images, got {labels.shape}")
+  num_reject = int(round(reject_fraction * len(labels)))
+  train_images, train_labels = np.asarray(images), labels
+  if num_reject:
+    train_images = np.concatenate([train_images, reject_images(images, levels, num_reject, seed)])
+    train_labels = np.concatenate([labels, np.full(num_reject, REJECT, labels.dtype)])
+  x = _scale_images(train_images, levels)
+  y = jnp.asarray(train_labels, jnp.int32)
+  model = DigitsClassifier(hidden=tuple(hidden), num_classes=NUM_DIGITS + (num_reject > 0))
   params = model.init(jax.random.PRNGKey(seed), x[:1])
   tx = optax.adamw(learning_rate, weight_decay=weight_decay)
   opt_state = tx.init(params)
@@ -194,11 +282,19 @@ def train_digits_classifier(
     "steps": int(steps),
     "hidden": [int(h) for h in hidden],
     "train_accuracy": classifier_accuracy(params, images, labels, levels),
+    "reject_fraction": float(reject_fraction),
   }
+  if num_reject:
+    # Fresh noise (another seed than the training rejects): the check the
+    # reject class exists for.
+    noise = np.random.default_rng([seed, 1]).integers(0, levels, (1000, 64))
+    meta["noise_recognised"] = float(classifier_recognised(params, noise, levels).mean())
   if eval_images is not None:
     if eval_labels is None:
       raise ValueError("eval_images given without eval_labels")
     meta["test_accuracy"] = classifier_accuracy(params, eval_images, eval_labels, levels)
+    if num_reject:
+      meta["test_recognised"] = float(classifier_recognised(params, eval_images, levels).mean())
   return params, meta
 
 

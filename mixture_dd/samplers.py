@@ -114,11 +114,19 @@ def analytic_step(key, process: Process, x_t, t, s, logits):
   return categorical.sample(k_xs, process.log_posterior(x_t, x0_hat, s, t))
 
 
-def run_steps(key, process: Process, denoiser: Denoiser, params, x, time_at, first, last):
+def _tempered(logits, temperature):
+  """logits / temperature; None (the default everywhere) leaves them untouched."""
+  return logits if temperature is None else logits / temperature
+
+
+def run_steps(
+  key, process: Process, denoiser: Denoiser, params, x, time_at, first, last, temperature=None
+):
   """Runs analytic steps i = first .. last - 1, step i from time_at(i) to time_at(i + 1).
 
   x `[batch, D]` int32; `first` and `last` may be traced (one compiled
-  program serves every number of steps). Returns x after the last step.
+  program serves every number of steps). With `temperature` T, each x0 is
+  drawn from softmax(logits / T). Returns x after the last step.
   """
   batch = x.shape[0]
 
@@ -127,17 +135,27 @@ def run_steps(key, process: Process, denoiser: Denoiser, params, x, time_at, fir
     key, k_net, k_step = jax.random.split(key, 3)
     t = jnp.full((batch,), time_at(i))
     s = jnp.full((batch,), time_at(i + 1))
-    logits = denoiser(params, x, t, k_net)
+    logits = _tempered(denoiser(params, x, t, k_net), temperature)
     return analytic_step(k_step, process, x, t, s, logits), key
 
   x, _ = jax.lax.fori_loop(first, last, body, (x, key))
   return x
 
 
-def finalize(key, process: Process, denoiser: Denoiser, params, x, t, mode: str = "argmax"):
+def finalize(
+  key,
+  process: Process,
+  denoiser: Denoiser,
+  params,
+  x,
+  t,
+  mode: str = "argmax",
+  temperature=None,
+):
   """The last denoise at t_min: turns x_{t_min} into data values `[batch, D]`.
 
-  "argmax" takes the most likely x0 per token (tauLDR), "sample" draws it
+  "argmax" takes the most likely x0 per token (tauLDR; a temperature does
+  not change it), "sample" draws it from softmax(logits / temperature)
   (MDLM's final denoise of leftover masks), "none" returns x unchanged. For
   the masked process only still-masked tokens change (carry-over).
   """
@@ -152,7 +170,7 @@ def finalize(key, process: Process, denoiser: Denoiser, params, x, t, mode: str 
     if mode == "argmax":
       x0 = jnp.argmax(logits, -1).astype(jnp.int32)
     else:
-      x0 = categorical.sample(k_draw, logits)
+      x0 = categorical.sample(k_draw, _tempered(logits, temperature))
     if process.mask_id is not None:
       x0 = jnp.where(x == process.mask_id, x0, x)
     return x0
@@ -192,6 +210,7 @@ def sample(
   second: Denoiser | None = None,
   second_params=None,
   num_first=None,
+  temperature=None,
 ):
   """N-step sampling from the prior: `[batch_size, length]` int32 data values.
 
@@ -202,6 +221,11 @@ def sample(
   schedule; tauLDR counts its final argmax as a teacher step). `process` and
   the denoisers are static: pass the same function objects to reuse the
   compiled program.
+
+  `temperature` T > 0 (traced: one program serves every T) draws every x0
+  from softmax(logits / T), for both denoisers; the default None leaves the
+  logits untouched (the untempered program, T = 1, bit for bit). A final
+  argmax does not depend on T.
   """
   masked = process.mask_id is not None
   if t_min is None:
@@ -216,18 +240,28 @@ def sample(
   k_prior, k_a, k_b, k_final = jax.random.split(key, 4)
   x = process.prior_sample(k_prior, (batch_size, length))
   if second is None:
-    x = run_steps(k_a, process, denoiser, params, x, time_at, 0, intervals)
-    return finalize(k_final, process, denoiser, params, x, t_final, final)
+    x = run_steps(k_a, process, denoiser, params, x, time_at, 0, intervals, temperature)
+    return finalize(k_final, process, denoiser, params, x, t_final, final, temperature)
   k1 = jnp.clip(jnp.asarray(num_first, jnp.int32), 0, n)
-  x = run_steps(k_a, process, denoiser, params, x, time_at, 0, jnp.minimum(k1, intervals))
   x = run_steps(
-    k_b, process, second, second_params, x, time_at, jnp.minimum(k1, intervals), intervals
+    k_a, process, denoiser, params, x, time_at, 0, jnp.minimum(k1, intervals), temperature
+  )
+  x = run_steps(
+    k_b,
+    process,
+    second,
+    second_params,
+    x,
+    time_at,
+    jnp.minimum(k1, intervals),
+    intervals,
+    temperature,
   )
   # The final call belongs to the first denoiser only if all N calls do.
   return jax.lax.cond(
     k1 >= n,
-    lambda x: finalize(k_final, process, denoiser, params, x, t_final, final),
-    lambda x: finalize(k_final, process, second, second_params, x, t_final, final),
+    lambda x: finalize(k_final, process, denoiser, params, x, t_final, final, temperature),
+    lambda x: finalize(k_final, process, second, second_params, x, t_final, final, temperature),
     x,
   )
 
@@ -266,7 +300,7 @@ def guided(cond: Denoiser, uncond: Denoiser, scale: float) -> Denoiser:
   """Classifier-free guidance: (1 + w) log p(.|c) - w log p(.).
 
   Both passes get the same key, so a mixture draws the SAME lambda for the
-  conditional and the unconditional pass (method.md section 5).
+  conditional and the unconditional pass (docs/method.md section 5).
   """
 
   def denoise(params, x, t, key, lam=None, labels=None):

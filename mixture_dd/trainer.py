@@ -15,11 +15,13 @@ data of an uninterrupted one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable
@@ -217,12 +219,37 @@ def checkpoint_manager(directory: str, keep: int = 1, read_only: bool = False):
   (`*.orbax-checkpoint-tmp*` directories) are never listed as steps and are
   deleted when a writing manager opens."""
   if read_only:
-    options = ocp.CheckpointManagerOptions(read_only=True)
+    # The options read_only implies, given up front: Orbax warns when it has
+    # to change them itself (and, unconditionally, that the directory is
+    # read only: `_quiet_read_only` drops that line).
+    options = ocp.CheckpointManagerOptions(
+      read_only=True, save_interval_steps=0, create=False, cleanup_tmp_directories=False
+    )
+    with _quiet_read_only():
+      return ocp.CheckpointManager(os.path.abspath(directory), options=options)
   else:
     options = ocp.CheckpointManagerOptions(
       max_to_keep=keep, create=True, cleanup_tmp_directories=True
     )
   return ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+
+class _DropReadOnlyNotice(logging.Filter):
+  def filter(self, record):
+    return not str(record.msg).startswith("Given directory is read only")
+
+
+@contextlib.contextmanager
+def _quiet_read_only():
+  """Orbax logs a warning each time a read-only manager opens: reading a
+  checkpoint is not worth a warning."""
+  quiet = _DropReadOnlyNotice()
+  absl_logger = logging.getLogger("absl")
+  absl_logger.addFilter(quiet)
+  try:
+    yield
+  finally:
+    absl_logger.removeFilter(quiet)
 
 
 def _as_words(x):
@@ -321,17 +348,13 @@ def _newest_good(mngr, where: str, restore: Callable, signature: dict | None):
   return None, None, None, bad
 
 
-def restore_latest(mngr, abstract_state, signature: dict, where: str):
-  """(state, meta) from the newest readable checkpoint, or (None, None) if none.
+class UnreadableCheckpoints(RuntimeError):
+  """Checkpoints exist but none of them reads: never a silent fresh start."""
 
-  A checkpoint that fails to read (truncated, corrupted, no metadata, a
-  checksum that does not match) is skipped with a warning naming its step,
-  and the previous one is tried; the bad ones are then renamed to
-  `<step>.corrupt` (kept for inspection, never listed again) so that
-  training can save those steps afresh. A checkpoint of another
-  configuration raises IncompatibleCheckpoint naming the fields. Raises
-  RuntimeError if checkpoints exist but none is readable.
-  """
+
+def _restore_newest(mngr, abstract_state, signature: dict, where: str):
+  """(state, meta, bad steps) of the newest good checkpoint, (None, None, [])
+  if there is none; writes nothing (see `restore_latest`)."""
 
   def restore(step, meta):
     state = mngr.restore(
@@ -342,32 +365,48 @@ def restore_latest(mngr, abstract_state, signature: dict, where: str):
     return state
 
   step, meta, state, bad = _newest_good(mngr, where, restore, signature)
-  if bad and step is not None:
-    log.warning(
-      "resuming %s from step %d; set aside bad checkpoint step(s) %s as <step>%s",
-      where,
-      step,
-      bad,
-      CORRUPT_SUFFIX,
-    )
-    _set_aside(mngr, bad)
   if step is None and bad:
-    raise RuntimeError(
+    raise UnreadableCheckpoints(
       f"none of the checkpoints in {where} (steps {bad}) is readable; see the warnings "
       f"above. Move {mngr.directory} away to start from scratch, or use a fresh --workdir."
     )
+  return state, meta, bad
+
+
+def restore_latest(mngr, abstract_state, signature: dict, where: str):
+  """(state, meta) from the newest readable checkpoint, or (None, None) if none.
+
+  A checkpoint that fails to read (truncated, corrupted, no metadata, a
+  checksum that does not match) is skipped with a warning naming its step,
+  and the previous one is tried; the bad ones are then renamed to
+  `<step>.corrupt` (kept for inspection, never listed again) so that
+  training can save those steps afresh. A checkpoint of another
+  configuration raises IncompatibleCheckpoint naming the fields. Raises
+  UnreadableCheckpoints (a RuntimeError) if checkpoints exist but none is
+  readable.
+  """
+  state, meta, bad = _restore_newest(mngr, abstract_state, signature, where)
+  if bad:
+    _set_aside(str(mngr.directory), bad, where, meta["step"])
+    mngr.reload()
   return state, meta
 
 
-def _set_aside(mngr, steps) -> None:
+def _set_aside(directory: str, steps, where: str, good_step: int) -> None:
   """Renames step directories to `<step>.corrupt` (process 0; all wait)."""
+  log.warning(
+    "resuming %s from step %d; set aside bad checkpoint step(s) %s as <step>%s",
+    where,
+    good_step,
+    steps,
+    CORRUPT_SUFFIX,
+  )
   if jax.process_index() == 0:
     for step in steps:
-      src = os.path.join(str(mngr.directory), str(step))
+      src = os.path.join(directory, str(step))
       if os.path.exists(src):
         os.rename(src, _free_name(src + CORRUPT_SUFFIX))
   _sync("mixture_dd_set_aside_checkpoints")
-  mngr.reload()
 
 
 def _free_name(path: str) -> str:
@@ -447,15 +486,26 @@ class Preempted(Exception):
   exit with status `EXIT_PREEMPTED` and the line to rerun.
   """
 
+  why = "preempted (SIGTERM)"
+
   def __init__(self, desc: str, step: int, workdir: str):
     self.desc, self.step, self.workdir = desc, step, workdir
     super().__init__(
-      f"{desc}: preempted (SIGTERM); saved step {step} in {workdir}. Run the "
-      "same command again to resume."
+      f"{desc}: {self.why}; saved step {step} in {workdir}. Run the same command again to resume."
     )
 
 
+class Interrupted(Preempted):
+  """A run stopped by Ctrl-C (SIGINT) after saving its step; a second Ctrl-C
+  stops at once (KeyboardInterrupt). Launchers exit with `EXIT_INTERRUPTED`."""
+
+  why = "interrupted (Ctrl-C)"
+
+
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again later"; schedulers may requeue on it
+# 128 + SIGINT, what a shell reports for a Ctrl-C'd command: a user's stop is
+# not a scheduler's "try again later" (75), so nothing requeues it.
+EXIT_INTERRUPTED = 130
 
 
 def fit_scanned(
@@ -567,39 +617,59 @@ def fit(
   frozen=None,
   provenance: dict | None = None,
   restart_if_changed: bool = False,
+  config=None,
 ):
   """Runs (or resumes) training to `loop.num_steps`; returns the final state.
 
   A run whose checkpoints reached num_steps returns at once (a finished
   stage). Stops with NonFiniteError naming the step and the loss terms that
   went NaN/Inf; that state is never saved. A preemption notice (SIGTERM)
-  saves the current step and raises `Preempted`.
+  saves the current step and raises `Preempted`; Ctrl-C (SIGINT) does the
+  same and raises `Interrupted` (a second Ctrl-C stops at once).
 
   `provenance` (e.g. the teacher a student learns from) is recorded in every
   checkpoint; resuming checkpoints of another provenance raises
   ProvenanceChanged naming both, or with `restart_if_changed` sets those
   checkpoints aside (`checkpoints.stale*`) and starts afresh.
+
+  Nothing is written into `loop.workdir` until its checkpoints are known to
+  fit this run (signature, provenance): a refused resume leaves the workdir
+  as it was. `config` (optional) is then recorded: config.json, and a line
+  of config_history.jsonl naming the fields that changed since the last
+  run in this workdir (`record_config`).
   """
-  os.makedirs(loop.workdir, exist_ok=True)
   ckpt_dir = os.path.join(loop.workdir, "checkpoints")
-  mngr = checkpoint_manager(ckpt_dir, loop.keep)
   # Restore straight onto the replicated mesh sharding: with several
   # processes, moving a restored process-local array onto the global mesh
   # would need a cross-host transfer that CPU (gloo) backends lack.
   repl = NamedSharding(mesh, P())
   abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=repl), state)
-  restored, meta = restore_latest(mngr, abstract, signature, loop.workdir)
+  restored, meta, bad = None, None, []
+  resuming = os.path.isdir(ckpt_dir)
+  # Every process must take the same branch (a read-only manager, then the
+  # writing one; each of Orbax's managers synchronises the processes): no
+  # process creates the directory before all of them have looked.
+  _sync("mixture_dd_looked_for_checkpoints")
+  if resuming:
+    reader = checkpoint_manager(ckpt_dir, read_only=True)
+    try:
+      restored, meta, bad = _restore_newest(reader, abstract, signature, loop.workdir)
+    finally:
+      reader.close()
+  stale = None
   if restored is not None and provenance is not None and meta.get("provenance") != provenance:
     if not restart_if_changed:
-      mngr.close()
       raise ProvenanceChanged(
         f"{loop.desc}: the checkpoints in {loop.workdir} (step {meta['step']}) were made from "
         f"{_describe(meta.get('provenance'))}, but this run uses {_describe(provenance)}. "
         "Use a fresh --workdir, or set config.teacher.restart_if_changed=True to set the old "
         "checkpoints aside and start afresh."
       )
-    mngr.close()
     stale = _free_name(ckpt_dir + ".stale")
+  # The checkpoints fit this run: from here on the workdir may be written.
+  if jax.process_index() == 0:
+    os.makedirs(loop.workdir, exist_ok=True)
+  if stale is not None:
     log.warning(
       "%s: inputs changed since step %d; set aside %s as %s and starting afresh",
       loop.desc,
@@ -610,11 +680,16 @@ def fit(
     if jax.process_index() == 0:
       os.rename(ckpt_dir, stale)
     _sync("mixture_dd_set_aside_stale")
-    mngr = checkpoint_manager(ckpt_dir, loop.keep)
-    restored = None
+    restored, bad = None, []
+  elif bad:
+    _set_aside(ckpt_dir, bad, loop.workdir, meta["step"])
   if restored is not None:
     state = restored
     log.info("resumed from step %d in %s", int(state.step), loop.workdir)
+  start = int(state.step)
+  if config is not None:
+    record_config(loop.workdir, config, start, loop.desc)
+  mngr = checkpoint_manager(ckpt_dir, loop.keep)
   state = replicate(state, mesh)
   jstep = shard_step(step_fn, mesh)
   frozen = replicate(frozen, mesh) if frozen is not None else None
@@ -622,15 +697,23 @@ def fit(
   meta = dict(extra_meta or {}, signature=signature, seed=loop.seed)
   if provenance is not None:
     meta["provenance"] = provenance
-  history = _History(loop.workdir, loop.desc)
+  history = _History(loop.workdir, loop.desc, start)
   preemption = _Preemption(mngr)
-  start = int(state.step)
-  bar = _progress(start, loop.num_steps, loop.desc)
-  t0, pending, preempted_at = time.time(), None, None
+  bar = None
+  pending, stopped = None, None
+  t_compile = time.time()
+  # Rates and ETAs are timed from the end of the first step's dispatch,
+  # which includes compiling the step (seconds to minutes): a rate that
+  # counted it would make the first ETAs far too long.
+  t0, timed_from = None, start + 1
   try:
     for step in range(start, loop.num_steps):
       batch = global_batch(mesh, batcher.batch(step))
       new_state, metrics = jstep(state, batch, jax.random.fold_in(root, step), frozen)
+      if t0 is None:
+        t0 = time.time()
+        log.info("%s: step compiled in %.1f s", loop.desc, t0 - t_compile)
+        bar = _progress(start, loop.num_steps, loop.desc)
       # Check the previous step's metrics while this one runs (no stall).
       if pending is not None:
         _check_finite(*pending)
@@ -645,36 +728,39 @@ def fit(
           for k, v in jax.device_get(metrics).items()
           if k != NONFINITE_PARAMS
         }
-        rate = (done - start) / max(time.time() - t0, 1e-9)
+        rate = (done - timed_from) / (time.time() - t0) if done > timed_from else None
         bar.set_postfix({k: f"{v:.4g}" for k, v in m.items() if k in ("loss", "grad_norm")})
+        timing = f"{rate:.2f} steps/s, ETA {(loop.num_steps - done) / rate:.0f} s" if rate else ""
         log.info(
-          "%s step %d/%d %s (%.2f steps/s, ETA %.0f s)",
+          "%s step %d/%d %s%s",
           loop.desc,
           done,
           loop.num_steps,
           " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())),
-          rate,
-          (loop.num_steps - done) / rate,
+          f" ({timing})" if timing else "",
         )
-        history.write(done, dict(m, steps_per_s=rate))
+        history.write(done, dict(m, steps_per_s=rate) if rate else m)
       if sample_hook is not None and loop.sample_every and done % loop.sample_every == 0:
         sample_hook(state, done)
-      preempted = preemption.reached(done)
-      if done % loop.ckpt_every == 0 or done == loop.num_steps or preempted:
+      stop = preemption.reached(done)
+      if stop:
+        log.warning("%s: %s at step %d; saving it", loop.desc, stop.why, done)
+      if done % loop.ckpt_every == 0 or done == loop.num_steps or stop:
         _check_finite(*pending)
         save(mngr, state, meta)
-      if preempted:
-        preempted_at = done
+      if stop:
+        stopped = (stop, done)
         break
   finally:
+    preemption.close()
     mngr.wait_until_finished()
     mngr.close()
     getattr(batcher, "close", lambda: None)()  # a streaming batcher's read-ahead thread
-    bar.close()
+    if bar is not None:
+      bar.close()
     history.close()
-    preemption.close()
-  if preempted_at is not None:
-    raise Preempted(loop.desc, preempted_at, loop.workdir)
+  if stopped is not None:
+    raise stopped[0](loop.desc, stopped[1], loop.workdir)
   return state
 
 
@@ -685,16 +771,23 @@ def _describe(provenance) -> str:
 
 
 class _History:
-  """TensorBoard scalars and a metrics.jsonl line per log step (process 0)."""
+  """TensorBoard scalars and a metrics.jsonl line per log step (process 0).
 
-  def __init__(self, workdir, desc):
+  A run resumed at step `start` first drops what an earlier attempt logged
+  after it (a fallback to an older checkpoint, a preemption between a log
+  step and the next save), so that every step appears once.
+  """
+
+  def __init__(self, workdir, desc, start: int = 0):
     self._desc = desc
     self._writer = self._file = None
     if jax.process_index() == 0:
       from tensorboardX import SummaryWriter
 
-      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-      self._file = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      path = os.path.join(workdir, "metrics.jsonl")
+      truncate_metrics(path, start)
+      self._writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=start + 1)
+      self._file = open(path, "a")
 
   def write(self, step: int, metrics: dict) -> None:
     if self._writer is None:
@@ -710,28 +803,58 @@ class _History:
       self._file.close()
 
 
+def truncate_metrics(path: str, last_step: int) -> None:
+  """Drops the lines of a metrics.jsonl whose step is after `last_step`."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = []
+  for line in lines:
+    try:
+      if int(json.loads(line)["step"]) <= last_step:
+        keep.append(line)
+    except (ValueError, KeyError, TypeError):
+      continue  # a line cut short by a crash
+  if len(keep) != len(lines):
+    write_atomic(path, "".join(keep))
+
+
 class _Preemption:
-  """Has a preemption notice arrived? Several processes: Orbax's
-  `reached_preemption` (JAX's preemption service propagates the notice to
-  every process and agrees on one step at which all of them save, so no
-  process leaves the collectives while the others wait in them). One
-  process: our own SIGTERM handler, installed for the loop only."""
+  """Has a preemption notice or a Ctrl-C arrived? Returns the exception the
+  loop raises after saving (Preempted or Interrupted), or None.
+
+  Several processes: Orbax's `reached_preemption` (JAX's preemption service
+  propagates the notice to every process and agrees on one step at which all
+  of them save, so no process leaves the collectives while the others wait
+  in them); a Ctrl-C there is a KeyboardInterrupt. One process: our own
+  SIGTERM and SIGINT handlers, installed for the loop only. The first Ctrl-C
+  asks for a save at the end of the current step and puts back Python's
+  handler, so that a second Ctrl-C raises KeyboardInterrupt at once.
+  """
 
   def __init__(self, mngr):
-    self._mngr, self._flag, self._old = mngr, [], None
+    self._mngr, self._flag, self._old = mngr, [], {}
     self._multi = jax.process_count() > 1
     if not self._multi and threading.current_thread() is threading.main_thread():
-      self._old = signal.signal(signal.SIGTERM, lambda *a: self._flag.append(True))
+      self._old[signal.SIGTERM] = signal.signal(
+        signal.SIGTERM, lambda *a: self._flag.append(Preempted)
+      )
+      self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
 
-  def reached(self, step: int) -> bool:
+  def _on_sigint(self, *args):
+    self._flag.append(Interrupted)
+    signal.signal(signal.SIGINT, self._old.get(signal.SIGINT) or signal.default_int_handler)
+
+  def reached(self, step: int):
     if self._multi:
-      return bool(self._mngr.reached_preemption(step))
-    return bool(self._flag)
+      return Preempted if self._mngr.reached_preemption(step) else None
+    return self._flag[0] if self._flag else None
 
   def close(self):
-    if self._old is not None:
-      signal.signal(signal.SIGTERM, self._old)
-      self._old = None
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+    self._old = {}
 
 
 def _check_finite(step, metrics):
@@ -752,6 +875,9 @@ def _check_finite(step, metrics):
 
 
 def _progress(start, total, desc):
+  """The loop's progress bar (process 0). Log lines written while it shows
+  must go through `tqdm.write` (launch.common routes the mixture_dd logger
+  there) or they run into the bar's line."""
   from tqdm.auto import tqdm
 
   return tqdm(
@@ -815,6 +941,110 @@ def write_config(workdir: str, config) -> None:
     write_atomic(os.path.join(workdir, "config.json"), config.to_json_best_effort(indent=2))
 
 
+CONFIG_HISTORY = "config_history.jsonl"
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = v
+  return out
+
+
+def config_changes(old: dict, new: dict) -> dict:
+  """{"section.field": [old value, new value]} for every field that differs
+  between two configs (as JSON dicts; a field one of them lacks is None)."""
+  a, b = _flatten(old), _flatten(new)
+  return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def record_config(workdir: str, config, step: int, desc: str = "run") -> dict | None:
+  """Writes config.json (how `load_run` rebuilds the run) and keeps its history.
+
+  The first run in a workdir, and every later one whose config differs from
+  the config.json there (a resume with another optim.lr, more train.num_steps,
+  another data_dir...), appends a line to config_history.jsonl: time, the step
+  it starts from, the command line and {field: [old, new]}. A change is also
+  logged as a warning, so that no resume changes a run silently. Fields the
+  checkpoints depend on never get here: `fit` refuses those first. Process 0
+  writes. Returns the changes (None for the first run).
+  """
+  text = config.to_json_best_effort(indent=2)
+  path = os.path.join(workdir, "config.json")
+  old = None
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except ValueError:
+      log.warning("%s: %s is unreadable; writing it afresh", desc, path)
+  changes = config_changes(old, json.loads(text)) if old is not None else None
+  if old is not None and not changes:
+    return changes
+  if changes:
+    log.warning(
+      "%s: continuing %s at step %d with changed config fields: %s (recorded in %s)",
+      desc,
+      workdir,
+      step,
+      "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()),
+      CONFIG_HISTORY,
+    )
+  if jax.process_index() == 0:
+    entry = {
+      "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+      "step": step,
+      "event": "start" if old is None else "changed",
+      "command": list(sys.argv),
+      "changed": changes or {},
+    }
+    with open(os.path.join(workdir, CONFIG_HISTORY), "a") as f:
+      f.write(json.dumps(entry) + "\n")
+    write_atomic(path, text)
+  return changes
+
+
+def describe_inputs(task: "Task", config, workdir: str) -> list[str]:
+  """The lines a run starts with: for a student its teacher (what, where,
+  which step, its data and process), then the data, process and budget."""
+  lines = []
+  proc = "/".join(str(config.process[k]) for k in ("name", "schedule") if k in config.process)
+  if "teacher" in config:
+    prov = task.provenance or {}
+    what = task.meta.get("teacher", config.teacher.kind)
+    if "workdir" in prov:
+      tdata, tproc = "?", "?"
+      try:
+        with open(os.path.join(prov["workdir"], "config.json")) as f:
+          tconf = json.load(f)
+        tdata = tconf["data"]["name"]
+        tproc = "/".join(
+          str(tconf["process"][k]) for k in ("name", "schedule") if k in tconf["process"]
+        )
+      except (OSError, ValueError, KeyError):
+        pass
+      lines.append(
+        f"{task.desc}: teacher {what} from {prov['workdir']} at step {prov.get('step')} "
+        f"(data {tdata}, process {tproc})"
+      )
+    else:
+      lines.append(
+        f"{task.desc}: teacher {what} (no network; data {config.data.name}, process {proc})"
+      )
+  spec = task.spec
+  classes = f", {spec.num_classes} classes" if spec.num_classes else ""
+  data_dir = config.data.get("data_dir") or "~/.cache/mixture_dd/tfds"
+  lines.append(
+    f"{task.desc}: data {spec.name} (D={spec.length}, S={spec.vocab_size}{classes}; cache "
+    f"{data_dir}), process {proc}; {config.train.num_steps} steps of batch "
+    f"{config.train.batch_size} into {workdir}"
+  )
+  return lines
+
+
 def sample_hook(sample_fn: Callable, spec, workdir: str, tag: str, num: int) -> Callable:
   """(state, step) -> None: saves a grid of `num` samples from the EMA weights."""
 
@@ -832,7 +1062,9 @@ def sample_hook(sample_fn: Callable, spec, workdir: str, tag: str, num: int) -> 
 def run(task: Task, config, workdir: str, restart_if_changed: bool = False) -> TrainState:
   """Trains `task` as config.optim / config.train say; checkpoints in workdir.
 
-  Returns the final state; raises Preempted after a preemption save.
+  Returns the final state; raises Preempted (Interrupted after a Ctrl-C)
+  once it saved the step. config.json is written only once the workdir's
+  checkpoints are known to fit the config (see `fit`).
   """
   t = config.train
   if t.batch_size % jax.device_count():
@@ -842,7 +1074,8 @@ def run(task: Task, config, workdir: str, restart_if_changed: bool = False) -> T
     )
   optimizer = make_optimizer(config.optim, t.num_steps)
   step_fn = make_step(task.loss_fn, optimizer, config.optim.ema_decay, config.optim.ema_warmup)
-  write_config(workdir, config)
+  for line in describe_inputs(task, config, workdir):
+    log.info("%s", line)
   hook = None
   if task.sample_fn is not None and t.sample_every:
     hook = sample_hook(task.sample_fn, task.spec, workdir, task.desc, min(t.num_samples, 64))
@@ -858,4 +1091,5 @@ def run(task: Task, config, workdir: str, restart_if_changed: bool = False) -> T
     frozen=task.frozen,
     provenance=task.provenance,
     restart_if_changed=restart_if_changed,
+    config=config,
   )

@@ -76,3 +76,30 @@ def run_and_sigterm(cmd, marker: str, env: dict, cwd: str, timeout: float = 300)
     if proc.poll() is None:
       proc.kill()
   return rc, "".join(lines) + rest
+
+
+def run_and_interrupt(cmd, marker: str, env: dict, cwd: str, timeout: float = 300):
+  """Starts `cmd`, sends it SIGINT (a Ctrl-C) once a line of its stderr
+  contains `marker`, and waits. Returns (exit status, stderr)."""
+  import signal
+  import subprocess
+  import time
+
+  proc = subprocess.Popen(
+    cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+  )
+  lines = []
+  try:
+    deadline = time.time() + timeout
+    for line in proc.stderr:
+      lines.append(line)
+      if marker in line:
+        proc.send_signal(signal.SIGINT)
+        break
+      assert time.time() < deadline, "".join(lines[-20:])
+    rest = proc.stderr.read()
+    rc = proc.wait(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  return rc, "".join(lines) + rest

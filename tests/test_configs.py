@@ -144,6 +144,7 @@ def _maskgit_teacher():
 
 TEACHER_OF = {
   "digits_distill": lambda: load(os.path.join(CONFIG_DIR, "digits.py")),
+  "digits_gaussian_distill": lambda: load(os.path.join(CONFIG_DIR, "digits_gaussian.py")),
   "markov_distill": lambda: load(os.path.join(CONFIG_DIR, "markov.py")),
   "pydoc_text_distill": lambda: load(os.path.join(CONFIG_DIR, "pydoc_text.py")),
   "cifar10_tauldr_distill": lambda: load(os.path.join(CONFIG_DIR, "cifar10_gaussian.py")),

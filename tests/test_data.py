@@ -208,10 +208,10 @@ def test_registry_is_the_one_list_of_data_sets(tmp_path):
       assert np.prod(spec.image_shape) == spec.length
     assert (entry.scorer is not None) == (name in registry.PRIMARY_METRICS)
   assert dict(registry.PRIMARY_METRICS) == {
-    "markov": "nll_per_token",
+    "markov": "pair_tv",
     "tiny": "tv",
     "digits": "fd",
-    "pydoc_text": "gen_ppl",
+    "pydoc_text": "ngram_js",
   }
   # A spec costs no data: nothing was built under data_dir.
   assert not list(tmp_path.iterdir())

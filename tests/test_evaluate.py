@@ -18,8 +18,10 @@ from mixture_dd import (
   distill,
   evaluate,
   exact,
+  metrics,
   processes,
   runs,
+  samplers,
   train,
   trainer,
 )
@@ -130,6 +132,9 @@ def test_tiny_evaluation_end_to_end(tiny_teacher, tmp_path):
       )
     counts = np.bincount(exact.state_index(tokens, s), minlength=s**d)
     assert_chi2(counts, law)
+  # tiny scores exact laws of the untempered sampler: a temperature sweep is refused.
+  with pytest.raises(ValueError, match="no quality-against-diversity frontier"):
+    evaluate.evaluate(tiny_teacher, None, [1], 10, 0, str(tmp_path / "t"), teacher_temperatures=[2])
 
 
 def test_markov_data_nll_is_the_entropy_rate(tmp_path):
@@ -218,8 +223,8 @@ def test_make_scorer_is_the_registry_entrys_scorer(tmp_path):
   # A data set added with its own scorer is evaluated by it, nothing else.
   calls = []
 
-  def toy_scorer(teacher, student, specs, reference_dir, num_latent_nodes):
-    calls.append((teacher.spec.name, student, specs, reference_dir, num_latent_nodes))
+  def toy_scorer(teacher, student, specs, reference_dir, num_latent_nodes, num_samples):
+    calls.append((teacher.spec.name, student, specs, reference_dir, num_latent_nodes, num_samples))
     return (lambda s, n, x: {"mean": float(x.mean())}), {"mean": 1.5}, {}
 
   registry.register(
@@ -235,8 +240,8 @@ def test_make_scorer_is_the_registry_entrys_scorer(tmp_path):
   )
   try:
     cfg = pipeline.default_data_config("toy_scored")
-    score, ref, _ = evaluate.make_scorer(_fake_run(cfg), None, {"teacher": 0}, "/r", 8)
-    assert calls == [("toy_scored", None, {"teacher": 0}, "/r", 8)]
+    score, ref, _ = evaluate.make_scorer(_fake_run(cfg), None, {"teacher": 0}, "/r", 8, 64)
+    assert calls == [("toy_scored", None, {"teacher": 0}, "/r", 8, 64)]
     assert score("teacher", 1, np.ones((2, 3))) == {"mean": 1.0} and ref == {"mean": 1.5}
     assert evaluate.PRIMARY["toy_scored"] == "mean"  # live view of the registry
   finally:
@@ -249,24 +254,36 @@ def test_make_scorer_is_the_registry_entrys_scorer(tmp_path):
 def test_markov_scorer_scores_against_the_true_chain(tmp_path):
   cfg = pipeline.default_data_config("markov")
   cfg.update(vocab_size=4, length=6, num_train=50, num_test=300, data_dir=str(tmp_path))
-  score, ref, extras = evaluate.make_scorer(_fake_run(cfg), None, {}, None, 8)
   init, trans = markov.make_chain(4, cfg.seed)
   _, test = pipeline.load(cfg, "test")
-  assert ref == evaluate.markov_metrics(test.tokens.astype(np.int64), init, trans)
+  # The data row is scored on as many samples as a sampler row.
+  score, ref, extras = evaluate.make_scorer(_fake_run(cfg), None, {}, None, 8, 200)
+  assert ref == evaluate.markov_metrics(test.tokens[:200].astype(np.int64), init, trans)
+  laws = evaluate.markov_pair_laws(init, trans, 6)
   assert extras == {
     "entropy_rate": pytest.approx(markov.entropy_rate(init, trans, 6)),
+    "pair_entropy_exact": pytest.approx(metrics.exact_pair_entropy(laws[1])),
+    "pair_tv_lags": [1, 2, 3],
     "num_test": 300,
+    "data_row": "200 chain samples: the test split's first rows",
+    "checks": ["pair_entropy", "entropy_per_token"],
+    "frontier": ("entropy_per_token", "nll_per_token"),
   }
   x = np.random.default_rng(0).integers(0, 4, (20, 6))
   assert score("student", 2, x) == evaluate.markov_metrics(x, init, trans)
   # Uniform noise is far less likely under the chain than its own samples.
   assert score("student", 2, x)["nll_per_token"] > ref["nll_per_token"] + 0.1
+  # Beyond the test split's size, fresh draws of the chain fill the data row.
+  _, big, extras = evaluate.make_scorer(_fake_run(cfg), None, {}, None, 8, 500)
+  assert extras["data_row"].endswith("then fresh draws of the chain")
+  assert abs(big["pair_tv"] - ref["pair_tv"]) < 0.1 and big["pair_tv"] < ref["pair_tv"]
 
 
 def test_default_reference_dir_keeps_its_cache_names():
   digits = pipeline.DataSpec("digits", 17, 64, 10, (8, 8), "image")
+  # v2: the classifier with a reject class; a cached 10-way one is not reused.
   assert evaluate._default_reference_dir(digits, None).endswith(
-    os.path.join("reference", "digits_L17")
+    os.path.join("reference", "digits_L17_v2")
   )
   text = pipeline.DataSpec("pydoc_text", 96, 64, 0, None, "text")
   assert os.path.basename(evaluate._default_reference_dir(text, None)).startswith(
@@ -274,3 +291,89 @@ def test_default_reference_dir_keeps_its_cache_names():
   )
   other = pipeline.DataSpec("text8", 27, 256, 0, None, "text")
   assert os.path.basename(evaluate._default_reference_dir(other, None)) == "text8_D256_V27"
+
+
+def test_sampler_temperature_draws_from_tempered_logits():
+  """One masked step to t = 0 draws every token from softmax(logits / T):
+  chi-square of 4000 x 4 tokens against that law at T = 0.5 and 2. T = 1
+  (logits / 1.0 is exact) reproduces the untempered sampler bit for bit."""
+  s = 3
+  proc = processes.Masked(s, "linear")
+  logits = jnp.log(jnp.array([0.6, 0.3, 0.1]))
+  den = denoisers.from_function(lambda p, x, t: logits + 0.0 * x[..., None])
+  draw = lambda temperature: np.asarray(
+    samplers.sample(jax.random.key(0), proc, den, None, 4000, 4, 1, temperature=temperature)
+  )
+  for temp in (0.5, 2.0):
+    want = np.exp(np.asarray(logits) / temp)
+    assert_chi2(np.bincount(draw(temp).reshape(-1), minlength=s), want / want.sum())
+  np.testing.assert_array_equal(draw(1.0), draw(None))
+  assert not np.array_equal(draw(0.5), draw(None))
+
+
+def test_frontier_comparison_interpolates_in_entropy():
+  sweep = [
+    {"temperature": t, "steps": 8, "entropy_per_token": h, "gen_ppl": p}
+    for t, h, p in ((0.8, 2.0, 10.0), (1.0, 2.5, 20.0), (1.2, 3.0, 40.0))
+  ]
+  rows = [
+    {"sampler": "student", "steps": 1, "entropy_per_token": 2.25, "gen_ppl": 14.0},
+    {"sampler": "student", "steps": 2, "entropy_per_token": 2.75, "gen_ppl": 31.0},
+    {"sampler": "student", "steps": 4, "entropy_per_token": 3.5, "gen_ppl": 50.0},
+    {"sampler": "teacher", "steps": 8, "entropy_per_token": 2.5, "gen_ppl": 20.0},
+  ]
+  front = evaluate.frontier_comparison(rows, sweep, "entropy_per_token", "gen_ppl")
+  got = {st["steps"]: (st["frontier"], st["position"]) for st in front["students"]}
+  # Linear in entropy: 15 at 2.25 (14 is below), 30 at 2.75 (31 is above).
+  assert got == {
+    1: (pytest.approx(15.0), "below"),
+    2: (pytest.approx(30.0), "above"),
+    4: (None, "outside"),
+  }
+  assert front["teacher_steps"] == 8 and len(front["teacher"]) == 3
+  assert metrics.frontier_value([3.0, 1.0], [30.0, 10.0], 2.0) == pytest.approx(20.0)
+
+
+def test_markov_temperature_sweep_and_checks_in_the_report(tmp_path):
+  """evaluate(teacher_temperatures=...) on a markov teacher: the sweep rows,
+  the frontier with the student on it, frontier.png, the checks columns
+  next to the primary metric and inside the step-reduction table."""
+  c = markov_cfg.get_config()
+  c.data.update(vocab_size=4, length=8, num_train=200, num_test=300, data_dir=str(tmp_path / "d"))
+  c.model.update(width=32, depth=1, heads=2)
+  spec, _ = pipeline.load(c.data, "train")
+  process = configuration.make_process(c, spec)
+  model = configuration.make_model(c, spec, process)
+  teacher = runs.Run(c, spec, process, model, trainer.init_params(model, 0), False)
+  student = _student_like(teacher)
+  out = tmp_path / "eval"
+  res = evaluate.evaluate(
+    teacher,
+    student,
+    [1, 2],
+    num_samples=100,
+    seed=0,
+    out_dir=str(out),
+    batch_size=100,
+    latency_reps=2,
+    student_steps=[1],
+    teacher_temperatures=(0.5, 1.0, 3.0),
+  )
+  assert res["primary_metric"] == "pair_tv" and res["checks"][0] == "pair_entropy"
+  sweep = res["temperature_sweep"]
+  assert [r["temperature"] for r in sweep] == [0.5, 1.0, 3.0] and {r["steps"] for r in sweep} == {2}
+  # T = 1 at an N already sampled is that row; colder draws are less diverse.
+  t2 = next(r for r in res["rows"] if (r["sampler"], r["steps"]) == ("teacher", 2))
+  assert sweep[1]["pair_tv"] == t2["pair_tv"]
+  assert sweep[0]["entropy_per_token"] < sweep[2]["entropy_per_token"]
+  (st,) = res["frontier"]["students"]
+  assert st["steps"] == 1 and st["position"] in ("below", "above", "outside")
+  md = (out / "results.md").read_text()
+  header = next(line for line in md.splitlines() if line.startswith("| sampler |"))
+  assert header.startswith(
+    "| sampler | N | pair_tv | pair_tv_se | pair_entropy | entropy_per_token"
+  )
+  assert "in brackets: pair_entropy" in md and "- student N = 1: entropy_per_token" in md
+  assert (out / "frontier.png").stat().st_size > 0
+  saved = json.loads((out / "results.json").read_text())
+  assert saved["frontier"]["y"] == "nll_per_token" and "pair_tv_se" in saved["data_reference"]

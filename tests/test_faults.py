@@ -136,7 +136,9 @@ def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(trained, data_
   shutil.copytree(src, w)
   for s in ("1", "2", "3", "4"):
     _truncate(os.path.join(w, "checkpoints", s))
-  with pytest.raises(RuntimeError, match=r"none of the checkpoints.*steps \[4, 3, 2, 1\]"):
+  with pytest.raises(
+    trainer.UnreadableCheckpoints, match=r"none of the checkpoints.*steps \[4, 3, 2, 1\]"
+  ):
     train.train_teacher(small_config(data_dir), w)
 
 
@@ -365,7 +367,8 @@ def test_launcher_workdir_is_validated(tmp_path):
 
 
 # A real SIGTERM to real launcher processes: tests/test_demo.py (the demo's
-# teacher stage) and tests/test_multiprocess.py (one of two processes).
+# teacher stage) and tests/test_multiprocess.py (one of two processes); a
+# real Ctrl-C, and every bad input of the launchers: tests/test_first_hour.py.
 
 
 # ---------------------------------------------------------------------------

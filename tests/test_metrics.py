@@ -186,6 +186,10 @@ def test_digits_classifier_trains_and_roundtrips(tmp_path):
     steps=150,
     eval_images=images[1500:],
     eval_labels=labels[1500:],
+    # The plain 10-way classifier: training, features and the checkpoint
+    # round trip. The reject class is checked on the production recipe in
+    # tests/test_degenerate_samplers.py.
+    reject_fraction=0.0,
   )
   assert meta["test_accuracy"] > 0.9
   assert rm.classifier_accuracy(params, images[1500:], labels[1500:], 17) == (meta["test_accuracy"])
@@ -264,3 +268,160 @@ def test_bootstrap_se_of_a_mean_matches_the_closed_form():
   got = metrics.bootstrap_se(np.mean, x, num_resamples=400)
   want = x.std(ddof=1) / np.sqrt(len(x))
   assert abs(got / want - 1) < 3.5 / np.sqrt(2 * 399), (got, want)
+
+
+# ----------------------------------------------------------------------------
+# Pair statistics of Markov chains.
+
+
+def _tiny_chain(s=3, d=4, seed=0):
+  """A random chain, all s**d sequences and their exact probabilities."""
+  from mixture_dd import exact
+  from mixture_dd.data import markov
+
+  init, trans = markov.make_chain(s, seed, concentration=1.0)
+  states = exact.enumerate_states(s, d)
+  return init, trans, states, np.exp(markov.log_prob(states, init, trans))
+
+
+def test_chain_pair_laws_match_brute_force_enumeration():
+  init, trans, states, probs = _tiny_chain()
+  s, d = 3, 4
+  assert probs.sum() == pytest.approx(1.0)
+  for lag in (1, 2, 3):
+    laws = metrics.chain_pair_laws(init, trans, d, lag)
+    chex.assert_shape(laws, (d - lag, s, s))
+    for pos in range(d - lag):
+      brute = np.zeros((s, s))
+      np.add.at(brute, (states[:, pos], states[:, pos + lag]), probs)
+      np.testing.assert_allclose(laws[pos], brute, atol=1e-12)
+  with pytest.raises(ValueError, match="lag"):
+    metrics.chain_pair_laws(init, trans, d, d)
+
+
+def test_pair_statistics_of_the_exact_law_are_exact():
+  """Every sequence weighted by its probability is the law itself: pair
+  frequencies equal the exact laws, pair_tv is 0, pair_entropy is exact."""
+  init, trans, states, probs = _tiny_chain()
+  laws = {k: metrics.chain_pair_laws(init, trans, 4, k) for k in (1, 2, 3)}
+  w = probs * len(probs)
+  for k, law in laws.items():
+    np.testing.assert_allclose(metrics.pair_frequencies(states, k, 3, w), law, atol=1e-12)
+  assert metrics.pair_tv(states, laws, w) == pytest.approx(0.0, abs=1e-12)
+  assert metrics.pair_entropy(states, 3, w) == pytest.approx(metrics.exact_pair_entropy(laws[1]))
+  # Unweighted, the sequences are uniform over S^D: pair entropy log 9.
+  assert metrics.pair_entropy(states, 3) == pytest.approx(np.log(9))
+
+
+def test_pair_tv_hand_computed_and_weights_repeat_rows():
+  # Samples {00, 11} against independent uniform pairs: TV = 4 * 0.25 / 2.
+  uniform = {1: np.full((1, 2, 2), 0.25)}
+  assert metrics.pair_tv(np.array([[0, 0], [1, 1]]), uniform) == pytest.approx(0.5)
+  # A point mass on 00 against the same law: 0.75.
+  assert metrics.pair_tv(np.zeros((5, 2), int), uniform) == pytest.approx(0.75)
+  assert metrics.pair_entropy(np.zeros((5, 2), int), 2) == 0.0
+  init, trans, _, _ = _tiny_chain()
+  laws = {k: metrics.chain_pair_laws(init, trans, 4, k) for k in (1, 2)}
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 3, (7, 4))
+  w = rng.integers(0, 4, 7)
+  assert metrics.pair_tv(x, laws, w) == pytest.approx(metrics.pair_tv(np.repeat(x, w, 0), laws))
+  with pytest.raises(ValueError, match="one per sample"):
+    metrics.pair_tv(x, laws, w[:3])
+
+
+def test_bootstrap_se_weighted_equals_row_resampling():
+  x = np.random.default_rng(1).normal(size=300)
+  weighted = metrics.bootstrap_se_weighted(lambda w: np.average(x, weights=w), len(x), 50, seed=3)
+  assert weighted == pytest.approx(metrics.bootstrap_se(np.mean, x, 50, seed=3), rel=1e-10)
+
+
+# ----------------------------------------------------------------------------
+# n-gram Jensen-Shannon.
+
+
+def test_js_divergence_closed_forms():
+  assert metrics.js_divergence(np.array([1.0, 2.0]), np.array([2.0, 4.0])) == pytest.approx(0.0)
+  assert metrics.js_divergence(np.array([1.0, 0.0]), np.array([0.0, 3.0])) == pytest.approx(
+    np.log(2)
+  )
+  # p = (1, 0), q = (1/2, 1/2): m = (3/4, 1/4).
+  want = 0.5 * np.log(4 / 3) + 0.5 * (0.5 * np.log(2 / 3) + 0.5 * np.log(2))
+  p, q = np.array([1.0, 0.0]), np.array([0.5, 0.5])
+  assert metrics.js_divergence(p, q) == pytest.approx(want)
+  assert metrics.js_divergence(q, p) == pytest.approx(want)
+  with pytest.raises(ValueError, match="non-negative"):
+    metrics.js_divergence(np.zeros(2), q)
+
+
+def _brute_ngram_js(x, ref, max_order):
+  """Mean JS over orders from Counters of n-gram tuples."""
+  import collections
+
+  vals = []
+  for n in range(1, max_order + 1):
+    count = lambda rows: collections.Counter(
+      tuple(r[i : i + n]) for r in rows.tolist() for i in range(len(r) - n + 1)
+    )
+    a, b = count(x), count(ref)
+    keys = sorted(set(a) | set(b))
+    vals.append(
+      metrics.js_divergence(
+        np.array([a[k] for k in keys], float), np.array([b[k] for k in keys], float)
+      )
+    )
+  return float(np.mean(vals))
+
+
+def test_ngram_js_matches_brute_force_and_bootstrap():
+  rng = np.random.default_rng(0)
+  ref = rng.integers(0, 5, (40, 9))
+  x = rng.integers(0, 4, (25, 9))  # a smaller alphabet: some n-grams only in ref
+  js = metrics.NgramJS(ref, 5, max_order=3)
+  assert js(x) == pytest.approx(_brute_ngram_js(x, ref, 3), rel=1e-12)
+  assert js(ref) == pytest.approx(0.0, abs=1e-12)
+  w = rng.integers(0, 3, len(x))
+  assert js(x, w) == pytest.approx(js(np.repeat(x, w, 0)), rel=1e-12)
+  value, se = js.with_se(x, 30)
+  assert value == js(x)
+  assert se == pytest.approx(metrics.bootstrap_se(js, x, 30), rel=1e-10)
+  codes = metrics.ngram_codes(np.array([[1, 2, 3]]), 2, 5)
+  np.testing.assert_array_equal(codes, [[1 * 5 + 2, 2 * 5 + 3]])
+  with pytest.raises(ValueError, match="int64"):
+    metrics.ngram_codes(np.zeros((1, 20), int), 20, 96)
+
+
+def test_frontier_value_interpolates_inside_and_refuses_outside():
+  assert metrics.frontier_value([1.0, 3.0, 2.0], [10.0, 50.0, 20.0], 2.5) == pytest.approx(35.0)
+  assert metrics.frontier_value([1.0, 2.0], [10.0, 20.0], 1.0) == pytest.approx(10.0)
+  assert metrics.frontier_value([1.0, 2.0], [10.0, 20.0], 2.1) is None
+
+
+# ----------------------------------------------------------------------------
+# The digits classifier's reject class.
+
+
+def test_reject_images_kinds_and_blur():
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 17, (30, 64))
+  out = rm.reject_images(images, 17, 50, seed=1)
+  chex.assert_shape(out, (50, 64))
+  assert out.min() >= 0 and out.max() < 17
+  np.testing.assert_array_equal(out, rm.reject_images(images, 17, 50, seed=1))
+  # A constant image stays constant under the blur; one bright pixel spreads
+  # over its 5 x 5 neighbourhood (two 3 x 3 box passes) and keeps its mass.
+  np.testing.assert_array_equal(rm._blur(np.full((1, 64), 7), 17), np.full((1, 64), 7))
+  dot = np.zeros((1, 64), int)
+  dot[0, 3 * 8 + 3] = 16 * 81 // 9  # large enough that rounding keeps a 5 x 5 blob
+  blurred = rm._blur(np.minimum(dot, 16), 17, passes=1).reshape(8, 8)
+  assert (blurred[2:5, 2:5] > 0).all() and blurred.sum() - blurred[2:5, 2:5].sum() == 0
+
+
+def test_recognition_needs_the_reject_class():
+  datasets = pytest.importorskip("sklearn.datasets")
+  digits = datasets.load_digits()
+  images, labels = digits.data[:200].astype(np.int64), digits.target[:200]
+  plain, meta = rm.train_digits_classifier(images, labels, 17, steps=5, reject_fraction=0.0)
+  assert not rm.has_reject_class(plain) and "noise_recognised" not in meta
+  with pytest.raises(ValueError, match="no reject class"):
+    rm.classifier_recognised(plain, images, 17)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import os
 
 import numpy as np
@@ -64,6 +65,15 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager):
     del dl_manager  # Everything is generated or ships with Python/sklearn.
     return {split: self._generate_examples(split) for split in ("train", "test")}
+
+  # One log line of ours instead of TFDS's "Downloading and preparing dataset
+  # Unknown size ..." banner (the generated sets download nothing) and its
+  # "downloaded and prepared" line after.
+  def _log_download_bytes(self):
+    logging.getLogger("mixture_dd").info("building data set %s in %s", self.name, self.data_dir)
+
+  def _log_download_done(self):
+    """Nothing to add: the line before the build named the directory."""
 
 
 # ---------------------------------------------------------------- markov --
@@ -347,7 +357,14 @@ def make_builder(name: str, data_dir: str | None = None, **params) -> tfds.core.
 def prepare(name: str, data_dir: str | None = None, **params) -> tfds.core.DatasetBuilder:
   """`make_builder` then build the files unless they are already cached."""
   builder = make_builder(name, data_dir, **params)
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
-  )
+  if not builder.is_prepared():
+    tfds.display_progress_bar(False)  # seconds of work: no "Generating splits..." bars
+    try:
+      builder.download_and_prepare(
+        download_config=tfds.download.DownloadConfig(
+          compute_stats=tfds.download.ComputeStatsMode.SKIP
+        )
+      )
+    finally:
+      tfds.display_progress_bar(True)
   return builder

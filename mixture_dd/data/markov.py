@@ -93,3 +93,18 @@ def sample(
     u = rng.random((n, 1))
     out[:, k] = np.minimum((rows <= u).sum(-1), num_values - 1)
   return out
+
+
+def marginals(init: np.ndarray, trans: np.ndarray, length: int) -> np.ndarray:
+  """Exact per-position marginals P(X_d = a) = (init @ trans^d)[a]: `[D, S]` float64.
+
+  The law of one step of an ideal product sampler from all-mask (its
+  product over positions), and the reference for position-wise statistics.
+  """
+  if length < 1:
+    raise ValueError(f"length must be >= 1, got {length}.")
+  out = np.empty((length, len(init)), np.float64)
+  out[0] = init
+  for d in range(1, length):
+    out[d] = out[d - 1] @ trans
+  return out

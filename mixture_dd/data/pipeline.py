@@ -19,6 +19,7 @@ an uninterrupted one. The data sets themselves are declared in `registry`.
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import os
 
 import ml_collections
@@ -40,8 +41,30 @@ OWN_DOWNLOAD = registry.names("own_download")
 NAMES = registry.names()
 
 
+# A token array held in memory (`distill.distill_student(..., tokens=...)`):
+# not a registry entry, since nothing builds or reads its files; its config
+# records the spec (filled from the array by `array_source`), so that a run of
+# it loads and samples without the array. checksum: of the tokens and labels
+# (informational: a resume with other tokens shows up as a changed config
+# field in config_history.jsonl).
+ARRAY = "array"
+ARRAY_FIELDS = ("vocab_size", "length", "num_classes", "checksum")
+
+
 def default_data_config(name: str) -> ml_collections.ConfigDict:
   """Every field data set `name` accepts, with its default value."""
+  if name == ARRAY:
+    ph = ml_collections.config_dict.placeholder
+    return ml_collections.ConfigDict(
+      dict(
+        name=ARRAY,
+        data_dir=ph(str),
+        vocab_size=ph(int),
+        length=ph(int),
+        num_classes=ph(int),
+        checksum=ph(str),
+      )
+    )
   entry = registry.get(name)
   # A typed None: `--config.data.data_dir=DIR` can set it from the command line.
   return ml_collections.ConfigDict(
@@ -91,8 +114,90 @@ def _check_fields(data_config) -> tuple[registry.DataSet, str | None, dict]:
 
 def data_spec(data_config) -> DataSpec:
   """The spec `load` would return, without building or reading any data."""
+  if dict(data_config).get("name") == ARRAY:
+    return _array_spec(data_config)
   entry, _, fields = _check_fields(data_config)
   return entry.make_spec(fields)
+
+
+def _array_fields(data_config) -> dict:
+  cfg = {k: v for k, v in dict(data_config).items() if k not in ("name", "data_dir")}
+  unknown = sorted(set(cfg) - set(ARRAY_FIELDS))
+  if unknown:
+    raise ValueError(
+      f"data set {ARRAY!r} (a token array): unknown field(s) {unknown}; accepted fields are "
+      f"{sorted(ARRAY_FIELDS)} (start from default_data_config({ARRAY!r}))."
+    )
+  return {k: cfg.get(k) for k in ARRAY_FIELDS}
+
+
+def _array_spec(data_config) -> DataSpec:
+  f = _array_fields(data_config)
+  for k in ("vocab_size", "length"):
+    if not isinstance(f[k], (int, np.integer)) or f[k] < 1:
+      raise ValueError(
+        f"config.data.{k}={f[k]!r}: a token array's config needs positive vocab_size and "
+        "length; `array_source` fills them from the tokens (pass tokens=[N, D] to "
+        "distill.distill_student / setup_student / quick_distill)."
+      )
+  return DataSpec(
+    ARRAY, int(f["vocab_size"]), int(f["length"]), int(f["num_classes"] or 0), None, "tokens"
+  )
+
+
+def array_source(
+  data_config, tokens, labels=None
+) -> tuple[ml_collections.ConfigDict, DataSpec, ArraySource]:
+  """(data config, spec, source) of a token array tokens `[N, D]` (labels `[N]`).
+
+  The config's unset fields come from the array: length = D, vocab_size =
+  the largest token + 1 (set it when the tokens do not use the top values),
+  num_classes = the largest label + 1 (0 without labels); set fields are
+  checked against it. `data_config` is a `default_data_config(ARRAY)`-style
+  section (a bare {"name": ARRAY} will do).
+  """
+  tokens = np.asarray(tokens)
+  if tokens.ndim != 2 or tokens.shape[0] == 0 or tokens.shape[1] == 0:
+    raise ValueError(
+      f"tokens must be a non-empty [num_examples, length] array, got {tokens.shape}."
+    )
+  if not np.issubdtype(tokens.dtype, np.integer):
+    raise ValueError(f"tokens must be integers, got dtype {tokens.dtype}.")
+  if tokens.min() < 0:
+    raise ValueError(f"tokens must be >= 0 (values of the vocabulary), got min {tokens.min()}.")
+  n, length = tokens.shape
+  given = labels is not None
+  labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels)
+  if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0:
+    raise ValueError(
+      f"labels must be integers >= 0 of shape [{n}] (one per row of tokens), got shape "
+      f"{labels.shape}, dtype {labels.dtype}."
+    )
+  f = _array_fields(data_config)
+  seen = {
+    "length": (length, "the tokens' length D"),
+    "vocab_size": (int(tokens.max()) + 1, "the largest token + 1"),
+    "num_classes": (int(labels.max()) + 1 if given else 0, "the largest label + 1"),
+  }
+  for k, (value, what) in seen.items():
+    if f[k] is None:
+      f[k] = value
+    elif k == "length" and f[k] != value:
+      raise ValueError(f"config.data.length={f[k]} differs from {what}, {value}: unset it.")
+    elif k != "length" and f[k] < value:
+      raise ValueError(
+        f"config.data.{k}={f[k]} is below {what}, {value}: raise it to {value} or unset it."
+      )
+  digest = hashlib.sha256()
+  for a in (tokens, labels):
+    a = np.ascontiguousarray(a)
+    digest.update(f"{a.dtype.str}{a.shape}".encode())
+    digest.update(a.data)
+  f["checksum"] = digest.hexdigest()[:16]
+  cfg = default_data_config(ARRAY)
+  cfg.data_dir = dict(data_config).get("data_dir")
+  cfg.update(f)
+  return cfg, _array_spec(cfg), ArraySource(tokens, labels)
 
 
 def load(data_config, split: str) -> tuple[DataSpec, ArraySource | RecordSource]:
@@ -101,8 +206,15 @@ def load(data_config, split: str) -> tuple[DataSpec, ArraySource | RecordSource]
   Generated data sets are built under data_dir on first use (seconds), read
   back from the cache afterwards, and returned whole in memory
   (`ArraySource`). Catalog data sets are opened for random access
-  (`RecordSource`): nothing is read until a batch asks for it.
+  (`RecordSource`): nothing is read until a batch asks for it. A token
+  array (name ARRAY) is the caller's: see `array_source`.
   """
+  if dict(data_config).get("name") == ARRAY:
+    raise ValueError(
+      f"config.data.name={ARRAY!r} is a token array held in memory, not a data set on disk: "
+      "pass the array itself, distill.distill_student(config, workdir, teacher=..., "
+      "tokens=[N, D]) (or setup_student / quick_distill), or pipeline.array_source."
+    )
   entry, data_dir, fields = _check_fields(data_config)
   data_dir = os.path.expanduser(data_dir or builders.DEFAULT_DATA_DIR)
   spec = entry.make_spec(fields)

@@ -15,9 +15,10 @@ To add a data set:
      in memory), `open_own_download` / `open_tfds` (read by random access
      from array_record files, never whole);
   3. optionally name a scorer: `scorer="module:function"`, a function
-     `(teacher, student, specs, reference_dir, num_latent_nodes) ->
-     (score(sampler, N, tokens) -> dict, data reference dict, extras dict)`,
-     and the `primary_metric` its report is ranked by.
+     `(teacher, student, specs, reference_dir, num_latent_nodes,
+     num_samples) -> (score(sampler, N, tokens) -> dict, data reference
+     dict, extras dict)`, and the `primary_metric` its report is ranked by
+     (two-sided: collapse and noise must both score badly).
 
 The scorer is named as a "module:function" string and imported only when
 an evaluation asks for it: evaluation code imports this package, so a
@@ -275,7 +276,7 @@ _ENTRIES = (
     spec=tokens_spec,
     open=open_generated,
     scorer=_EVAL + "markov_scorer",
-    primary_metric="nll_per_token",
+    primary_metric="pair_tv",
   ),
   DataSet(
     "tiny",
@@ -302,7 +303,7 @@ _ENTRIES = (
     spec=text_spec(text_lib.PYDOC_ALPHABET),
     open=open_generated,
     scorer=_EVAL + "text_scorer",
-    primary_metric="gen_ppl",
+    primary_metric="ngram_js",
   ),
   DataSet("mnist", "tfds_catalog", {}, spec=image_spec((28, 28, 1)), open=open_tfds_images),
   DataSet("cifar10", "tfds_catalog", {}, spec=image_spec((32, 32, 3)), open=open_tfds_images),

@@ -1,0 +1,37 @@
+"""Di4C student of the Gaussian-CTMC digits teacher (configs/digits_gaussian.py), tauLDR preset.
+
+The tauLDR recipe on digits: Delta log-uniform in [1e-3, 1e-2], t ~ U[0.01 + Delta, 1], the
+distillation term on every example at its own delta (0.01 w.p. 1/2, else U[0.01, 0.02]) with a
+fresh x_delta per (example, latent), di4c-d with alpha_t = sigmoid(20 (t - 0.5)), L = 16.
+Samplers use tauLDR's grid linspace(1, 0.01, N): N - 1 analytic steps, then the argmax of
+p_{0|0.01}, N network calls. The optimizer and budget are configs/digits_distill.py's (sized
+for 2 CPU cores), not tauLDR's Adam 2e-4 for ~300k steps; the dropout is the teacher's.
+
+  python -m launch.train --config=configs/digits_gaussian.py --workdir=workdirs/digits_gaussian
+  python -m launch.distill --config=configs/digits_gaussian_distill.py \
+      --workdir=workdirs/digits_gaussian_student --config.teacher.workdir=workdirs/digits_gaussian
+  python -m launch.evaluate --teacher_workdir=workdirs/digits_gaussian \
+      --student_workdir=workdirs/digits_gaussian_student --steps=2,4,8,16,32 \
+      --student_steps=2,4,8 --out_dir=reports/digits_gaussian
+`:ci` is the seconds-long variant (with `configs/digits_gaussian.py:ci`).
+"""
+
+from mixture_dd import configuration
+
+
+def get_config(scale: str = "full"):
+  c = configuration.distill_base_config("tauldr")
+  c.teacher.update(kind="network", workdir="workdirs/digits_gaussian")
+  c.data.name = "digits"  # a teacher of another data set is refused
+  c.distill.update(data_weight=1.0)  # di4c-d, the official default (alpha_scale 1)
+  c.optim.update(lr=3e-4, warmup_steps=20, ema_decay=0.99, schedule="cosine")
+  # B x L = 128 student passes at t, 128 at the distillation times and 128 targets at u.
+  c.train.update(
+    batch_size=8, num_steps=600, log_every=50, ckpt_every=200, sample_every=0, sample_steps=8
+  )
+  if scale == "ci":
+    c.distill.num_latents = 4
+    c.train.update(batch_size=8, num_steps=6, log_every=3, ckpt_every=6)
+  elif scale != "full":
+    raise ValueError(f"configs/digits_gaussian_distill.py:{scale}: choose full or ci")
+  return c
