@@ -152,7 +152,7 @@ def with_labels(denoiser: Denoiser, labels) -> Denoiser:
   """The denoiser with its labels fixed (for samplers, which pass none)."""
   if labels is None:
     return denoiser
-  return functools.partial(denoiser, labels=labels)
+  return _with_latent_dim(functools.partial(denoiser, labels=labels), latent_dim(denoiser))
 
 
 def ideal(process, length: int) -> Denoiser:

@@ -237,8 +237,16 @@ def exact_law(
     use_second = lambda t: num_first < num_steps and t <= boundary
     fn = lambda x, t, lam, f1=first[0]: fn2(x, t, lam) if use_second(t) else f1(x, t, lam)
     is_mix = is_mix or mix2
+  # The hybrid's wrapper hides the student's latent_dim: read it off the mixture's fn.
+  mixture_fn = next((f for f, mix in (first, second or (None, False)) if mix), None)
   law, leftover = exact.sampler_distribution(
-    process, fn, length, times, final=final, num_latent_nodes=num_latent_nodes if is_mix else None
+    process,
+    fn,
+    length,
+    times,
+    final=final,
+    num_latent_nodes=num_latent_nodes if is_mix else None,
+    latent_dim=getattr(mixture_fn, "latent_dim", None),
   )
   if leftover > 1e-6:
     raise ValueError(f"{leftover:.3g} of the mass ended on non-data states")

@@ -64,6 +64,7 @@ def test_shapes_and_draws(k, entry):
   assert lam.shape == ((B,) if k == 1 else (B, k))
   net = denoisers.from_network(model)
   assert denoisers.latent_dim(net) == k
+  assert denoisers.latent_dim(denoisers.with_labels(net, jnp.zeros(B, jnp.int32))) == k
   assert jax.eval_shape(lambda: net(params, x, t, None, lam=lam)).shape == (B, 3, 3)
   mix = denoisers.mixture(net)
   assert jax.eval_shape(lambda: mix(params, x, t, jax.random.key(2))).shape == (B, 3, 3)
