@@ -1,6 +1,9 @@
 """Test set-up: 8 host CPU devices so sharding tests run anywhere."""
 
 import os
+import signal
+import subprocess
+import time
 
 # Must happen before jax is imported anywhere in the test session.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
@@ -70,13 +73,10 @@ def rng():
   return np.random.default_rng(0)
 
 
-def run_and_sigterm(cmd, marker: str, env: dict, cwd: str, timeout: float = 300):
-  """Starts `cmd`, sends it SIGTERM (a preemption notice) once a line of its
-  stderr contains `marker`, and waits. Returns (exit status, stderr)."""
-  import signal
-  import subprocess
-  import time
-
+def run_and_signal(cmd, marker: str, env: dict, cwd: str, sig=signal.SIGTERM, timeout=300):
+  """Starts `cmd`, sends it `sig` (SIGTERM: a preemption notice; SIGINT: a
+  Ctrl-C) once a line of its stderr contains `marker`, and waits. Returns
+  (exit status, stderr)."""
   proc = subprocess.Popen(
     cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
   )
@@ -86,34 +86,7 @@ def run_and_sigterm(cmd, marker: str, env: dict, cwd: str, timeout: float = 300)
     for line in proc.stderr:
       lines.append(line)
       if marker in line:
-        proc.send_signal(signal.SIGTERM)
-        break
-      assert time.time() < deadline, "".join(lines[-20:])
-    rest = proc.stderr.read()
-    rc = proc.wait(timeout=120)
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-  return rc, "".join(lines) + rest
-
-
-def run_and_interrupt(cmd, marker: str, env: dict, cwd: str, timeout: float = 300):
-  """Starts `cmd`, sends it SIGINT (a Ctrl-C) once a line of its stderr
-  contains `marker`, and waits. Returns (exit status, stderr)."""
-  import signal
-  import subprocess
-  import time
-
-  proc = subprocess.Popen(
-    cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
-  )
-  lines = []
-  try:
-    deadline = time.time() + timeout
-    for line in proc.stderr:
-      lines.append(line)
-      if marker in line:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         break
       assert time.time() < deadline, "".join(lines[-20:])
     rest = proc.stderr.read()

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mixture_dd import trainer
-from tests.conftest import run_and_sigterm
+from tests.conftest import run_and_signal
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT_FILES = (
@@ -78,7 +78,7 @@ def test_sigterm_in_the_teacher_stage_stops_the_demo_and_a_rerun_matches(straigh
   out, data_dir = straight
   workdir, out2 = tmp_path / "w", tmp_path / "report"
   # The preemption notice arrives while the teacher trains.
-  rc, log = run_and_sigterm(_demo_cmd(workdir, out2, data_dir), "teacher step 10/", _env(), REPO)
+  rc, log = run_and_signal(_demo_cmd(workdir, out2, data_dir), "teacher step 10/", _env(), REPO)
   assert rc == trainer.EXIT_PREEMPTED, log[-3000:]
   assert "Traceback" not in log and "Run the same command again" in log, log[-3000:]
   # The demo stopped there: no student, no evaluation, no report file.

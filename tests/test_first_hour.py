@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -27,7 +28,7 @@ import pytest
 from mixture_dd import distill, runs, train, trainer
 from mixture_dd.configs import tiny, tiny_distill
 from mixture_dd.data import pipeline
-from tests.conftest import run_and_interrupt
+from tests.conftest import run_and_signal
 
 # The tiny teacher, shrunk: the same fields on the command line and in-process.
 TINY = {
@@ -472,7 +473,7 @@ def test_ctrl_c_saves_the_step_and_the_rerun_matches_an_uninterrupted_run(data_d
   w = tmp_path / "w"
   cmd = [sys.executable, "-m", "launch.train", "--config=tiny", *_args(data_dir, **fields)]
   cmd.append(f"--workdir={w}")
-  rc, log = run_and_interrupt(cmd, "teacher step 5/", _env(), str(tmp_path))
+  rc, log = run_and_signal(cmd, "teacher step 5/", _env(), str(tmp_path), signal.SIGINT)
   assert rc == trainer.EXIT_INTERRUPTED, log[-3000:]
   assert "Traceback" not in log, log[-3000:]
   m = re.search(r"interrupted \(Ctrl-C\); saved step (\d+) in \S+\. Run the same command", log)
