@@ -42,12 +42,15 @@ install: $(VENV)/.installed
 test smoke: JAX_PLATFORMS ?= cpu
 
 # The style check, then every test, a file at a time per worker (--dist loadfile: a module's
-# shared fixtures, e.g. the demo's uninterrupted run, are built once; test_smoke.py repeats, through the launchers, what the
-# others test piece by piece: it is for the second Python in CI).
+# shared fixtures, e.g. the demo's uninterrupted run, are built once), in collection order
+# (--no-loadscope-reorder: xdist would otherwise start the files with the most tests first
+# and leave the long one-test files, tests/conftest.py's SLOW_FIRST, to the end).
+# test_smoke.py repeats, through the launchers, what the others test piece by piece: it is
+# for the second Python in CI.
 test: $(VENV)/.installed
 	@$(PY) -c "$$WHERE"
 	$(VENV)/bin/ruff format --check . && $(VENV)/bin/ruff check .
-	JAX_PLATFORMS=$(JAX_PLATFORMS) $(PY) -m pytest -q -n 2 --dist loadfile --durations=15 tests --ignore=tests/test_smoke.py
+	JAX_PLATFORMS=$(JAX_PLATFORMS) $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 tests --ignore=tests/test_smoke.py
 
 # The package imports, and launch.train -> launch.distill -> launch.sample run (about a minute).
 smoke: $(VENV)/.installed

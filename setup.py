@@ -45,7 +45,7 @@ setup(
     "tensorboardX>=2.6",  # TensorBoard event files without TensorFlow
   ],
   extras_require={
-    "test": ["pytest>=8", "pytest-xdist>=3.5", "ruff>=0.15,<0.18"],
+    "test": ["pytest>=8", "pytest-xdist>=3.8", "ruff>=0.15,<0.18"],
     "notebooks": ["nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
     # Accelerators (JAX's own extras; they pin jaxlib and the plugin to the jax release):
     # NVIDIA GPU with CUDA 13 wheels (driver >= 580), as JAX's install guide recommends;
