@@ -495,6 +495,8 @@ def test_ctrl_c_saves_the_step_and_the_rerun_matches_an_uninterrupted_run(data_d
 _SECOND_CTRL_C = """
 import os, signal, time
 from mixture_dd import trainer
+# As in a terminal: a process started by a test worker may inherit SIGINT ignored.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 p = trainer._Preemption(None)
 try:
   os.kill(os.getpid(), signal.SIGINT)
