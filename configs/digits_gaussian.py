@@ -24,27 +24,17 @@ from 256 levels to 17 as follows:
 
 import ml_collections
 
-from mixture_dd import configuration
+from mixture_dd.configs import digits
 
 
 def get_config(scale: str = "full"):
-  c = configuration.base_config()
-  c.data = configuration.data_config("digits", levels=17)
+  # configs/digits.py's data, network, optimizer and steps (and its :ci sizes).
+  c = digits.get_config(scale)
   # A fresh section: the Gaussian process takes no `schedule`.
   c.process = ml_collections.ConfigDict(
     dict(
       name="gaussian", vocab_size=None, rate_sigma=1.0, q_sigma=34.0, time_base=3.0, time_exp=100.0
     )
   )
-  c.model.update(width=96, depth=3, heads=4, positions="learned")
   c.loss.t_min = 0.01  # tauLDR's: the sampler ends with the argmax at t = 0.01
-  c.optim.update(lr=1e-3, warmup_steps=100, ema_decay=0.995)
-  c.train.update(
-    batch_size=64, num_steps=2400, log_every=200, ckpt_every=800, sample_every=0, sample_steps=64
-  )
-  if scale == "ci":
-    c.model.update(width=32, depth=1, heads=2)
-    c.train.update(batch_size=16, num_steps=60, log_every=10, ckpt_every=30, sample_every=0)
-  elif scale != "full":
-    raise ValueError(f"configs/digits_gaussian.py:{scale}: choose full or ci")
   return c
