@@ -22,7 +22,7 @@ import numpy as np
 from absl import app, flags
 
 from launch import common
-from mixture_dd import distill, evaluate, runs
+from mixture_dd import distill, evaluate, runs, scorers
 
 _CONFIG = common.define_config_flag("Distillation config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "The student's checkpoints go here.")
@@ -50,8 +50,8 @@ def main(argv):
   steps = [int(s) for s in _STEPS.value]
   teacher = runs.load_run(config.teacher.workdir)
   specs = evaluate.sampler_specs(teacher)
-  score, data_ref, _ = evaluate.make_scorer(teacher, None, specs, None, 32, _NUM.value)
-  metric = evaluate.PRIMARY[teacher.spec.name]
+  score, data_ref, _ = scorers.make_scorer(teacher, None, specs, None, 32, _NUM.value)
+  metric = scorers.get(teacher.spec.name).primary_metric
   cache, length, process = {}, teacher.spec.length, teacher.process
 
   def scored(spec, n, name):

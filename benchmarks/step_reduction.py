@@ -3,7 +3,7 @@ r"""Teacher -> Di4C student -> evaluation, for several data sets at once: the st
 Each pipeline trains (or resumes, or finds finished) its teacher, distils its
 student from the installed configs (`mixture_dd.configs`), and evaluates the
 teacher at N, 2N, 4N against the student at N on the data set's two-sided
-primary metric with standard errors (`evaluate.step_reduction_table`). The
+primary metric with standard errors (`reports.step_reduction_table`). The
 pipelines run as separate processes, `--jobs` at a time (on one GPU they share
 it: each process takes memory as it needs it). Every pipeline writes its
 report to OUT_DIR/NAME/ and the tables are gathered in OUT_DIR/summary.md.

@@ -71,7 +71,7 @@ def schedule(
   * uniform / Gaussian (tauLDR): N - 1 analytic steps on N grid points from
     t_max to t_min (default 0.01), then the argmax of p_{0|t_min}; N = 1 is
     the argmax at t_max.
-  The exact toolkit (`evaluate.exact_law`) reads the same schedule.
+  The exact toolkit (`scorers.exact_law`) reads the same schedule.
   """
   if num_steps < 1:
     raise ValueError(f"num_steps must be >= 1, got {num_steps}")

@@ -206,13 +206,6 @@ def test_registry_is_the_one_list_of_data_sets(tmp_path):
     assert spec.name == name and spec.vocab_size >= 2 and spec.length >= 1
     if spec.image_shape is not None:
       assert np.prod(spec.image_shape) == spec.length
-    assert (entry.scorer is not None) == (name in registry.PRIMARY_METRICS)
-  assert dict(registry.PRIMARY_METRICS) == {
-    "markov": "pair_tv",
-    "tiny": "tv",
-    "digits": "fd",
-    "pydoc_text": "ngram_js",
-  }
   # A spec costs no data: nothing was built under data_dir.
   assert not list(tmp_path.iterdir())
 
@@ -258,8 +251,6 @@ def test_a_data_set_is_one_registry_entry(toy):
   cfg.width = 2
   with pytest.raises(ValueError, match=r"'toy': unknown field\(s\) \['width'\]"):
     pipeline.load(cfg, "train")
-  with pytest.raises(ValueError, match="no metrics for data set 'toy'"):
-    registry.get("toy").scorer_factory()
 
 
 def test_registry_rejects_bad_entries(toy):
@@ -267,13 +258,8 @@ def test_registry_rejects_bad_entries(toy):
     registry.register(_toy_entry())
   with pytest.raises(ValueError, match="origin='web'"):
     _toy_entry(name="t2", origin="web")
-  with pytest.raises(ValueError, match="both scorer and primary_metric"):
-    _toy_entry(name="t2", scorer="mixture_dd.evaluate:markov_scorer")
   with pytest.raises(ValueError, match="leave them out of defaults"):
     _toy_entry(name="t2", defaults=dict(length=4, data_dir=None))
-  bad = _toy_entry(name="t2", scorer="mixture_dd.data.markov:no_such_scorer", primary_metric="x")
-  with pytest.raises(ValueError, match="does not resolve"):
-    bad.scorer_factory()
   with pytest.raises(TypeError):  # Entries are frozen, defaults read-only.
     registry.get("toy").defaults["length"] = 5
   registry.unregister("toy")

@@ -24,7 +24,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mixture_dd import evaluate, exact, metrics, reference_models
+from mixture_dd import exact, metrics, reference_models, scorers
 from mixture_dd.data import markov, pipeline
 
 N = 512
@@ -60,7 +60,7 @@ def _degenerate(rng, data, marginal_source, vocab_size, n=N):
 def few_resamples():
   """Standard errors are not under test here: 20 bootstrap resamples, not 100."""
   with pytest.MonkeyPatch.context() as mp:
-    mp.setattr(evaluate, "BOOTSTRAP", 20)
+    mp.setattr(scorers, "BOOTSTRAP", 20)
     yield
 
 
@@ -86,7 +86,7 @@ def test_markov(data_dir, few_resamples):
   1.27; pair_tv gives it 0.93."""
   cfg = pipeline.default_data_config("markov")
   cfg.update(num_train=50, data_dir=str(data_dir))
-  score, ref, extras = evaluate.make_scorer(_fake_run(cfg), None, {}, None, 8, N)
+  score, ref, extras = scorers.make_scorer(_fake_run(cfg), None, {}, None, 8, N)
   assert extras["checks"] == ["pair_entropy", "entropy_per_token"]
   _, test = pipeline.load(cfg, "test")
   data = test.tokens.astype(np.int64)
@@ -120,7 +120,7 @@ def test_pydoc_text(text_reference, few_resamples):
   2.85-2.87 (too close to catch (c)); self_bleu: data 84.1, (a) 11.2-11.7,
   (b) 100, (c) 41.8-43.4."""
   cfg, rdir = text_reference
-  score, ref, extras = evaluate.make_scorer(_fake_run(cfg), None, {}, rdir, 8, N)
+  score, ref, extras = scorers.make_scorer(_fake_run(cfg), None, {}, rdir, 8, N)
   assert extras["checks"] == ["entropy_per_token", "self_bleu"]
   _, test = pipeline.load(cfg, "test")
   _, train = pipeline.load(cfg, "train")
@@ -152,7 +152,7 @@ def test_digits(data_dir, tmp_path_factory, few_resamples):
   cfg = pipeline.default_data_config("digits")
   cfg.update(data_dir=str(data_dir))
   rdir = str(tmp_path_factory.mktemp("digits_clf"))
-  score, ref, extras = evaluate.make_scorer(_fake_run(cfg), None, {}, rdir, 8, N)
+  score, ref, extras = scorers.make_scorer(_fake_run(cfg), None, {}, rdir, 8, N)
   assert extras["checks"] == ["recognised", "label_kl_uniform"]
   assert extras["classifier"]["noise_recognised"] < 0.05
   assert ref["recognised"] > 0.85  # the test split's real digits
@@ -186,10 +186,10 @@ def test_tiny(family):
     "c": np.prod([marginals[i][states[:, i]] for i in range(d)], axis=0),
   }
   rng = np.random.default_rng(0)
-  data_tokens = evaluate.draw_family(rng, probs, N, d)
-  ref = evaluate.tiny_metrics(probs, probs, data_tokens, s)
+  data_tokens = scorers.draw_family(rng, probs, N, d)
+  ref = scorers.tiny_metrics(probs, probs, data_tokens, s)
   rows = {
-    k: evaluate.tiny_metrics(probs, law, evaluate.draw_family(rng, law, N, d), s)
+    k: scorers.tiny_metrics(probs, law, scorers.draw_family(rng, law, N, d), s)
     for k, law in laws.items()
   }
   _check("tiny", ref, rows, "tv", 0.25, {"entropy": 0.25})

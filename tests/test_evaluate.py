@@ -1,4 +1,4 @@
-"""Evaluation: exact laws of hybrids, the tiny and markov reports end to end."""
+"""Evaluation: exact laws of hybrids, the tiny and markov reports end to end, the scorer table."""
 
 import json
 import os
@@ -20,8 +20,10 @@ from mixture_dd import (
   exact,
   metrics,
   processes,
+  reports,
   runs,
   samplers,
+  scorers,
   train,
   trainer,
 )
@@ -42,13 +44,13 @@ def test_one_step_ideal_sampler_is_the_product_of_marginals():
   proc = processes.Masked(s, "linear")
   probs = exact.make_family("dirichlet", s, d, seed=0)
   ideal = (_ideal_fn(proc, probs, d), False)
-  law = evaluate.exact_law(proc, d, 1, ideal)
+  law = scorers.exact_law(proc, d, 1, ideal)
   states = exact.enumerate_states(s, d)
   marg = [np.bincount(states[:, i], weights=probs, minlength=s) for i in range(d)]
   product = np.prod([marg[i][states[:, i]] for i in range(d)], axis=0)
   np.testing.assert_allclose(law, product, atol=1e-6)
   # More steps of the perfect denoiser only get closer to the data.
-  tvs = [exact.total_variation(probs, evaluate.exact_law(proc, d, n, ideal)) for n in (1, 4, 16)]
+  tvs = [exact.total_variation(probs, scorers.exact_law(proc, d, n, ideal)) for n in (1, 4, 16)]
   assert tvs[0] > tvs[1] > tvs[2], tvs
 
 
@@ -59,12 +61,12 @@ def test_hybrid_exact_law_switches_denoiser_at_the_right_step():
   ideal = (_ideal_fn(proc, probs, d), False)
   flat = (lambda x, t, lam: np.zeros(x.shape + (s,)), False)
   for n in (1, 3):
-    all_ideal = evaluate.exact_law(proc, d, n, ideal)
-    all_flat = evaluate.exact_law(proc, d, n, flat)
-    np.testing.assert_allclose(evaluate.exact_law(proc, d, n, flat, ideal, 0), all_ideal, atol=1e-9)
-    np.testing.assert_allclose(evaluate.exact_law(proc, d, n, flat, ideal, n), all_flat, atol=1e-9)
+    all_ideal = scorers.exact_law(proc, d, n, ideal)
+    all_flat = scorers.exact_law(proc, d, n, flat)
+    np.testing.assert_allclose(scorers.exact_law(proc, d, n, flat, ideal, 0), all_ideal, atol=1e-9)
+    np.testing.assert_allclose(scorers.exact_law(proc, d, n, flat, ideal, n), all_flat, atol=1e-9)
   # One flat step then two ideal ones lies strictly between the two.
-  mixed = evaluate.exact_law(proc, d, 3, flat, ideal, 1)
+  mixed = scorers.exact_law(proc, d, 3, flat, ideal, 1)
   tv = lambda q: exact.total_variation(probs, q)
   assert tv(all_ideal) < tv(mixed) < tv(all_flat)
 
@@ -123,12 +125,12 @@ def test_tiny_evaluation_end_to_end(tiny_teacher, tmp_path):
   s, d = tiny_teacher.spec.vocab_size, tiny_teacher.spec.length
   for sampler in ("teacher", "hybrid"):
     tokens = np.load(os.path.join(out, "samples", f"{sampler}_N2_all.npz"))["tokens"]
-    fn = evaluate.exact_view(tiny_teacher)
+    fn = scorers.exact_view(tiny_teacher)
     if sampler == "teacher":
-      law = evaluate.exact_law(tiny_teacher.process, d, 2, (fn, False))
+      law = scorers.exact_law(tiny_teacher.process, d, 2, (fn, False))
     else:
-      law = evaluate.exact_law(
-        tiny_teacher.process, d, 2, (evaluate.exact_view(student), True), (fn, False), 1
+      law = scorers.exact_law(
+        tiny_teacher.process, d, 2, (scorers.exact_view(student), True), (fn, False), 1
       )
     counts = np.bincount(exact.state_index(tokens, s), minlength=s**d)
     assert_chi2(counts, law)
@@ -189,7 +191,7 @@ def test_write_report_table_and_plot(tmp_path):
       for n in (1, 2, 4)
     ],
   }
-  evaluate.write_report(res, str(tmp_path))
+  reports.write_report(res, str(tmp_path))
   md = (tmp_path / "results.md").read_text().splitlines()
   assert md[2].startswith("| sampler | N | nll_per_token | entropy_per_token | sample_time_s")
   assert sum(line.startswith("| teacher |") for line in md) == 3
@@ -202,7 +204,7 @@ def test_text_metrics_smoke():
   lm = reference_models.CharLM(4, 16, width=16, num_layers=1, num_heads=2)
   params = lm.init(jax.random.key(0), np.zeros((1, 16), np.int32))  # untrained: ppl near 4
   tokens = np.random.default_rng(0).integers(0, 4, (50, 16))
-  out = evaluate.text_metrics(tokens, params, 4)
+  out = scorers.text_metrics(tokens, params, 4)
   assert 1 < out["gen_ppl"] < 8 and 0 <= out["self_bleu"] <= 100
   assert out["unigram_entropy"] == pytest.approx(np.log(4), abs=0.05)
 
@@ -213,13 +215,15 @@ def _fake_run(data_config):
   return types.SimpleNamespace(spec=spec, config=ml_collections.ConfigDict({"data": data_config}))
 
 
-def test_make_scorer_is_the_registry_entrys_scorer(tmp_path):
-  # Every named scorer is one of evaluate's, and the primary metrics agree.
-  for name in registry.names():
-    entry = registry.get(name)
-    if entry.scorer is not None:
-      assert entry.scorer_factory() is getattr(evaluate, entry.scorer.split(":")[1])
-  assert evaluate.PRIMARY == dict(registry.PRIMARY_METRICS)
+def test_make_scorer_reads_the_scorer_table(tmp_path):
+  # Every data set with a scorer is a registered one, ranked by a two-sided metric.
+  assert set(scorers.SCORERS) <= set(registry.names())
+  assert {name: s.primary_metric for name, s in scorers.SCORERS.items()} == {
+    "markov": "pair_tv",
+    "tiny": "tv",
+    "digits": "fd",
+    "pydoc_text": "ngram_js",
+  }
   # A data set added with its own scorer is evaluated by it, nothing else.
   calls = []
 
@@ -234,21 +238,36 @@ def test_make_scorer_is_the_registry_entrys_scorer(tmp_path):
       dict(vocab_size=4, length=3),
       spec=registry.tokens_spec,
       open=lambda *a: None,
-      scorer=toy_scorer,
-      primary_metric="mean",
     )
   )
+  scorers.register("toy_scored", toy_scorer, "mean")
   try:
+    with pytest.raises(ValueError, match="already has a scorer"):
+      scorers.register("toy_scored", toy_scorer, "mean")
     cfg = pipeline.default_data_config("toy_scored")
-    score, ref, _ = evaluate.make_scorer(_fake_run(cfg), None, {"teacher": 0}, "/r", 8, 64)
+    score, ref, _ = scorers.make_scorer(_fake_run(cfg), None, {"teacher": 0}, "/r", 8, 64)
     assert calls == [("toy_scored", None, {"teacher": 0}, "/r", 8, 64)]
     assert score("teacher", 1, np.ones((2, 3))) == {"mean": 1.0} and ref == {"mean": 1.5}
-    assert evaluate.PRIMARY["toy_scored"] == "mean"  # live view of the registry
+    assert scorers.get("toy_scored").primary_metric == "mean"
   finally:
+    scorers.unregister("toy_scored")
     registry.unregister("toy_scored")
-  assert "toy_scored" not in evaluate.PRIMARY
-  with pytest.raises(ValueError, match="no metrics for data set 'cifar10'"):
-    evaluate.make_scorer(_fake_run(pipeline.default_data_config("cifar10")), None, {}, None, 8)
+  assert "toy_scored" not in scorers.SCORERS
+  with pytest.raises(ValueError, match="data set 'cifar10' \\(a data set\\) has no scorer"):
+    scorers.make_scorer(_fake_run(pipeline.default_data_config("cifar10")), None, {}, None, 8)
+
+
+def test_a_token_array_has_no_scorer_and_says_what_to_do():
+  """Data "array" (a token array passed to distill_student) cannot be
+  evaluated: the error names it and says how to score its samples instead."""
+  spec = pipeline.DataSpec(pipeline.ARRAY, 4, 6, 0, None, "tokens")
+  run = types.SimpleNamespace(spec=spec)
+  with pytest.raises(ValueError) as info:
+    scorers.make_scorer(run, None, {}, None, 8)
+  msg = str(info.value)
+  assert "data set 'array' (a token array passed in) has no scorer" in msg
+  assert "evaluation needs a registered data set with a scorer" in msg
+  assert "runs.sample" in msg and "scorers.register" in msg
 
 
 def test_markov_scorer_scores_against_the_true_chain(tmp_path):
@@ -257,9 +276,9 @@ def test_markov_scorer_scores_against_the_true_chain(tmp_path):
   init, trans = markov.make_chain(4, cfg.seed)
   _, test = pipeline.load(cfg, "test")
   # The data row is scored on as many samples as a sampler row.
-  score, ref, extras = evaluate.make_scorer(_fake_run(cfg), None, {}, None, 8, 200)
-  assert ref == evaluate.markov_metrics(test.tokens[:200].astype(np.int64), init, trans)
-  laws = evaluate.markov_pair_laws(init, trans, 6)
+  score, ref, extras = scorers.make_scorer(_fake_run(cfg), None, {}, None, 8, 200)
+  assert ref == scorers.markov_metrics(test.tokens[:200].astype(np.int64), init, trans)
+  laws = scorers.markov_pair_laws(init, trans, 6)
   assert extras == {
     "entropy_rate": pytest.approx(markov.entropy_rate(init, trans, 6)),
     "pair_entropy_exact": pytest.approx(metrics.exact_pair_entropy(laws[1])),
@@ -270,11 +289,11 @@ def test_markov_scorer_scores_against_the_true_chain(tmp_path):
     "frontier": ("entropy_per_token", "nll_per_token"),
   }
   x = np.random.default_rng(0).integers(0, 4, (20, 6))
-  assert score("student", 2, x) == evaluate.markov_metrics(x, init, trans)
+  assert score("student", 2, x) == scorers.markov_metrics(x, init, trans)
   # Uniform noise is far less likely under the chain than its own samples.
   assert score("student", 2, x)["nll_per_token"] > ref["nll_per_token"] + 0.1
   # Beyond the test split's size, fresh draws of the chain fill the data row.
-  _, big, extras = evaluate.make_scorer(_fake_run(cfg), None, {}, None, 8, 500)
+  _, big, extras = scorers.make_scorer(_fake_run(cfg), None, {}, None, 8, 500)
   assert extras["data_row"].endswith("then fresh draws of the chain")
   assert abs(big["pair_tv"] - ref["pair_tv"]) < 0.1 and big["pair_tv"] < ref["pair_tv"]
 
@@ -282,15 +301,15 @@ def test_markov_scorer_scores_against_the_true_chain(tmp_path):
 def test_default_reference_dir_keeps_its_cache_names():
   digits = pipeline.DataSpec("digits", 17, 64, 10, (8, 8), "image")
   # v2: the classifier with a reject class; a cached 10-way one is not reused.
-  assert evaluate._default_reference_dir(digits, None).endswith(
+  assert scorers._default_reference_dir(digits, None).endswith(
     os.path.join("reference", "digits_L17_v2")
   )
   text = pipeline.DataSpec("pydoc_text", 96, 64, 0, None, "text")
-  assert os.path.basename(evaluate._default_reference_dir(text, None)).startswith(
+  assert os.path.basename(scorers._default_reference_dir(text, None)).startswith(
     "pydoc_text_D64_src"
   )
   other = pipeline.DataSpec("text8", 27, 256, 0, None, "text")
-  assert os.path.basename(evaluate._default_reference_dir(other, None)) == "text8_D256_V27"
+  assert os.path.basename(scorers._default_reference_dir(other, None)) == "text8_D256_V27"
 
 
 def test_sampler_temperature_draws_from_tempered_logits():
@@ -322,7 +341,7 @@ def test_frontier_comparison_interpolates_in_entropy():
     {"sampler": "student", "steps": 4, "entropy_per_token": 3.5, "gen_ppl": 50.0},
     {"sampler": "teacher", "steps": 8, "entropy_per_token": 2.5, "gen_ppl": 20.0},
   ]
-  front = evaluate.frontier_comparison(rows, sweep, "entropy_per_token", "gen_ppl")
+  front = reports.frontier_comparison(rows, sweep, "entropy_per_token", "gen_ppl")
   got = {st["steps"]: (st["frontier"], st["position"]) for st in front["students"]}
   # Linear in entropy: 15 at 2.25 (14 is below), 30 at 2.75 (31 is above).
   assert got == {

@@ -27,6 +27,7 @@ from mixture_dd import (
   markov_exact,
   processes,
   runs,
+  scorers,
   trainer,
 )
 from mixture_dd.data import markov, pipeline
@@ -178,11 +179,11 @@ def test_one_step_exact_sampler_law_is_the_product_of_chain_marginals():
   states = exact.enumerate_states(s, length)
   marg = markov.marginals(init, trans, length)
   product = np.prod(marg[np.arange(length), states], axis=-1)
-  law = evaluate.exact_law(proc, length, 1, (view, False))
+  law = scorers.exact_law(proc, length, 1, (view, False))
   np.testing.assert_allclose(law, product, atol=1e-6)
   probs = init[states[:, 0]] * np.prod(trans[states[:, :-1], states[:, 1:]], axis=-1)
   tvs = [
-    exact.total_variation(probs, evaluate.exact_law(proc, length, n, (view, False)))
+    exact.total_variation(probs, scorers.exact_law(proc, length, n, (view, False)))
     for n in (1, 4, 16)
   ]
   assert tvs[0] > tvs[1] > tvs[2], tvs

@@ -1,10 +1,10 @@
 """Every data set, declared once.
 
-A `DataSet` entry says everything the rest of the code needs: its config
-fields with their defaults, the `DataSpec` they give, how to open a split,
-and which evaluation scorer (if any) measures samples of it.
-`pipeline.load`, `pipeline.default_data_config` and `evaluate.make_scorer`
-all read this registry; nothing else lists data set names.
+A `DataSet` entry says everything the data code needs: its config fields
+with their defaults, the `DataSpec` they give and how to open a split.
+`pipeline.load` and `pipeline.default_data_config` read this registry.
+How samples of a data set are scored is evaluation's business: its table
+is `mixture_dd.scorers.SCORERS`, keyed by the same names.
 
 To add a data set:
 
@@ -14,23 +14,13 @@ To add a data set:
      your own code), with `open=open_generated` (built on first use, held
      in memory), `open_own_download` / `open_tfds` (read by random access
      from array_record files, never whole);
-  3. optionally name a scorer: `scorer="module:function"`, a function
-     `(teacher, student, specs, reference_dir, num_latent_nodes,
-     num_samples) -> (score(sampler, N, tokens) -> dict, data reference
-     dict, extras dict)`, and the `primary_metric` its report is ranked by
-     (two-sided: collapse and noise must both score badly).
-
-The scorer is named as a "module:function" string and imported only when
-an evaluation asks for it: evaluation code imports this package, so a
-direct reference here would be an import cycle, and the data code should
-not pull in the reference models (flax training code) just to read data.
+  3. to evaluate runs on it, give it a scorer: `mixture_dd.scorers.register`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib
 import types
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -57,10 +47,6 @@ class DataSet:
       default value.
     spec: (name, fields) -> DataSpec; must not read any data.
     open: (spec, data_dir, split, fields) -> ArraySource | RecordSource.
-    scorer: "module:function" (or the function itself) making the
-      evaluation scorer, or None when evaluation has no metrics for it.
-    primary_metric: the metric the evaluation report is ranked by; needed
-      with a scorer.
   """
 
   name: str
@@ -68,14 +54,10 @@ class DataSet:
   defaults: Mapping[str, Any]
   spec: Callable[[str, Mapping[str, Any]], sources.DataSpec]
   open: Callable[..., Any]
-  scorer: str | Callable | None = None
-  primary_metric: str | None = None
 
   def __post_init__(self):
     if self.origin not in ORIGINS:
       raise ValueError(f"data set {self.name!r}: origin={self.origin!r}; choose one of {ORIGINS}.")
-    if (self.scorer is None) != (self.primary_metric is None):
-      raise ValueError(f"data set {self.name!r}: give both scorer and primary_metric, or neither.")
     if {"name", "data_dir"} & set(self.defaults):
       raise ValueError(
         f"data set {self.name!r}: 'name' and 'data_dir' are "
@@ -87,30 +69,8 @@ class DataSet:
   def make_spec(self, fields: Mapping[str, Any]) -> sources.DataSpec:
     return self.spec(self.name, fields)
 
-  def scorer_factory(self) -> Callable:
-    """The scorer function, imported now (see the module docstring)."""
-    if self.scorer is None:
-      raise ValueError(
-        f"evaluation has no metrics for data set {self.name!r}; data sets "
-        f"with metrics: {sorted(PRIMARY_METRICS)}. Add a scorer and a "
-        "primary_metric to its registry entry."
-      )
-    if callable(self.scorer):
-      return self.scorer
-    module, _, attr = self.scorer.partition(":")
-    try:
-      return getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-      raise ValueError(
-        f"data set {self.name!r}: scorer {self.scorer!r} does "
-        f"not resolve ({e}); write it as 'module:function'."
-      ) from e
-
 
 _REGISTRY: dict[str, DataSet] = {}
-_PRIMARY: dict[str, str] = {}
-# Live read-only view {name: primary metric} of the data sets with a scorer.
-PRIMARY_METRICS = types.MappingProxyType(_PRIMARY)
 
 
 def register(entry: DataSet) -> DataSet:
@@ -120,15 +80,12 @@ def register(entry: DataSet) -> DataSet:
       f"data set {entry.name!r} is already registered; pick another name or call unregister first."
     )
   _REGISTRY[entry.name] = entry
-  if entry.primary_metric is not None:
-    _PRIMARY[entry.name] = entry.primary_metric
   return entry
 
 
 def unregister(name: str) -> None:
   """Removes a data set (for tests and notebooks that register their own)."""
   _REGISTRY.pop(name, None)
-  _PRIMARY.pop(name, None)
 
 
 def get(name: str) -> DataSet:
@@ -267,7 +224,6 @@ def _digits_spec(name: str, f: Mapping[str, Any]) -> sources.DataSpec:
 
 # ------------------------------------------------------------ entries --
 
-_EVAL = "mixture_dd.evaluate:"
 _ENTRIES = (
   DataSet(
     "markov",
@@ -275,8 +231,6 @@ _ENTRIES = (
     dict(vocab_size=8, length=32, seed=0, num_train=20000, num_test=2000),
     spec=tokens_spec,
     open=open_generated,
-    scorer=_EVAL + "markov_scorer",
-    primary_metric="pair_tv",
   ),
   DataSet(
     "tiny",
@@ -284,8 +238,6 @@ _ENTRIES = (
     dict(family="noisy_copies", vocab_size=3, length=3, seed=0, num_train=20000, num_test=2000),
     spec=tokens_spec,
     open=open_generated,
-    scorer=_EVAL + "tiny_scorer",
-    primary_metric="tv",
   ),
   DataSet(
     "digits",
@@ -293,8 +245,6 @@ _ENTRIES = (
     dict(levels=17),
     spec=_digits_spec,
     open=open_generated,
-    scorer=_EVAL + "digits_scorer",
-    primary_metric="fd",
   ),
   DataSet(
     "pydoc_text",
@@ -302,8 +252,6 @@ _ENTRIES = (
     dict(length=64),
     spec=text_spec(text_lib.PYDOC_ALPHABET),
     open=open_generated,
-    scorer=_EVAL + "text_scorer",
-    primary_metric="ngram_js",
   ),
   DataSet("mnist", "tfds_catalog", {}, spec=image_spec((28, 28, 1)), open=open_tfds_images),
   DataSet("cifar10", "tfds_catalog", {}, spec=image_spec((32, 32, 3)), open=open_tfds_images),
