@@ -54,7 +54,8 @@ SELF_BLEU_SUBSET = 100
 
 
 # ---------------------------------------------------------------------------
-# tiny: exact laws.
+# tiny: exact laws of the samplers. Here rather than beside draw_samples in
+# evaluate: the tiny scorer needs them, and evaluate imports this module.
 # ---------------------------------------------------------------------------
 
 
