@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixture_dd import denoisers, exact, metrics, reference_models, samplers, trainer, visualize
+from mixture_dd import checkpoints, denoisers, exact, metrics, reference_models, samplers, visualize
 from mixture_dd.data import builders, markov, pipeline, registry
 
 log = logging.getLogger("mixture_dd")
@@ -864,7 +864,7 @@ def _fmt(v) -> str:
 def write_report(results: dict, out_dir: str) -> None:
   """results.json, results.md (rows = sampler x N) and quality_vs_steps.png."""
   os.makedirs(out_dir, exist_ok=True)
-  trainer.write_atomic(
+  checkpoints.write_atomic(
     os.path.join(out_dir, "results.json"), json.dumps(results, indent=2, default=str)
   )
   cols = _metric_columns(results)
@@ -899,7 +899,7 @@ def write_report(results: dict, out_dir: str) -> None:
     )
   for k, v in results.get("extras", {}).items():
     lines.append(f"- {k}: {v}")
-  trainer.write_atomic(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
+  checkpoints.write_atomic(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
   plot_quality(results, os.path.join(out_dir, "quality_vs_steps.png"), cols)
   if results.get("frontier"):
     plot_frontier(results, os.path.join(out_dir, "frontier.png"))
