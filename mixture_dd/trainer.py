@@ -29,14 +29,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from mixture_dd import checkpoints, sharding
-from mixture_dd.train_step import (
-  NONFINITE_PARAMS,
-  TrainState,
-  init_state,
-  make_optimizer,
-  make_step,
-)
+from mixture_dd import checkpoints, sharding, train_step
 
 log = logging.getLogger("mixture_dd")
 
@@ -108,7 +101,7 @@ class Task:
 
 
 def fit_scanned(
-  state: TrainState,
+  state: train_step.TrainState,
   step_fn: Callable,
   batcher,
   num_steps: int,
@@ -194,12 +187,12 @@ def _bad_terms(metrics: dict) -> list[str]:
   bad = [
     k
     for k, v in metrics.items()
-    if k != NONFINITE_PARAMS and not np.all(np.isfinite(np.asarray(v, np.float64)))
+    if k != train_step.NONFINITE_PARAMS and not np.all(np.isfinite(np.asarray(v, np.float64)))
   ]
   # Loss terms first (the cause), then the derived loss / grad_norm.
   derived = ("loss", "grad_norm")
   bad = sorted(k for k in bad if k not in derived) + [k for k in derived if k in bad]
-  if int(np.asarray(metrics.get(NONFINITE_PARAMS, 0))) > 0:
+  if int(np.asarray(metrics.get(train_step.NONFINITE_PARAMS, 0))) > 0:
     bad.append("parameters")
   return bad
 
@@ -207,12 +200,12 @@ def _bad_terms(metrics: dict) -> list[str]:
 def fit(
   task: Task,
   loop: LoopConfig,
-  state: TrainState,
+  state: train_step.TrainState,
   step_fn: Callable,
   mesh=None,
   restart_if_changed: bool = False,
   config=None,
-) -> TrainState:
+) -> train_step.TrainState:
   """Runs (or resumes) `task` to `loop.num_steps`; returns the final state.
 
   `state` and `step_fn` are the task's step 0 and step (`run` builds them
@@ -289,7 +282,7 @@ def fit(
         m = {
           k: float(np.asarray(v))
           for k, v in jax.device_get(metrics).items()
-          if k != NONFINITE_PARAMS
+          if k != train_step.NONFINITE_PARAMS
         }
         rate = (done - timed_from) / (time.time() - t0) if done > timed_from else None
         bar.set_postfix({k: f"{v:.4g}" for k, v in m.items() if k in ("loss", "grad_norm")})
@@ -421,7 +414,7 @@ def _check_finite(step, metrics):
     vals = ", ".join(
       f"{k}={float(np.asarray(m[k])):.4g}"
       if k in m
-      else f"{int(np.asarray(m[NONFINITE_PARAMS]))} non-finite entries"
+      else f"{int(np.asarray(m[train_step.NONFINITE_PARAMS]))} non-finite entries"
       for k in bad
     )
     raise NonFiniteError(
@@ -485,7 +478,9 @@ def describe_inputs(task: "Task", config, workdir: str) -> list[str]:
   return lines
 
 
-def run(task: Task, config, workdir: str, restart_if_changed: bool = False) -> TrainState:
+def run(
+  task: Task, config, workdir: str, restart_if_changed: bool = False
+) -> train_step.TrainState:
   """Trains `task` as config.optim / config.train say; checkpoints in workdir.
 
   Returns the final state; raises Preempted (Interrupted after a Ctrl-C)
@@ -498,14 +493,16 @@ def run(task: Task, config, workdir: str, restart_if_changed: bool = False) -> T
       f"config.train.batch_size={t.batch_size} must be divisible by the "
       f"number of devices ({jax.device_count()})"
     )
-  optimizer = make_optimizer(config.optim, t.num_steps)
-  step_fn = make_step(task.loss_fn, optimizer, config.optim.ema_decay, config.optim.ema_warmup)
+  optimizer = train_step.make_optimizer(config.optim, t.num_steps)
+  step_fn = train_step.make_step(
+    task.loss_fn, optimizer, config.optim.ema_decay, config.optim.ema_warmup
+  )
   for line in describe_inputs(task, config, workdir):
     log.info("%s", line)
   return fit(
     task,
     LoopConfig.from_config(config, workdir, task.desc),
-    init_state(task.params, optimizer),
+    train_step.init_state(task.params, optimizer),
     step_fn,
     sharding.make_mesh(),
     restart_if_changed=restart_if_changed,
