@@ -70,8 +70,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mixture_dd import configuration, denoisers, distill, networks, samplers, train
-from mixture_dd import trainer as T  # the generic training pieces
+from mixture_dd import (
+  configuration,
+  denoisers,
+  distill,
+  networks,
+  samplers,
+  sharding,
+  teacher_training,
+  train_step,
+)
 from mixture_dd.data import pipeline
 
 log = logging.getLogger("mixture_dd")
@@ -102,13 +110,13 @@ def validate(config, spec) -> None:
 
 
 def init_params(model, seed: int):
-  return T.init_params(model, seed)
+  return train_step.init_params(model, seed)
 
 
 def teacher_loss_fn(config, model, process) -> Callable:
   """`(params, batch, key, frozen) -> (loss, metrics)`: the teacher's objective
-  (as `train.setup_teacher` builds it, without loading data)."""
-  return train.teacher_loss_fn(config, model, process)
+  (as `teacher_training.setup_teacher` builds it, without loading data)."""
+  return teacher_training.teacher_loss_fn(config, model, process)
 
 
 def distill_loss_fn(config, teacher_model, student_model, process) -> Callable:
@@ -493,7 +501,7 @@ class WorkloadBench:
     return f
 
   def _state_init(self, params_abs, opt):
-    return self._compile(jax.jit(lambda p: T.init_state(p, opt)).lower(params_abs))
+    return self._compile(jax.jit(lambda p: train_step.init_state(p, opt)).lower(params_abs))
 
   def _prepare(self, p: StepProgram) -> StepProgram:
     p.lowered, p.flop_lowered, p.analytic = p.lower(p.batch)
@@ -502,15 +510,15 @@ class WorkloadBench:
 
   def _teacher_step(self) -> StepProgram:
     s, c, model = self.s, self.s.teacher_config, self.s.teacher_model
-    opt = T.make_optimizer(c.optim, c.train.num_steps)
-    step = T.make_step(
+    opt = train_step.make_optimizer(c.optim, c.train.num_steps)
+    step = train_step.make_step(
       teacher_loss_fn(c, model, s.process), opt, c.optim.ema_decay, c.optim.get("ema_warmup", True)
     )
-    state_abs = jax.eval_shape(lambda p: T.init_state(p, opt), s.abstract["teacher"])
+    state_abs = jax.eval_shape(lambda p: train_step.init_state(p, opt), s.abstract["teacher"])
     flops_ex = networks.flops_per_example(model)
 
     def lower(batch):
-      lowered = T.shard_step(step, self.mesh).lower(
+      lowered = sharding.shard_step(step, self.mesh).lower(
         state_abs, _abstract_batch(s.spec, batch), _key_abs(), None
       )
       return lowered, lowered, 3.0 * flops_ex * batch
@@ -522,11 +530,13 @@ class WorkloadBench:
   def _distill_step(self) -> StepProgram:
     s, c = self.s, self.s.student_config
     d = c.distill
-    opt = T.make_optimizer(c.optim, c.train.num_steps)
+    opt = train_step.make_optimizer(c.optim, c.train.num_steps)
 
     def step_of(config):
       loss = distill_loss_fn(config, s.teacher_model, s.student_model, s.process)
-      return T.make_step(loss, opt, config.optim.ema_decay, config.optim.get("ema_warmup", True))
+      return train_step.make_step(
+        loss, opt, config.optim.ema_decay, config.optim.get("ema_warmup", True)
+      )
 
     step = step_of(c)
     if d.latent_chunks > 1:  # the same arithmetic without lax.map, for counting FLOPs
@@ -535,14 +545,14 @@ class WorkloadBench:
       step1 = step_of(c1)
     else:
       step1 = None
-    state_abs = jax.eval_shape(lambda p: T.init_state(p, opt), s.abstract["student"])
+    state_abs = jax.eval_shape(lambda p: train_step.init_state(p, opt), s.abstract["student"])
     f_s = networks.flops_per_example(s.student_model)
     f_t = networks.flops_per_example(s.teacher_model)
     separate = d.distil_mode == "separate"
 
     def lower(batch):
       args = (state_abs, _abstract_batch(s.spec, batch), _key_abs(), s.abstract["teacher"])
-      lowered = T.shard_step(step, self.mesh).lower(*args)
+      lowered = sharding.shard_step(step, self.mesh).lower(*args)
       flop_lowered = jax.jit(step1).lower(*args) if step1 is not None else lowered
       passes = batch * d.num_latents
       trained = passes * (2 if separate else 1)  # student at t (and at distil_t)
@@ -589,9 +599,9 @@ class WorkloadBench:
 
   def _time_step(self, compiled, p: StepProgram, params, frozen, reps: int):
     """(median seconds per step, loss) from a fresh state; the step donates it."""
-    holder = [T.replicate(p.init_state.result()(params), self.mesh)]
-    batch = T.global_batch(self.mesh, _batch(self.s.spec, p.batch, 0))
-    key = T.replicate(jax.random.key(0), self.mesh)
+    holder = [sharding.replicate(p.init_state.result()(params), self.mesh)]
+    batch = sharding.global_batch(self.mesh, _batch(self.s.spec, p.batch, 0))
+    key = sharding.replicate(jax.random.key(0), self.mesh)
 
     def call():
       holder[0], metrics = compiled(holder[0], batch, key, frozen)
@@ -644,7 +654,7 @@ class WorkloadBench:
         return None
 
     t_params = attempt("teacher init", random_params, s.abstract["teacher"])
-    frozen = None if t_params is None else T.replicate(t_params, self.mesh)
+    frozen = None if t_params is None else sharding.replicate(t_params, self.mesh)
     for prefix in ("teacher", "distill"):
       if prefix == "distill" and frozen is None:
         continue

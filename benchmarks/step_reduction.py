@@ -83,7 +83,7 @@ def _finished(workdir: str, num_steps: int) -> bool:
 def run_pipeline(name: str) -> None:
   import importlib  # pylint: disable=g-import-not-at-top
 
-  from mixture_dd import distill, evaluate, runs, train  # pylint: disable=g-import-not-at-top
+  from mixture_dd import distill, evaluate, runs, teacher_training
 
   base = name.split("+")[0]
   teacher_cfg, distill_cfg, eval_kw = PIPELINES[base]
@@ -97,7 +97,7 @@ def run_pipeline(name: str) -> None:
     tconf = importlib.import_module(f"mixture_dd.configs.{teacher_cfg}").get_config()
     tconf = _scaled(tconf, _TMULT.value, name, "teacher")
     if own_teacher or name == base:
-      train.train_teacher(tconf, teacher_dir)
+      teacher_training.train_teacher(tconf, teacher_dir)
     else:  # the base pipeline (running beside this one) trains it
       while not _finished(teacher_dir, tconf.train.num_steps):
         time.sleep(5.0)

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 from absl import app, flags
 
-from mixture_dd import networks, train, trainer
+from mixture_dd import networks, sharding, teacher_training, train_step
 from mixture_dd.data import pipeline
 
 _CONFIGS = flags.DEFINE_list(
@@ -74,18 +74,20 @@ def matmul_gflops(n: int = 2048, reps: int = 10) -> float:
 
 def bench_config(config, steps: int, warmup: int) -> dict:
   """Examples/s and model GFLOP/s of the config's teacher train step."""
-  setup = train.setup_teacher(config)
+  setup = teacher_training.setup_teacher(config)
   spec, source, model, loss_fn = setup.spec, setup.source, setup.model, setup.loss_fn
   batch_size = config.train.batch_size
-  mesh = trainer.make_mesh()
-  optimizer = trainer.make_optimizer(config.optim, config.train.num_steps)
-  params = trainer.init_params(model, config.seed)
-  state = trainer.replicate(trainer.init_state(params, optimizer), mesh)
-  jstep = trainer.shard_step(trainer.make_step(loss_fn, optimizer, config.optim.ema_decay), mesh)
+  mesh = sharding.make_mesh()
+  optimizer = train_step.make_optimizer(config.optim, config.train.num_steps)
+  params = train_step.init_params(model, config.seed)
+  state = sharding.replicate(train_step.init_state(params, optimizer), mesh)
+  jstep = sharding.shard_step(
+    train_step.make_step(loss_fn, optimizer, config.optim.ema_decay), mesh
+  )
   batcher = pipeline.make_batcher(source, batch_size, seed=0, vocab_size=spec.vocab_size)
   # Batches go to the devices before timing: this measures the step, not the
   # host-side batching (which `fit` overlaps with the previous step anyway).
-  batches = [trainer.global_batch(mesh, batcher.batch(i)) for i in range(min(steps, 4))]
+  batches = [sharding.global_batch(mesh, batcher.batch(i)) for i in range(min(steps, 4))]
   # The step's last argument is `frozen` (a distillation teacher's
   # parameters); a teacher has none.
   t0 = time.perf_counter()

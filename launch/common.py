@@ -44,7 +44,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
-from mixture_dd import trainer
+from mixture_dd import checkpoints, trainer
 
 FLAGS = flags.FLAGS
 
@@ -83,7 +83,7 @@ USER_ERRORS = (
   FileNotFoundError,
   NotADirectoryError,
   trainer.NonFiniteError,
-  trainer.UnreadableCheckpoints,
+  checkpoints.UnreadableCheckpoints,
 )
 EXIT_USER_ERROR = 2
 HELP_ARGS = ("--help", "-help", "-h", "--helpshort", "-helpshort", "-?")

@@ -15,7 +15,7 @@ import time
 from absl import flags
 
 from launch import common
-from mixture_dd import distill, evaluate, runs, train
+from mixture_dd import distill, evaluate, runs, teacher_training
 from mixture_dd.configs import digits, digits_distill
 
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/demo", "teacher/ and student/ go here.")
@@ -53,7 +53,7 @@ def main(argv):
     tconf.data.data_dir = _DATA_DIR.value
     dconf.data.data_dir = _DATA_DIR.value
   print(f"[1/3] teacher -> {teacher_dir}", flush=True)
-  train.train_teacher(tconf, teacher_dir)
+  teacher_training.train_teacher(tconf, teacher_dir)
   print(f"[2/3] Di4C student -> {student_dir} ({time.time() - t0:.0f} s so far)", flush=True)
   distill.distill_student(dconf, student_dir)
   print(f"[3/3] evaluation -> {_OUT.value} ({time.time() - t0:.0f} s so far)", flush=True)

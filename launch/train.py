@@ -12,7 +12,7 @@ Multi-process: add --num_processes=N --process_id=I --coordinator_address=host:p
 from absl import flags
 
 from launch import common
-from mixture_dd import train
+from mixture_dd import teacher_training
 
 _CONFIG = common.define_config_flag("Teacher config.", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples go here.")
@@ -20,7 +20,7 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, logs and samples g
 
 def main(argv):
   common.setup(argv)
-  train.train_teacher(_CONFIG.value, common.check_workdir(_WORKDIR.value))
+  teacher_training.train_teacher(_CONFIG.value, common.check_workdir(_WORKDIR.value))
 
 
 def cli(argv=None):

@@ -25,7 +25,7 @@ from mixture_dd.evaluate import evaluate as evaluate_runs
 from mixture_dd.runs import load_run, sample, teacher_run
 
 # Trains (or resumes) a product teacher; checkpoints in a workdir.
-from mixture_dd.train import train_teacher
+from mixture_dd.teacher_training import train_teacher
 
 __all__ = [
   "Teacher",

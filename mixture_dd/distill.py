@@ -26,6 +26,7 @@ import numpy as np
 
 from mixture_dd import (
   categorical,
+  checkpoints,
   configuration,
   denoisers,
   exact,
@@ -33,7 +34,9 @@ from mixture_dd import (
   markov_exact,
   networks,
   samplers,
+  train_step,
   trainer,
+  visualize,
 )
 from mixture_dd.data import markov, pipeline
 from mixture_dd.denoisers import Denoiser
@@ -167,7 +170,7 @@ def ideal_teacher(process, probs, length: int) -> Teacher:
     denoisers.ideal(process, length),
     probs,
     "exact ideal product denoiser",
-    provenance={"kind": "ideal", "checksum": trainer.checksum(probs)},
+    provenance={"kind": "ideal", "checksum": checkpoints.checksum(probs)},
   )
 
 
@@ -179,7 +182,7 @@ def chain_teacher(process, init, trans) -> Teacher:
     markov_exact.denoiser(process),
     params,
     "exact ideal product denoiser (Markov chain, forward-backward)",
-    provenance={"kind": "ideal", "checksum": trainer.checksum(params)},
+    provenance={"kind": "ideal", "checksum": checkpoints.checksum(params)},
   )
 
 
@@ -238,7 +241,10 @@ def user_teacher(teacher: Teacher, spec, process) -> Teacher:
       f"data values, or, if the vocabulary really has {shape[2]} values (tokens that never "
       f"use the top ones), {fix}"
     )
-  provenance = teacher.provenance or {"kind": "user", "checksum": trainer.checksum(teacher.frozen)}
+  provenance = teacher.provenance or {
+    "kind": "user",
+    "checksum": checkpoints.checksum(teacher.frozen),
+  }
   return dataclasses.replace(teacher, provenance=provenance)
 
 
@@ -490,19 +496,19 @@ def load_teacher(config, spec, process, teacher: Teacher | None = None) -> Teach
   t_model = configuration.make_model(
     tconf, spec, process, latent=bool(tconf.get("is_student", False))
   )
-  abstract = jax.eval_shape(lambda: trainer.init_params(t_model, 0))
+  abstract = jax.eval_shape(lambda: train_step.init_params(t_model, 0))
   # The weights the teacher's run evaluates (its train.eval_weights): the EMA
   # of a teacher of ours, the raw weights of an SDTT/MaskGIT-preset student
   # teaching the next round (SDTT's di4c^2 loads the raw weights). A mixture
   # teacher's weights are also the next round's start (`setup_student`).
   ema = tconf.train.get("eval_weights", "ema") == "ema"
-  t_params, meta = trainer.load_params(
+  t_params, meta = checkpoints.load_params(
     config.teacher.workdir, abstract, configuration.model_signature(tconf, spec), ema=ema
   )
   provenance = {
     "workdir": os.path.abspath(config.teacher.workdir),
     "step": int(meta["step"]),
-    "checksum": trainer.checksum(t_params),
+    "checksum": checkpoints.checksum(t_params),
   }
   return network_teacher(t_model, t_params, config.teacher.num_latents, provenance)
 
@@ -584,7 +590,7 @@ def initial_student(model, d, seed: int, teacher_params=None):
   """The student's parameters at step 0: a fresh init of `model` (a product
   teacher's weights copied in where `teacher_params` is given), its latent
   path started as d.student_start / d.latent_init_scale say."""
-  params = trainer.init_params(model, seed)
+  params = train_step.init_params(model, seed)
   if teacher_params is not None:
     params = networks.student_params_from_teacher(teacher_params, params)
   return start_student(params, jax.random.key(seed + 1), d.student_start, d.latent_init_scale)
@@ -629,17 +635,17 @@ def student_task(setup: StudentSetup) -> trainer.Task:
     spec=spec,
     frozen=setup.teacher.frozen,
     provenance=setup.teacher.provenance,
-    sample_fn=sample_fn,
+    sample_hook=visualize.sample_hook(sample_fn, spec, "distill", c.train.num_samples),
   )
 
 
 def distill_student(
   config, workdir: str, teacher: Teacher | None = None, tokens=None, labels=None
-) -> trainer.TrainState:
+) -> train_step.TrainState:
   """Trains (or resumes, or finds finished) a Di4C student; checkpoints in workdir.
 
   Resuming against a teacher that changed since (another step or other
-  weights) raises trainer.ProvenanceChanged, unless
+  weights) raises checkpoints.ProvenanceChanged, unless
   config.teacher.restart_if_changed. Raises trainer.Preempted after a
   preemption save.
 
@@ -745,13 +751,13 @@ def quick_distill(
   setup = setup_student(config, teacher, tokens, labels)
   c = setup.config
   num_steps = num_steps or c.train.num_steps
-  opt = trainer.make_optimizer(c.optim, num_steps)
-  step = trainer.make_step(setup.loss_fn, opt, c.optim.ema_decay, c.optim.ema_warmup)
+  opt = train_step.make_optimizer(c.optim, num_steps)
+  step = train_step.make_step(setup.loss_fn, opt, c.optim.ema_decay, c.optim.ema_warmup)
   batcher = pipeline.make_batcher(
     setup.source, c.train.batch_size, seed=c.seed, vocab_size=setup.spec.vocab_size
   )
   state, seen = trainer.fit_scanned(
-    trainer.init_state(setup.params, opt),
+    train_step.init_state(setup.params, opt),
     step,
     batcher,
     num_steps,

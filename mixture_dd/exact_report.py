@@ -17,7 +17,8 @@ from mixture_dd import (
   networks,
   processes,
   samplers,
-  train,
+  teacher_training,
+  train_step,
   trainer,
 )
 from mixture_dd.data import pipeline
@@ -175,15 +176,17 @@ def train_tiny_teacher(
     positions="learned",
     mask_id=process.mask_id,
   )
-  denoise = train.teacher_denoiser(model)
+  denoise = teacher_training.teacher_denoiser(model)
 
   def loss_fn(params, b, key, frozen=None):
     return losses.teacher_loss(denoise, params, process, b["tokens"], key)
 
-  opt = trainer.make_optimizer(tiny_optim(lr, 50), steps)
-  state = trainer.init_state(trainer.init_params(model, seed), opt)
+  opt = train_step.make_optimizer(tiny_optim(lr, 50), steps)
+  state = train_step.init_state(train_step.init_params(model, seed), opt)
   batcher = pipeline.Batcher(tokens, None, batch, seed=seed)
-  state, _ = trainer.fit_scanned(state, trainer.make_step(loss_fn, opt, 0.99), batcher, steps, seed)
+  state, _ = trainer.fit_scanned(
+    state, train_step.make_step(loss_fn, opt, 0.99), batcher, steps, seed
+  )
   return model, state.ema_params
 
 
@@ -205,10 +208,10 @@ def distill_tiny_student(
   params = distill.initial_student(model, dconf, seed, teacher_params)
   teacher = distill.network_teacher(teacher_model, teacher_params)
   loss_fn = distill.student_loss(model, teacher, process, dconf)
-  opt = trainer.make_optimizer(tiny_optim(lr, latent_lr_mult=latent_lr_mult), steps)
-  state = trainer.init_state(params, opt)
+  opt = train_step.make_optimizer(tiny_optim(lr, latent_lr_mult=latent_lr_mult), steps)
+  state = train_step.init_state(params, opt)
   batcher = pipeline.Batcher(tokens, None, batch, seed=seed)
   state, _ = trainer.fit_scanned(
-    state, trainer.make_step(loss_fn, opt, 0.99), batcher, steps, seed, teacher.frozen
+    state, train_step.make_step(loss_fn, opt, 0.99), batcher, steps, seed, teacher.frozen
   )
   return model, params, state.ema_params

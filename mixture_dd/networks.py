@@ -371,7 +371,7 @@ class Transformer(nn.Module):
     if k == 1 and lam.shape == (batch, 1):
       return lam[:, 0]
     if k > 1 and lam.shape == (batch,) and self.is_initializing():
-      # trainer.init_params builds every student with a `[1]` dummy lam; the
+      # train_step.init_params builds every student with a `[1]` dummy lam; the
       # parameters' shapes depend on latent_dim only, not on lam's values.
       return jnp.broadcast_to(lam[:, None], (batch, k))
     if lam.shape != ((batch,) if k == 1 else (batch, k)):

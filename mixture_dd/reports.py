@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from mixture_dd import metrics, trainer
+from mixture_dd import checkpoints, metrics
 
 
 def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -56,7 +56,7 @@ def _fmt(v) -> str:
 def write_report(results: dict, out_dir: str) -> None:
   """results.json, results.md (rows = sampler x N) and quality_vs_steps.png."""
   os.makedirs(out_dir, exist_ok=True)
-  trainer.write_atomic(
+  checkpoints.write_atomic(
     os.path.join(out_dir, "results.json"), json.dumps(results, indent=2, default=str)
   )
   cols = _metric_columns(results)
@@ -88,7 +88,7 @@ def write_report(results: dict, out_dir: str) -> None:
     )
   for k, v in results.get("extras", {}).items():
     lines.append(f"- {k}: {v}")
-  trainer.write_atomic(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
+  checkpoints.write_atomic(os.path.join(out_dir, "results.md"), "\n".join(lines) + "\n")
   plot_quality(results, os.path.join(out_dir, "quality_vs_steps.png"), cols)
   if results.get("frontier"):
     plot_frontier(results, os.path.join(out_dir, "frontier.png"))

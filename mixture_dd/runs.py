@@ -13,7 +13,15 @@ import jax
 import ml_collections
 import numpy as np
 
-from mixture_dd import configuration, denoisers, distill, networks, samplers, trainer
+from mixture_dd import (
+  checkpoints,
+  configuration,
+  denoisers,
+  distill,
+  networks,
+  samplers,
+  train_step,
+)
 from mixture_dd.data import pipeline
 
 
@@ -74,10 +82,10 @@ def load_run(workdir: str, ema: bool | None = None) -> Run:
   process = configuration.make_process(config, spec)
   is_student = bool(config.get("is_student", False))
   model = configuration.make_model(config, spec, process, latent=is_student)
-  abstract = jax.eval_shape(lambda: trainer.init_params(model, 0))
+  abstract = jax.eval_shape(lambda: train_step.init_params(model, 0))
   if ema is None:
     ema = config.train.get("eval_weights", "ema") == "ema"
-  params, meta = trainer.load_params(
+  params, meta = checkpoints.load_params(
     workdir, abstract, configuration.model_signature(config, spec), ema=ema
   )
   return Run(config, spec, process, model, params, is_student, int(meta["step"]), meta, workdir)
@@ -136,7 +144,7 @@ def from_teacher(teacher: distill.Teacher, student: Run) -> Run:
   meta = {
     "kind": "user",
     "description": teacher.description,
-    "checksum": trainer.checksum(teacher.frozen),
+    "checksum": checkpoints.checksum(teacher.frozen),
     "provenance": teacher.provenance,
   }
   return Run(

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from typing import Callable
 
+import jax
 import numpy as np
 
 from mixture_dd.data import pipeline
@@ -89,3 +91,21 @@ def save_samples(tokens, spec, prefix: str, title: str | None = None) -> list[st
         f.write(" ".join(map(str, row)) + "\n")
     written.append(prefix + ".txt")
   return written
+
+
+def sample_hook(sample_fn: Callable, spec, tag: str, num: int) -> Callable:
+  """A trainer's sample hook: (state, step, workdir) -> None.
+
+  Saves `min(num, 64)` samples of the EMA weights (one grid),
+  sample_fn(params, key, num) -> tokens `[num, length]` with key(step), as
+  workdir/samples/<tag>_<step>.* (`save_samples`; process 0).
+  """
+  num = min(num, 64)
+
+  def hook(state, step, workdir):
+    if jax.process_index() != 0:
+      return
+    x = sample_fn(state.ema_params, jax.random.key(step), num)
+    save_samples(np.asarray(x), spec, os.path.join(workdir, "samples", f"{tag}_{step:07d}"))
+
+  return hook

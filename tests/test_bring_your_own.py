@@ -12,7 +12,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixture_dd import configuration, denoisers, distill, exact, processes, runs, trainer
+from mixture_dd import (
+  checkpoints,
+  configuration,
+  denoisers,
+  distill,
+  exact,
+  processes,
+  runs,
+  trainer,
+)
 from mixture_dd.data import pipeline
 
 S, D = 3, 4
@@ -89,10 +98,10 @@ def test_stopped_and_resumed_equals_uninterrupted(uninterrupted, tmp_path, monke
   assert os.path.exists(os.path.join(src, "samples", "distill_0000004.npz"))
 
   # Provenance: the checksum of the teacher's frozen parameters.
-  meta = trainer.load_params(w, jax.device_get(resumed.params))[1]
-  assert meta["provenance"] == {"kind": "user", "checksum": trainer.checksum(teacher.frozen)}
+  meta = checkpoints.load_params(w, jax.device_get(resumed.params))[1]
+  assert meta["provenance"] == {"kind": "user", "checksum": checkpoints.checksum(teacher.frozen)}
   other = distill.Teacher(teacher.denoise, teacher.frozen * 0.5, "posterior, other law")
-  with pytest.raises(trainer.ProvenanceChanged, match="checksum"):
+  with pytest.raises(checkpoints.ProvenanceChanged, match="checksum"):
     distill.distill_student(_config(), w, teacher=other, tokens=tokens)
 
   # The run loads and samples without the teacher or the tokens.
@@ -150,6 +159,6 @@ def test_vocabulary_from_the_tokens_can_be_raised_for_the_teacher():
   data, spec, _ = pipeline.array_source(configuration.data_config("array", vocab_size=4), tokens)
   assert spec == pipeline.DataSpec("array", S + 1, D, 0, None, "tokens")
   teacher = distill.user_teacher(_teacher(tokens, _wide), spec, processes.Masked(S + 1, "linear"))
-  assert teacher.provenance == {"kind": "user", "checksum": trainer.checksum(teacher.frozen)}
+  assert teacher.provenance == {"kind": "user", "checksum": checkpoints.checksum(teacher.frozen)}
   with pytest.raises(ValueError, match="below the largest token"):
     pipeline.array_source(configuration.data_config("array", vocab_size=2), tokens)

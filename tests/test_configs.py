@@ -21,7 +21,15 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mixture_dd import configuration, distill, networks, train, trainer
+from mixture_dd import (
+  checkpoints,
+  configuration,
+  distill,
+  networks,
+  sharding,
+  teacher_training,
+  train_step,
+)
 from mixture_dd.data import pipeline
 from mixture_dd.data import text as text_lib
 
@@ -87,10 +95,10 @@ def _teacher_from_random_tokens(config, spec, rng):
   configuration.validate(config, spec)
   process = configuration.make_process(config, spec)
   model = configuration.make_model(config, spec, process)
-  loss_fn = train.teacher_loss_fn(config, model, process)
+  loss_fn = teacher_training.teacher_loss_fn(config, model, process)
   tokens = rng.integers(0, spec.vocab_size, (4 * BATCH, spec.length)).astype(np.int32)
   labels = rng.integers(0, max(spec.num_classes, 1), 4 * BATCH).astype(np.int32)
-  return train.TeacherSetup(
+  return teacher_training.TeacherSetup(
     config, spec, pipeline.ArraySource(tokens, labels), process, model, loss_fn
   )
 
@@ -98,12 +106,14 @@ def _teacher_from_random_tokens(config, spec, rng):
 def _one_step(config, setup):
   spec, source, model, loss_fn = setup.spec, setup.source, setup.model, setup.loss_fn
   batcher = pipeline.make_batcher(source, BATCH, seed=0, vocab_size=spec.vocab_size)
-  opt = trainer.make_optimizer(config.optim, config.train.num_steps)
-  mesh = trainer.make_mesh()
-  state = trainer.replicate(trainer.init_state(trainer.init_params(model, config.seed), opt), mesh)
-  jstep = trainer.shard_step(trainer.make_step(loss_fn, opt, config.optim.ema_decay), mesh)
+  opt = train_step.make_optimizer(config.optim, config.train.num_steps)
+  mesh = sharding.make_mesh()
+  state = sharding.replicate(
+    train_step.init_state(train_step.init_params(model, config.seed), opt), mesh
+  )
+  jstep = sharding.shard_step(train_step.make_step(loss_fn, opt, config.optim.ema_decay), mesh)
   state, metrics = jstep(
-    state, trainer.global_batch(mesh, batcher.batch(0)), jax.random.key(0), None
+    state, sharding.global_batch(mesh, batcher.batch(0)), jax.random.key(0), None
   )
   metrics = jax.device_get(metrics)
   assert int(state.step) == 1
@@ -158,10 +168,12 @@ def _teacher_run(tconf, workdir):
   spec = pipeline.data_spec(tconf.data)
   configuration.validate(tconf, spec)
   model = configuration.make_model(tconf, spec, configuration.make_process(tconf, spec))
-  trainer.write_config(workdir, tconf)
-  state = trainer.init_state(trainer.init_params(model, 0), trainer.make_optimizer(tconf.optim, 1))
-  mngr = trainer.checkpoint_manager(os.path.join(workdir, "checkpoints"))
-  trainer.save(mngr, state, {"signature": configuration.model_signature(tconf, spec)})
+  checkpoints.write_config(workdir, tconf)
+  state = train_step.init_state(
+    train_step.init_params(model, 0), train_step.make_optimizer(tconf.optim, 1)
+  )
+  mngr = checkpoints.checkpoint_manager(os.path.join(workdir, "checkpoints"))
+  checkpoints.save(mngr, state, {"signature": configuration.model_signature(tconf, spec)})
   mngr.wait_until_finished()
   mngr.close()
 
@@ -192,14 +204,16 @@ def test_distill_config_resolves_validates_and_takes_one_di4c_step(path, tmp_pat
   loss_fn = distill.student_loss(
     model, teacher, process, config.distill, config.model.label_dropout
   )
-  opt = trainer.make_optimizer(config.optim, config.train.num_steps)
-  step = jax.jit(trainer.make_step(loss_fn, opt, config.optim.ema_decay))
+  opt = train_step.make_optimizer(config.optim, config.train.num_steps)
+  step = jax.jit(train_step.make_step(loss_fn, opt, config.optim.ema_decay))
   rng = np.random.default_rng(0)
   batch = {
     "tokens": rng.integers(0, spec.vocab_size, (2, spec.length)).astype(np.int32),
     "labels": rng.integers(0, max(spec.num_classes, 1), 2).astype(np.int32),
   }
-  state, metrics = step(trainer.init_state(params, opt), batch, jax.random.key(0), teacher.frozen)
+  state, metrics = step(
+    train_step.init_state(params, opt), batch, jax.random.key(0), teacher.frozen
+  )
   metrics = jax.device_get(metrics)
   assert int(state.step) == 1
   for k, v in metrics.items():
@@ -217,14 +231,14 @@ def test_teacher_config_takes_one_train_step(path, tmp_path):
   if name in pipeline.TFDS_CATALOG:
     # Fake examples with the real feature spec through the ordinary TFDS path.
     with tfds.testing.mock_data(num_examples=4 * BATCH, policy=tfds.testing.MockPolicy.USE_CODE):
-      setup = train.setup_teacher(config)
+      setup = teacher_training.setup_teacher(config)
     assert setup.spec == _unprepared_spec(config)
   elif name in pipeline.OWN_DOWNLOAD:
     with pytest.raises(ValueError, match="not prepared.*prepare"):
       pipeline.load(config.data, "train")
     setup = _teacher_from_random_tokens(config, _unprepared_spec(config), np.random.default_rng(0))
   else:
-    setup = train.setup_teacher(config)
+    setup = teacher_training.setup_teacher(config)
   _one_step(config, setup)
 
 
@@ -236,7 +250,7 @@ def test_full_size_configs_have_realistic_parameter_counts(name, min_params):
   process = configuration.make_process(config, spec)
   model = configuration.make_model(config, spec, process)
   # Shapes only: no 100M-parameter initialisation on the CPU.
-  shapes = jax.eval_shape(lambda: trainer.init_params(model, 0))
+  shapes = jax.eval_shape(lambda: train_step.init_params(model, 0))
   n = networks.count_params(shapes)
   assert min_params < n < 500e6, f"{name}: {n:,} parameters"
   assert networks.flops_per_example(model) > 1e10  # an accelerator-sized model

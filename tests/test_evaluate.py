@@ -24,8 +24,8 @@ from mixture_dd import (
   runs,
   samplers,
   scorers,
-  train,
-  trainer,
+  teacher_training,
+  train_step,
 )
 from mixture_dd.data import markov, pipeline, registry
 from tests.conftest import assert_chi2
@@ -91,7 +91,7 @@ def tiny_teacher(tmp_path_factory):
   c.data.num_train, c.data.num_test = 2000, 500
   c.model.update(width=32, depth=1, heads=2)
   c.train.update(batch_size=64, num_steps=20, log_every=20, ckpt_every=20, sample_every=0)
-  train.train_teacher(c, str(tmp / "teacher"))
+  teacher_training.train_teacher(c, str(tmp / "teacher"))
   return runs.load_run(str(tmp / "teacher"))
 
 
@@ -148,7 +148,7 @@ def test_markov_data_nll_is_the_entropy_rate(tmp_path):
   spec, _ = pipeline.load(c.data, "train")
   process = configuration.make_process(c, spec)
   model = configuration.make_model(c, spec, process)
-  teacher = runs.Run(c, spec, process, model, trainer.init_params(model, 0), False)
+  teacher = runs.Run(c, spec, process, model, train_step.init_params(model, 0), False)
   res = evaluate.evaluate(
     teacher,
     None,
@@ -363,7 +363,7 @@ def test_markov_temperature_sweep_and_checks_in_the_report(tmp_path):
   spec, _ = pipeline.load(c.data, "train")
   process = configuration.make_process(c, spec)
   model = configuration.make_model(c, spec, process)
-  teacher = runs.Run(c, spec, process, model, trainer.init_params(model, 0), False)
+  teacher = runs.Run(c, spec, process, model, train_step.init_params(model, 0), False)
   student = _student_like(teacher)
   out = tmp_path / "eval"
   res = evaluate.evaluate(

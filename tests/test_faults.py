@@ -19,7 +19,7 @@ import pytest
 
 from configs import tiny as tiny_cfg
 from configs import tiny_distill as tiny_distill_cfg
-from mixture_dd import configuration, distill, train, trainer
+from mixture_dd import checkpoints, configuration, distill, teacher_training, trainer
 from mixture_dd.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,7 +67,7 @@ def data_dir(tmp_path_factory):
 def trained(data_dir, tmp_path_factory):
   """A 4-step teacher run with checkpoints at steps 1..4: (workdir, final state)."""
   w = str(tmp_path_factory.mktemp("trained") / "w")
-  state = train.train_teacher(small_config(data_dir, ckpt_every=1), w)
+  state = teacher_training.train_teacher(small_config(data_dir, ckpt_every=1), w)
   return w, jax.device_get(state)
 
 
@@ -118,7 +118,7 @@ def test_damaged_latest_checkpoints_resume_from_the_last_good_one(
   with open(os.path.join(ck, "8", "state", "junk"), "wb") as f:
     f.write(b"\0" * 10)
   with caplog.at_level(logging.WARNING, logger="mixture_dd"):
-    resumed = train.train_teacher(small_config(data_dir), w)
+    resumed = teacher_training.train_teacher(small_config(data_dir), w)
   text = caplog.text
   for bad in (8, 4, 3):
     assert f"checkpoint step {bad} " in text, text
@@ -137,9 +137,9 @@ def test_all_checkpoints_unreadable_is_an_error_not_a_fresh_start(trained, data_
   for s in ("1", "2", "3", "4"):
     _truncate(os.path.join(w, "checkpoints", s))
   with pytest.raises(
-    trainer.UnreadableCheckpoints, match=r"none of the checkpoints.*steps \[4, 3, 2, 1\]"
+    checkpoints.UnreadableCheckpoints, match=r"none of the checkpoints.*steps \[4, 3, 2, 1\]"
   ):
-    train.train_teacher(small_config(data_dir), w)
+    teacher_training.train_teacher(small_config(data_dir), w)
 
 
 @pytest.mark.parametrize(
@@ -156,8 +156,8 @@ def test_incompatible_checkpoint_names_the_fields(trained, data_dir, tmp_path, f
   c = small_config(data_dir, num_steps=6)
   sec, name = field.split(".")
   c[sec][name] = value
-  with pytest.raises(trainer.IncompatibleCheckpoint, match=names):
-    train.train_teacher(c, w)
+  with pytest.raises(checkpoints.IncompatibleCheckpoint, match=names):
+    teacher_training.train_teacher(c, w)
   assert _steps(w) == ["1", "2", "3", "4"]  # nothing overwritten
 
 
@@ -189,7 +189,7 @@ def test_exploding_learning_rate_stops_before_saving(data_dir, tmp_path):
   c = small_config(data_dir, num_steps=6, ckpt_every=1, log_every=6)
   c.optim.update(lr=1e38, warmup_steps=0, clip=1e38)
   with pytest.raises(trainer.NonFiniteError, match=r"step \d+ in \[.*parameters"):
-    train.train_teacher(c, str(tmp_path / "lr"))
+    teacher_training.train_teacher(c, str(tmp_path / "lr"))
   # Whatever was saved before the blow-up is finite, and nothing after it.
   for s in _steps(str(tmp_path / "lr")):
     assert s.isdigit()
@@ -228,7 +228,9 @@ BAD_DATA = [
 def test_bad_data_is_a_clear_error(data_dir, tmp_path, monkeypatch, entry, what, tokens, match):
   monkeypatch.setattr(pipeline, "load", _fake_load(tokens()))
   if entry == "teacher":
-    run = lambda: train.train_teacher(small_config(data_dir, batch_size=16), str(tmp_path / "w"))
+    run = lambda: teacher_training.train_teacher(
+      small_config(data_dir, batch_size=16), str(tmp_path / "w")
+    )
   else:
     run = lambda: distill.distill_student(small_distill_config(data_dir), str(tmp_path / "w"))
   with pytest.raises(ValueError, match=match):
@@ -260,7 +262,7 @@ BAD_TEACHER = [
 )
 def test_bad_teacher_config_names_the_field(data_dir, tmp_path, path, value, match):
   with pytest.raises(ValueError, match=match):
-    train.train_teacher(_teacher_cfg(data_dir, path, value), str(tmp_path / "w"))
+    teacher_training.train_teacher(_teacher_cfg(data_dir, path, value), str(tmp_path / "w"))
   assert not os.path.isdir(tmp_path / "w" / "checkpoints")
 
 
@@ -383,16 +385,16 @@ def test_student_resumed_against_a_changed_teacher_is_refused(trained, data_dir,
   c.teacher.kind, c.teacher.workdir = "network", teacher_dir
   student_dir = str(tmp_path / "student")
   distill.distill_student(c, student_dir)
-  meta = trainer.load_params(student_dir, distill.setup_student(c).params)[1]
+  meta = checkpoints.load_params(student_dir, distill.setup_student(c).params)[1]
   assert meta["provenance"]["workdir"] == os.path.abspath(teacher_dir)
   assert meta["provenance"]["step"] == 4
   # Finished against the same teacher: recognised as finished, nothing retrained.
   distill.distill_student(c, student_dir)
   assert _steps(student_dir) == ["2"]
   # The teacher trains on (steps 5, 6): another step, other weights.
-  train.train_teacher(small_config(data_dir, num_steps=6, ckpt_every=1), teacher_dir)
+  teacher_training.train_teacher(small_config(data_dir, num_steps=6, ckpt_every=1), teacher_dir)
   c.train.num_steps = 4
-  with pytest.raises(trainer.ProvenanceChanged) as err:
+  with pytest.raises(checkpoints.ProvenanceChanged) as err:
     distill.distill_student(c, student_dir)
   assert "step=4" in str(err.value) and "step=6" in str(err.value)
   assert "restart_if_changed" in str(err.value)
@@ -402,7 +404,7 @@ def test_student_resumed_against_a_changed_teacher_is_refused(trained, data_dir,
   state = distill.distill_student(c, student_dir)
   assert int(state.step) == 4
   assert os.path.isdir(os.path.join(student_dir, "checkpoints.stale"))
-  meta = trainer.load_params(student_dir, distill.setup_student(c).params)[1]
+  meta = checkpoints.load_params(student_dir, distill.setup_student(c).params)[1]
   assert meta["provenance"]["step"] == 6
 
 
@@ -410,13 +412,13 @@ def test_a_failed_report_write_leaves_no_partial_file(tmp_path, monkeypatch):
   """The report is written to a temporary file and renamed: a crash (or a
   SIGTERM) mid-write leaves the previous file or none, never half of one."""
   path = tmp_path / "results.md"
-  trainer.write_atomic(str(path), "old complete report\n")
+  checkpoints.write_atomic(str(path), "old complete report\n")
 
   def crash(*args):
     raise KeyboardInterrupt("killed mid-write")
 
   monkeypatch.setattr(os, "replace", crash)
   with pytest.raises(KeyboardInterrupt):
-    trainer.write_atomic(str(path), "new report " * 10000)
+    checkpoints.write_atomic(str(path), "new report " * 10000)
   assert path.read_text() == "old complete report\n"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["results.md"]  # no temp file left

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 import pytest
 
-from mixture_dd import distill, runs, train, trainer
+from mixture_dd import checkpoints, distill, runs, teacher_training, trainer
 from mixture_dd.configs import tiny, tiny_distill
 from mixture_dd.data import pipeline
 from tests.conftest import run_and_signal
@@ -89,7 +89,7 @@ def data_dir(tmp_path_factory):
 def teacher(data_dir, tmp_path_factory):
   """A 2-step tiny teacher run, checkpoints at steps 1 and 2."""
   w = str(tmp_path_factory.mktemp("teacher") / "w")
-  train.train_teacher(_config(data_dir), w)
+  teacher_training.train_teacher(_config(data_dir), w)
   return w
 
 
@@ -104,8 +104,10 @@ def test_a_refused_resume_leaves_every_file_of_the_workdir_byte_identical(
   w = str(tmp_path / "w")
   shutil.copytree(teacher, w)
   before = _files(w)
-  with pytest.raises(trainer.IncompatibleCheckpoint, match="model.width: checkpoint has 32"):
-    train.train_teacher(_config(data_dir, **{"model.width": 64, "train.num_steps": 4}), w)
+  with pytest.raises(checkpoints.IncompatibleCheckpoint, match="model.width: checkpoint has 32"):
+    teacher_training.train_teacher(
+      _config(data_dir, **{"model.width": 64, "train.num_steps": 4}), w
+    )
   assert _files(w) == before  # config.json included: load_run still reads the run
   assert runs.load_run(w).step == 2
 
@@ -117,9 +119,9 @@ def test_a_refused_resume_leaves_every_file_of_the_workdir_byte_identical(
       with open(os.path.join(root, n), "r+b") as f:
         f.truncate(os.path.getsize(os.path.join(root, n)) // 3)
   with caplog.at_level("INFO", logger="mixture_dd"):
-    train.train_teacher(_config(data_dir, **{"optim.lr": 2e-3, "train.num_steps": 3}), w)
+    teacher_training.train_teacher(_config(data_dir, **{"optim.lr": 2e-3, "train.num_steps": 3}), w)
   assert "changed config fields: optim.lr: 0.001 -> 0.002; train.num_steps: 2 -> 3" in caplog.text
-  with open(os.path.join(w, trainer.CONFIG_HISTORY)) as f:
+  with open(os.path.join(w, checkpoints.CONFIG_HISTORY)) as f:
     history = [json.loads(line) for line in f]
   assert [h["event"] for h in history] == ["start", "changed"], history
   assert history[1]["step"] == 1
@@ -486,7 +488,9 @@ def test_ctrl_c_saves_the_step_and_the_rerun_matches_an_uninterrupted_run(data_d
   assert f"resumed from step {step}" in proc.stderr
   assert _steps_logged(w) == list(range(5, 121, 5))
 
-  straight = jax.device_get(train.train_teacher(_config(data_dir, **fields), str(tmp_path / "s")))
+  straight = jax.device_get(
+    teacher_training.train_teacher(_config(data_dir, **fields), str(tmp_path / "s"))
+  )
   resumed = runs.load_run(str(w), ema=False)
   for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(straight.params), strict=True):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

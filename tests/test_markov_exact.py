@@ -19,6 +19,7 @@ from scipy import stats
 
 from configs import markov_exact_distill
 from mixture_dd import (
+  checkpoints,
   configuration,
   denoisers,
   distill,
@@ -28,7 +29,7 @@ from mixture_dd import (
   processes,
   runs,
   scorers,
-  trainer,
+  train_step,
 )
 from mixture_dd.data import markov, pipeline
 from tests.conftest import chi2_stat
@@ -246,11 +247,11 @@ def _product_run(config, workdir, schedule=None):
     tconf.process.schedule = schedule
   spec = pipeline.data_spec(tconf.data)
   model = configuration.make_model(tconf, spec, configuration.make_process(tconf, spec))
-  params = trainer.init_params(model, 7)
-  trainer.write_config(workdir, tconf)
-  state = trainer.init_state(params, trainer.make_optimizer(tconf.optim, 1))
-  mngr = trainer.checkpoint_manager(os.path.join(workdir, "checkpoints"))
-  trainer.save(mngr, state, {"signature": configuration.model_signature(tconf, spec)})
+  params = train_step.init_params(model, 7)
+  checkpoints.write_config(workdir, tconf)
+  state = train_step.init_state(params, train_step.make_optimizer(tconf.optim, 1))
+  mngr = checkpoints.checkpoint_manager(os.path.join(workdir, "checkpoints"))
+  checkpoints.save(mngr, state, {"signature": configuration.model_signature(tconf, spec)})
   mngr.wait_until_finished()
   mngr.close()
   return params
@@ -264,7 +265,7 @@ def test_student_starts_from_init_workdir_and_distils(data_dir, tmp_path):
   setup = distill.setup_student(config)
   assert setup.teacher.provenance == {
     "kind": "ideal",
-    "checksum": trainer.checksum(markov_exact.chain_params(*markov.make_chain(8, 0))),
+    "checksum": checkpoints.checksum(markov_exact.chain_params(*markov.make_chain(8, 0))),
   }
   fresh = distill.initial_student(setup.model, setup.config.distill, 0)
   got, new = traverse_util.flatten_dict(setup.params), traverse_util.flatten_dict(fresh)

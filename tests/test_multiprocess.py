@@ -17,7 +17,7 @@ import jax
 import numpy as np
 
 from configs import tiny as tiny_cfg
-from mixture_dd import configuration, runs, train, trainer
+from mixture_dd import checkpoints, configuration, runs, teacher_training, train_step, trainer
 from mixture_dd.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,10 +65,10 @@ def _run_both(module, args, tmp_path, name):
 
 
 def _assert_same_params(multi, single, model, sig):
-  abstract = jax.eval_shape(lambda: trainer.init_params(model, 0))
+  abstract = jax.eval_shape(lambda: train_step.init_params(model, 0))
   for ema in (False, True):
-    a, meta_a = trainer.load_params(multi, abstract, sig, ema=ema)
-    b, meta_b = trainer.load_params(single, abstract, sig, ema=ema)
+    a, meta_a = checkpoints.load_params(multi, abstract, sig, ema=ema)
+    b, meta_b = checkpoints.load_params(single, abstract, sig, ema=ema)
     assert meta_a["seed"] == meta_b["seed"]
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
       # float32 all-reduce order differs between 2x2 and 1x4 devices.
@@ -114,7 +114,7 @@ def test_two_processes_match_one(tmp_path):
   multi, single, outs = _run_both("launch.train", teacher, tmp_path, "teacher")
   assert "teacher step 4/4" in outs[0]
   assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["2", "4"]
-  model = train.setup_teacher(c).model
+  model = teacher_training.setup_teacher(c).model
   _assert_same_params(multi, single, model, configuration.model_signature(c, spec))
 
   student = [
@@ -205,10 +205,10 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_resume_is_ex
   assert rcs == [0, 0] and f"resumed from step {saved[0]}" in logs[0], logs[0][-2000:]
   rcs, logs = both(tmp_path / "straight", k)
   assert rcs == [0, 0], logs[0][-2000:]
-  model = train.setup_teacher(c).model
-  abstract = jax.eval_shape(lambda: trainer.init_params(model, 0))
+  model = teacher_training.setup_teacher(c).model
+  abstract = jax.eval_shape(lambda: train_step.init_params(model, 0))
   for ema in (False, True):
-    a, _ = trainer.load_params(str(tmp_path / "p"), abstract, ema=ema)
-    b, _ = trainer.load_params(str(tmp_path / "straight"), abstract, ema=ema)
+    a, _ = checkpoints.load_params(str(tmp_path / "p"), abstract, ema=ema)
+    b, _ = checkpoints.load_params(str(tmp_path / "straight"), abstract, ema=ema)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
       np.testing.assert_array_equal(np.asarray(x), np.asarray(y))

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mixture_dd import configuration, distill, processes, samplers, trainer
+from mixture_dd import checkpoints, configuration, distill, processes, samplers, train_step
 from mixture_dd.data import pipeline
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -193,12 +193,14 @@ def _round_one_student(tmp_path, eval_weights):
   spec = pipeline.data_spec(c.data)
   process = configuration.make_process(c, spec)
   model = configuration.make_model(c, spec, process, latent=True)
-  state = trainer.init_state(trainer.init_params(model, 0), trainer.make_optimizer(c.optim, 1))
+  state = train_step.init_state(
+    train_step.init_params(model, 0), train_step.make_optimizer(c.optim, 1)
+  )
   state = state.replace(ema_params=jax.tree.map(lambda a: a + 1.0, state.params))
   workdir = str(tmp_path / f"round1_{eval_weights}")
-  trainer.write_config(workdir, c)
-  mngr = trainer.checkpoint_manager(os.path.join(workdir, "checkpoints"))
-  trainer.save(mngr, state, {"signature": configuration.model_signature(c, spec)})
+  checkpoints.write_config(workdir, c)
+  mngr = checkpoints.checkpoint_manager(os.path.join(workdir, "checkpoints"))
+  checkpoints.save(mngr, state, {"signature": configuration.model_signature(c, spec)})
   mngr.wait_until_finished()
   mngr.close()
   return workdir, state
@@ -217,4 +219,4 @@ def test_second_round_teacher_and_start_are_the_evaluated_weights(tmp_path, eval
   for got in (setup.teacher.frozen, setup.params):
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-  assert json.loads(json.dumps(setup.teacher.provenance))["checksum"] == trainer.checksum(want)
+  assert json.loads(json.dumps(setup.teacher.provenance))["checksum"] == checkpoints.checksum(want)

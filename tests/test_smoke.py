@@ -57,7 +57,7 @@ def test_package_imports():
   import jax
 
   import mixture_dd
-  from mixture_dd import distill, samplers, train  # noqa: F401
+  from mixture_dd import distill, samplers, teacher_training  # noqa: F401
 
   assert jax.devices()
   assert mixture_dd.__name__ == "mixture_dd"

@@ -8,7 +8,18 @@ import numpy as np
 import pytest
 
 from configs import tiny as tiny_cfg
-from mixture_dd import configuration, denoisers, exact, losses, processes, train, trainer
+from mixture_dd import (
+  checkpoints,
+  configuration,
+  denoisers,
+  exact,
+  losses,
+  processes,
+  sharding,
+  teacher_training,
+  train_step,
+  trainer,
+)
 from mixture_dd.data import pipeline
 
 
@@ -30,21 +41,23 @@ def _leaves_equal(a, b, atol=0.0):
 def test_sharded_step_matches_single_device(tmp_path):
   assert jax.device_count() == 8, "conftest should give 8 CPU devices"
   c = small_config(tmp_path)
-  setup = train.setup_teacher(c)
+  setup = teacher_training.setup_teacher(c)
   source, model, loss_fn = setup.source, setup.model, setup.loss_fn
-  opt = trainer.make_optimizer(c.optim, 10)
-  step_fn = trainer.make_step(loss_fn, opt, c.optim.ema_decay)
+  opt = train_step.make_optimizer(c.optim, 10)
+  step_fn = train_step.make_step(loss_fn, opt, c.optim.ema_decay)
   batcher = pipeline.Batcher(source.tokens, source.labels, 64, seed=0)
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     mesh = jax.make_mesh(
       (len(devices),), ("data",), devices=devices, axis_types=(jax.sharding.AxisType.Auto,)
     )
-    state = trainer.replicate(trainer.init_state(trainer.init_params(model, 0), opt), mesh)
-    jstep = trainer.shard_step(step_fn, mesh)
+    state = sharding.replicate(train_step.init_state(train_step.init_params(model, 0), opt), mesh)
+    jstep = sharding.shard_step(step_fn, mesh)
     losses_seen = []
     for i in range(3):
-      state, m = jstep(state, trainer.global_batch(mesh, batcher.batch(i)), jax.random.key(i), None)
+      state, m = jstep(
+        state, sharding.global_batch(mesh, batcher.batch(i)), jax.random.key(i), None
+      )
       losses_seen.append(float(m["loss"]))
     results.append((losses_seen, jax.device_get(state.params)))
   np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
@@ -53,11 +66,11 @@ def test_sharded_step_matches_single_device(tmp_path):
 
 def test_kill_and_resume_gives_identical_parameters(tmp_path):
   c = small_config(tmp_path)
-  straight = train.train_teacher(c, str(tmp_path / "a"))
+  straight = teacher_training.train_teacher(c, str(tmp_path / "a"))
   half = small_config(tmp_path, num_steps=6, ckpt_every=3)
-  train.train_teacher(half, str(tmp_path / "b"))
+  teacher_training.train_teacher(half, str(tmp_path / "b"))
   c2 = small_config(tmp_path)
-  resumed = train.train_teacher(c2, str(tmp_path / "b"))
+  resumed = teacher_training.train_teacher(c2, str(tmp_path / "b"))
   assert int(resumed.step) == int(straight.step) == 12
   _leaves_equal(straight.params, resumed.params)
   _leaves_equal(straight.ema_params, resumed.ema_params)
@@ -66,15 +79,15 @@ def test_kill_and_resume_gives_identical_parameters(tmp_path):
 
 def test_incompatible_checkpoint_names_the_fields(tmp_path):
   c = small_config(tmp_path, num_steps=2, ckpt_every=2)
-  train.train_teacher(c, str(tmp_path / "w"))
+  teacher_training.train_teacher(c, str(tmp_path / "w"))
   c.model.width = 64
-  with pytest.raises(trainer.IncompatibleCheckpoint, match="model.width"):
-    train.train_teacher(c, str(tmp_path / "w"))
+  with pytest.raises(checkpoints.IncompatibleCheckpoint, match="model.width"):
+    teacher_training.train_teacher(c, str(tmp_path / "w"))
 
 
 def test_nan_stops_with_step_and_term_and_is_not_saved(tmp_path):
   c = small_config(tmp_path, num_steps=8, ckpt_every=2, log_every=8)
-  setup = train.setup_teacher(c)
+  setup = teacher_training.setup_teacher(c)
   source, model, loss_fn = setup.source, setup.model, setup.loss_fn
 
   def bad_loss(params, batch, key, frozen=None):
@@ -82,15 +95,23 @@ def test_nan_stops_with_step_and_term_and_is_not_saved(tmp_path):
     poison = jnp.where(m["loss"] > -1, jnp.nan, 0.0)  # always NaN, traced
     return loss, dict(m, consistency=poison)
 
-  opt = trainer.make_optimizer(c.optim, 8)
-  state = trainer.init_state(trainer.init_params(model, 0), opt)
-  batcher = pipeline.Batcher(source.tokens, source.labels, 64, seed=0)
+  opt = train_step.make_optimizer(c.optim, 8)
+  params = train_step.init_params(model, 0)
+  task = trainer.Task(
+    desc="nan",
+    loss_fn=bad_loss,
+    params=params,
+    batcher=pipeline.Batcher(source.tokens, source.labels, 64, seed=0),
+    signature={},
+    meta={},
+    spec=setup.spec,
+  )
   loop = trainer.LoopConfig(
     workdir=str(tmp_path / "nan"), num_steps=8, seed=0, log_every=8, ckpt_every=2
   )
   with pytest.raises(trainer.NonFiniteError, match=r"step 1 .*consistency"):
     trainer.fit(
-      loop, state, trainer.make_step(bad_loss, opt, 0.9), batcher, trainer.make_mesh(), {}
+      task, loop, train_step.init_state(params, opt), train_step.make_step(bad_loss, opt, 0.9)
     )
   ckpts = tmp_path / "nan" / "checkpoints"
   assert not ckpts.exists() or not [p for p in os.listdir(ckpts) if p.isdigit()]
@@ -112,7 +133,7 @@ def test_bad_config_fails_at_start_naming_the_field(tmp_path, field, value, matc
   sec, name = field.split(".")
   c[sec][name] = value
   with pytest.raises(ValueError, match=match):
-    train.train_teacher(c, str(tmp_path / "bad"))
+    teacher_training.train_teacher(c, str(tmp_path / "bad"))
   assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
@@ -172,9 +193,9 @@ def test_stratified_times_cover_the_interval():
 
 
 def test_ema_warmup_follows_tauldr():
-  d = np.asarray([float(trainer.ema_decay_at(n, 0.9999)) for n in (0, 1, 10, 100, 10**6)])
+  d = np.asarray([float(train_step.ema_decay_at(n, 0.9999)) for n in (0, 1, 10, 100, 10**6)])
   np.testing.assert_allclose(d, [1 / 10, 2 / 11, 11 / 20, 101 / 110, 0.9999], rtol=1e-6)
-  assert float(trainer.ema_decay_at(5, 0.9, warmup=False)) == pytest.approx(0.9)
+  assert float(train_step.ema_decay_at(5, 0.9, warmup=False)) == pytest.approx(0.9)
   # After 5000 steps a warmed-up 0.9999 EMA holds a negligible share of the start.
-  share = np.prod(np.asarray(trainer.ema_decay_at(np.arange(5000), 0.9999), np.float64))
+  share = np.prod(np.asarray(train_step.ema_decay_at(np.arange(5000), 0.9999), np.float64))
   assert share < 1e-3 and 0.9999**5000 > 0.6

@@ -13,13 +13,14 @@ import numpy as np
 import pytest
 
 from mixture_dd import (
+  checkpoints,
   configuration,
   denoisers,
   distill,
   exact,
   networks,
   processes,
-  trainer,
+  train_step,
 )
 
 B = 5
@@ -57,7 +58,7 @@ def _perturbed(params, seed):
 )
 def test_shapes_and_draws(k, entry):
   model = _model(k=k, entry=entry)
-  params = trainer.init_params(model, 0)
+  params = train_step.init_params(model, 0)
   assert params["latent_embed"]["dense_in"]["kernel"].shape == (128 * k, 32)
   x, t = _inputs()
   lam = denoisers.draw_latents(jax.random.key(1), (B,), k)
@@ -91,7 +92,7 @@ def test_k_latent_network_contains_the_scalar_network(entry):
   the first coordinate's embedding is the scalar path's, bit for bit."""
   x, t = _inputs()
   one, two = _model(k=1, entry=entry), _model(k=2, entry=entry)
-  p1 = _perturbed(trainer.init_params(one, 0), 1)
+  p1 = _perturbed(train_step.init_params(one, 0), 1)
   p2 = jax.tree.map(lambda a: a, p1)
   kern = p1["latent_embed"]["dense_in"]["kernel"]
   p2["latent_embed"]["dense_in"]["kernel"] = jnp.concatenate([kern, jnp.zeros_like(kern)])
@@ -110,7 +111,7 @@ def test_exact_starts_are_the_teacher_at_step_0_for_k_2():
   """The "exact" and "gate" starts (zero last projection / zero gate) give,
   for every lambda in [0, 1]^2, the teacher's logits bit for bit."""
   teacher = _model(latent=False)
-  t_params = _perturbed(trainer.init_params(teacher, 0), 2)
+  t_params = _perturbed(train_step.init_params(teacher, 0), 2)
   x, t = _inputs()
   want = np.asarray(jax.jit(teacher.apply)({"params": t_params}, x, t))
   for start in ("exact", "gate"):
@@ -232,11 +233,11 @@ def test_signature_refuses_another_latent_dim_and_keeps_old_checkpoints():
   )
   sig = lambda k: configuration.model_signature(with_k(k), spec)
   old = dict(sig(1), latent=True)  # what a student saved before latent_dim existed
-  trainer.check_signature(old, sig(1), "old")
-  trainer.check_signature(sig(2), sig(2), "same")
+  checkpoints.check_signature(old, sig(1), "old")
+  checkpoints.check_signature(sig(2), sig(2), "same")
   for saved, wanted in ((sig(1), sig(2)), (sig(2), sig(1)), (old, sig(4))):
-    with pytest.raises(trainer.IncompatibleCheckpoint, match="latent"):
-      trainer.check_signature(saved, wanted, "w")
+    with pytest.raises(checkpoints.IncompatibleCheckpoint, match="latent"):
+      checkpoints.check_signature(saved, wanted, "w")
   configuration.validate(with_k(3), spec)
   for bad in (0, 1.5):
     with pytest.raises(ValueError, match="model.latent_dim"):

@@ -11,7 +11,16 @@ from typing import Any, Callable
 
 import jax
 
-from mixture_dd import configuration, denoisers, losses, networks, samplers, trainer
+from mixture_dd import (
+  configuration,
+  denoisers,
+  losses,
+  networks,
+  samplers,
+  train_step,
+  trainer,
+  visualize,
+)
 from mixture_dd.data import pipeline
 
 
@@ -84,7 +93,7 @@ def teacher_task(setup: TeacherSetup) -> trainer.Task:
   return trainer.Task(
     desc="teacher",
     loss_fn=setup.loss_fn,
-    params=trainer.init_params(setup.model, c.seed),
+    params=train_step.init_params(setup.model, c.seed),
     batcher=pipeline.make_batcher(
       setup.source,
       c.train.batch_size,
@@ -96,11 +105,11 @@ def teacher_task(setup: TeacherSetup) -> trainer.Task:
     signature=configuration.model_signature(c, spec),
     meta={"kind": "teacher", "data": spec.name},
     spec=spec,
-    sample_fn=sample_fn,
+    sample_hook=visualize.sample_hook(sample_fn, spec, "teacher", c.train.num_samples),
   )
 
 
-def train_teacher(config, workdir: str) -> trainer.TrainState:
+def train_teacher(config, workdir: str) -> train_step.TrainState:
   """Trains (or resumes, or finds finished) a teacher; checkpoints in workdir.
 
   Raises trainer.Preempted after a preemption save.
