@@ -70,7 +70,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mixture_dd import configuration, denoisers, distill, networks, samplers, train
+from mixture_dd import configuration, denoisers, di4c, networks, samplers, train
 from mixture_dd import trainer as T  # the generic training pieces
 from mixture_dd.data import pipeline
 
@@ -115,8 +115,8 @@ def distill_loss_fn(config, teacher_model, student_model, process) -> Callable:
   """Di4C's `(params, batch, key, frozen) -> (loss, metrics)`, frozen = the teacher's
   parameters (as `distill.setup_student` builds it)."""
   # The teacher's parameters reach the loss as its `frozen` argument, never as constants.
-  teacher = distill.network_teacher(teacher_model, None)
-  return distill.student_loss(
+  teacher = di4c.network_teacher(teacher_model, None)
+  return di4c.student_loss(
     student_model, teacher, process, config.distill, config.model.label_dropout
   )
 

@@ -17,7 +17,7 @@ A distillation config also has
                        or user teacher's student starts from that run's weights)
   distill              a preset of the Di4C knobs (`distill_preset`)
 and takes data/process/model from its teacher's run (`resolve`); an ideal
-teacher's config sets them itself, a user teacher's (a `distill.Teacher`
+teacher's config sets them itself, a user teacher's (a `di4c.Teacher`
 passed in) too, over base_config()'s process and model. Data may be a token
 array passed in (data.name "array", `pipeline.array_source`).
 Validation happens here, once (`validate`); every check raises a ValueError
@@ -222,7 +222,7 @@ PRESETS = {
     # Gumbel temperature of the teacher's confidence step at progress r = 1 - t:
     # confidence_temperature * max(0, 1 - r T / (T - 1)), T = confidence_steps,
     # the MaskGIT sampler's temperature at the step that starts at r = k / T
-    # (see `distill.confidence_step_temperature`).
+    # (see `di4c.confidence_step_temperature`).
     confidence_temperature=4.5,
     confidence_steps=8,
   ),
@@ -635,7 +635,7 @@ def resolve(config) -> ml_collections.ConfigDict:
   else:
     raise ValueError(
       f"config.teacher.kind={kind!r}; choose 'network' (a workdir of ours), "
-      f"'ideal' (the exact denoiser of {IDEAL_DATA}) or 'user' (a distill.Teacher passed "
+      f"'ideal' (the exact denoiser of {IDEAL_DATA}) or 'user' (a di4c.Teacher passed "
       "to distill_student / setup_student / quick_distill)"
     )
   config.is_student = True

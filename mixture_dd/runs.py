@@ -13,7 +13,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from mixture_dd import configuration, denoisers, distill, networks, samplers, trainer
+from mixture_dd import configuration, denoisers, di4c, distill, networks, samplers, trainer
 from mixture_dd.data import pipeline
 
 
@@ -106,7 +106,7 @@ def ideal_run(config) -> Run:
   )
 
 
-def from_teacher(teacher: distill.Teacher, student: Run) -> Run:
+def from_teacher(teacher: di4c.Teacher, student: Run) -> Run:
   """A teacher of one's own (config.teacher.kind "user") as a run without a
   network: the teacher of `student`, for `sample` and `evaluate.evaluate`.
 
@@ -123,7 +123,7 @@ def from_teacher(teacher: distill.Teacher, student: Run) -> Run:
       f"from_teacher is for a student of a user teacher; {student.workdir or 'this run'} was "
       f"distilled from a {student.config.teacher.kind!r} teacher: load it with teacher_run"
     )
-  teacher = distill.user_teacher(teacher, student.spec, student.process)
+  teacher = di4c.user_teacher(teacher, student.spec, student.process)
   recorded = student.meta.get("provenance")
   if recorded is not None and recorded != teacher.provenance:
     raise ValueError(
@@ -151,7 +151,7 @@ def from_teacher(teacher: distill.Teacher, student: Run) -> Run:
   )
 
 
-def teacher_run(student: Run, teacher: distill.Teacher | None = None) -> Run:
+def teacher_run(student: Run, teacher: di4c.Teacher | None = None) -> Run:
   """The teacher a student run was distilled from: its network run
   (config.teacher.workdir), the exact ideal teacher its config names, or
   (config.teacher.kind "user") `teacher`, passed again (`from_teacher`)."""

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mixture_dd import configuration, distill, networks, train, trainer
+from mixture_dd import configuration, di4c, distill, networks, train, trainer
 from mixture_dd.data import pipeline
 from mixture_dd.data import text as text_lib
 
@@ -188,10 +188,8 @@ def test_distill_config_resolves_validates_and_takes_one_di4c_step(path, tmp_pat
   teacher = distill.load_teacher(config, spec, process)
   model = configuration.make_model(config, spec, process, latent=True)
   teacher_params = teacher.frozen if config.teacher.kind == "network" else None
-  params = distill.initial_student(model, config.distill, 0, teacher_params)
-  loss_fn = distill.student_loss(
-    model, teacher, process, config.distill, config.model.label_dropout
-  )
+  params = di4c.initial_student(model, config.distill, 0, teacher_params)
+  loss_fn = di4c.student_loss(model, teacher, process, config.distill, config.model.label_dropout)
   opt = trainer.make_optimizer(config.optim, config.train.num_steps)
   step = jax.jit(trainer.make_step(loss_fn, opt, config.optim.ema_decay))
   rng = np.random.default_rng(0)

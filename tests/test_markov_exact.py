@@ -21,6 +21,7 @@ from configs import markov_exact_distill
 from mixture_dd import (
   configuration,
   denoisers,
+  di4c,
   distill,
   evaluate,
   exact,
@@ -173,7 +174,7 @@ def test_one_step_exact_sampler_law_is_the_product_of_chain_marginals():
   s, length = 3, 4
   init, trans = markov.make_chain(s, 1)
   proc = processes.Masked(s, "loglinear")
-  teacher = distill.chain_teacher(proc, init, trans)
+  teacher = di4c.chain_teacher(proc, init, trans)
   view = denoisers.exact_view(teacher.denoise, teacher.frozen, proc.num_states**length)
   states = exact.enumerate_states(s, length)
   marg = markov.marginals(init, trans, length)
@@ -265,7 +266,7 @@ def test_student_starts_from_init_workdir_and_distils(data_dir, tmp_path):
     "kind": "ideal",
     "checksum": trainer.checksum(markov_exact.chain_params(*markov.make_chain(8, 0))),
   }
-  fresh = distill.initial_student(setup.model, setup.config.distill, 0)
+  fresh = di4c.initial_student(setup.model, setup.config.distill, 0)
   got, new = traverse_util.flatten_dict(setup.params), traverse_util.flatten_dict(fresh)
   for path, leaf in traverse_util.flatten_dict(run_params).items():
     np.testing.assert_array_equal(got[path], leaf)

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mixture_dd import configuration, distill, processes, samplers, trainer
+from mixture_dd import configuration, di4c, distill, processes, samplers, trainer
 from mixture_dd.data import pipeline
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -45,7 +45,7 @@ def test_full_size_presets_train_di4c_d_with_the_official_alpha(name, scale):
   assert d.alpha_scale == scale
   # alpha_t = scale * sigmoid(20 (t - 0.5)) (MaskGIT's sigmoid(20 (0.5 - r)) at r = 1 - t).
   # Several keys: SDTT draws one t per batch.
-  tms = [distill.sample_times(jax.random.key(i), 64, d) for i in range(16)]
+  tms = [di4c.sample_times(jax.random.key(i), 64, d) for i in range(16)]
   t = np.concatenate([np.asarray(tm["t"], np.float64) for tm in tms])
   alpha = np.concatenate([np.asarray(tm["alpha"]) for tm in tms])
   np.testing.assert_allclose(alpha, scale / (1.0 + np.exp(-20.0 * (t - 0.5))), rtol=1e-5, atol=1e-7)
@@ -121,16 +121,16 @@ def test_confidence_temperature_is_the_samplers_at_each_step_start():
   big_t = d.confidence_steps
   # The sampler's step k starts at progress r = k / T with temperature 4.5 (1 - k / (T - 1)).
   r = np.arange(big_t) / big_t
-  got = np.asarray(distill.confidence_step_temperature(d, jnp.asarray(1.0 - r, jnp.float32)))
+  got = np.asarray(di4c.confidence_step_temperature(d, jnp.asarray(1.0 - r, jnp.float32)))
   np.testing.assert_allclose(got, 4.5 * (1.0 - np.arange(big_t) / (big_t - 1)), atol=1e-5)
   # In between it is the official linear ramp 4.5 (1 - r T / (T - 1)), below 4.5 (1 - r).
   r = np.array([0.1, 0.3, 0.5, 0.8])
-  got = np.asarray(distill.confidence_step_temperature(d, jnp.asarray(1.0 - r, jnp.float32)))
+  got = np.asarray(di4c.confidence_step_temperature(d, jnp.asarray(1.0 - r, jnp.float32)))
   np.testing.assert_allclose(got, 4.5 * (1.0 - r * 8 / 7), rtol=1e-5)
   assert np.all(got < 4.5 * (1.0 - r) - 0.05)
   # Above r = 7/8 the official ramp goes negative; ours stops at the sampler's last value, 0.
   r = np.array([0.88, 0.9, 0.95, 1.0])
-  got = np.asarray(distill.confidence_step_temperature(d, jnp.asarray(1.0 - r, jnp.float32)))
+  got = np.asarray(di4c.confidence_step_temperature(d, jnp.asarray(1.0 - r, jnp.float32)))
   np.testing.assert_array_equal(got, 0.0)
 
 
@@ -145,7 +145,7 @@ def test_di4c_loss_steps_the_teacher_at_the_ramped_temperature(monkeypatch):
   proc = processes.Masked(s, "arccos")
   d = configuration.distill_preset("maskgit", num_latents=num_l)
   t = jnp.array([0.2, 0.4, 0.6, 0.9, 1.0])  # r = 0.8, 0.6, 0.4, 0.1, 0.0
-  orig_times = distill.sample_times
+  orig_times = di4c.sample_times
   monkeypatch.setattr(
     distill,
     "sample_times",
@@ -163,8 +163,8 @@ def test_di4c_loss_steps_the_teacher_at_the_ramped_temperature(monkeypatch):
   def net(params, x, t_, key, lam=None, labels=None):
     return jnp.zeros(x.shape + (s + 1,)) + params
 
-  teacher = distill.Teacher(net, jnp.zeros(()), "flat")
-  loss_fn = distill.di4c_loss(net, teacher, proc, d)
+  teacher = di4c.Teacher(net, jnp.zeros(()), "flat")
+  loss_fn = di4c.di4c_loss(net, teacher, proc, d)
   batch = {"tokens": jnp.zeros((b, length), jnp.int32)}
   loss, _ = jax.jit(loss_fn)(jnp.zeros(()), batch, jax.random.key(0), teacher.frozen)
   assert np.isfinite(float(loss))
