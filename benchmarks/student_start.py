@@ -43,7 +43,7 @@ def _dconf(start, scale):
     delta="const",
     delta_lo=0.05,
     delta_hi=0.05,
-    distil_threshold=0.05,
+    distill_threshold=0.05,
     data_weight=1.0,
     alpha_scale=1.0,
     student_start=start,
@@ -106,7 +106,7 @@ def main(argv):
       model = run.model.clone(latent=True, latent_entry=entry)
       params = di4c.initial_student(model, _dconf(start, scale), 0, run.params)
       kl0 = di4c.marginal_kl(
-        teacher, model, params, run.process, head, jax.random.key(5), num_latents=32
+        teacher, model, params, run.process, head, jax.random.key(5), latent_nodes=32
       )
       lines.append(f"| {start} {scale:g} | {max(kl0, 0.0):.2e} |")
       print(lines[-1], flush=True)

@@ -33,67 +33,73 @@ from mixture_dd.denoisers import Denoiser
 # ---------------------------------------------------------------------------
 
 
-def sample_times(key, batch: int, d):
+def sample_times(key, batch: int, distill_cfg):
   """Per-example times and gates of a preset: a dict of `[batch]` arrays.
 
-  t: the consistency / data time; u = t - Delta; distil_t: the time of the
+  t: the consistency / data time; u = t - Delta; distill_t: the time of the
   distillation term ("same" mode: t itself, `[batch]`; "separate" mode: one
-  time per (example, latent), `[batch, num_latents]`: distil_lo with
-  probability distil_p_lo, else U[distil_lo, distil_hi]); w_distil,
+  time per (example, latent), `[batch, num_latents]`: distill_lo with
+  probability distill_p_lo, else U[distill_lo, distill_hi]); w_distill,
   w_consis: 0/1 gates (masks, never Python control flow); alpha: the
   correlation data term's weight.
   """
   k_t, k_d, k_small, k_pick, k_dist = jax.random.split(key, 5)
-  if d.delta == "loguniform":
+  if distill_cfg.delta == "loguniform":
     delta = jnp.exp(
-      jax.random.uniform(k_d, (batch,), minval=np.log(d.delta_lo), maxval=np.log(d.delta_hi))
+      jax.random.uniform(
+        k_d, (batch,), minval=np.log(distill_cfg.delta_lo), maxval=np.log(distill_cfg.delta_hi)
+      )
     )
   else:
-    delta = jnp.full((batch,), d.delta_lo)
-  if d.t_sampling == "uniform":
-    lo = d.t_min + (delta if d.t_offset_by_delta else 0.0)
+    delta = jnp.full((batch,), distill_cfg.delta_lo)
+  if distill_cfg.t_sampling == "uniform":
+    lo = distill_cfg.t_min + (delta if distill_cfg.t_offset_by_delta else 0.0)
     t = lo + (1.0 - lo) * losses.stratified_times(k_t, batch)
   else:  # one t per batch, a fraction of batches near the data end
-    small = jax.random.bernoulli(k_pick, d.small_t_prob)
+    small = jax.random.bernoulli(k_pick, distill_cfg.small_t_prob)
     u01 = jax.random.uniform(k_small, ())
-    t_one = jnp.where(small, d.small_t_max * u01, d.small_t_max + (1.0 - d.small_t_max) * u01)
+    t_one = jnp.where(
+      small,
+      distill_cfg.small_t_max * u01,
+      distill_cfg.small_t_max + (1.0 - distill_cfg.small_t_max) * u01,
+    )
     t = jnp.full((batch,), t_one)
   t = jnp.clip(t, 1e-5, 1.0)
-  if d.delta == "min_frac":
-    delta = jnp.minimum(delta, d.delta_frac * t)
+  if distill_cfg.delta == "min_frac":
+    delta = jnp.minimum(delta, distill_cfg.delta_frac * t)
   u = jnp.maximum(t - delta, 0.0)
-  if d.distil_mode == "separate":
+  if distill_cfg.distill_mode == "separate":
     k_u, k_lo = jax.random.split(k_dist)
-    shape = (batch, d.num_latents)
-    distil_t = jnp.where(
-      jax.random.bernoulli(k_lo, d.distil_p_lo, shape),
-      d.distil_lo,
-      jax.random.uniform(k_u, shape, minval=d.distil_lo, maxval=d.distil_hi),
+    shape = (batch, distill_cfg.num_latents)
+    distill_t = jnp.where(
+      jax.random.bernoulli(k_lo, distill_cfg.distill_p_lo, shape),
+      distill_cfg.distill_lo,
+      jax.random.uniform(k_u, shape, minval=distill_cfg.distill_lo, maxval=distill_cfg.distill_hi),
     )
-    w_distil = jnp.ones((batch,))
+    w_distill = jnp.ones((batch,))
     w_consis = jnp.ones((batch,))
   else:
-    distil_t = t
-    w_distil = (t < d.distil_threshold).astype(jnp.float32)
-    w_consis = 1.0 - w_distil
-  alpha = d.alpha_scale * jax.nn.sigmoid(20.0 * (t - 0.5))
-  return dict(t=t, u=u, distil_t=distil_t, w_distil=w_distil, w_consis=w_consis, alpha=alpha)
+    distill_t = t
+    w_distill = (t < distill_cfg.distill_threshold).astype(jnp.float32)
+    w_consis = 1.0 - w_distill
+  alpha = distill_cfg.alpha_scale * jax.nn.sigmoid(20.0 * (t - 0.5))
+  return dict(t=t, u=u, distill_t=distill_t, w_distill=w_distill, w_consis=w_consis, alpha=alpha)
 
 
-def confidence_step_temperature(d, t):
+def confidence_step_temperature(distill_cfg, t):
   """Gumbel temperature of the teacher's MaskGIT confidence step at time t `[...]`.
 
-  The MaskGIT sampler with T = d.confidence_steps steps starts step k at
+  The MaskGIT sampler with T = distill_cfg.confidence_steps steps starts step k at
   progress r = 1 - t = k / T with temperature c (1 - k / (T - 1)), c =
-  d.confidence_temperature; the official training step (Trainer/vit.py)
+  distill_cfg.confidence_temperature; the official training step (Trainer/vit.py)
   interpolates that as c (1 - r T / (T - 1)). That is below c (1 - r), and it
   turns negative for r > (T - 1) / T, which the sampler never reaches (its
   last step has temperature 0) and where a negative factor would flip the
   Gumbel noise's sign instead of removing it: clipped at 0 here (the official
   code leaves it negative, at most c / (T - 1) in size).
   """
-  ramp = d.confidence_steps / (d.confidence_steps - 1.0)
-  return d.confidence_temperature * jnp.maximum(1.0 - (1.0 - t) * ramp, 0.0)
+  ramp = distill_cfg.confidence_steps / (distill_cfg.confidence_steps - 1.0)
+  return distill_cfg.confidence_temperature * jnp.maximum(1.0 - (1.0 - t) * ramp, 0.0)
 
 
 # ---------------------------------------------------------------------------
@@ -131,18 +137,18 @@ class Teacher:
 
 
 def network_teacher(
-  model: networks.Transformer, params, num_latents: int = 16, provenance: dict | None = None
+  model: networks.Transformer, params, latent_nodes: int = 16, provenance: dict | None = None
 ) -> Teacher:
   """Our network as a teacher: a product, or (latent=True) a mixture teacher
-  whose marginals average its components over `num_latents` stratified
+  whose marginals average its components over `latent_nodes` stratified
   latents (di4c^2: a student teaches the next round)."""
   net = denoisers.from_network(model)
   if not model.latent:
     return Teacher(net, params, "product network", provenance=provenance)
   return Teacher(
-    denoisers.mixture_marginals(net, num_latents),
+    denoisers.mixture_marginals(net, latent_nodes),
     params,
-    f"mixture network (L={num_latents})",
+    f"mixture network (L={latent_nodes})",
     net,
     provenance,
   )
@@ -280,7 +286,7 @@ def di4c_loss(
   student: Denoiser,
   teacher: Teacher,
   process,
-  d,
+  distill_cfg,
   label_dropout: float = 0.0,
   num_classes: int = 0,
   target: Denoiser | None = None,
@@ -291,7 +297,7 @@ def di4c_loss(
   train mode; `target` the same in eval mode, for the consistency target
   (defaults to `student`).
 
-  Per example: distil_weight * w_distil * distillation + w_consis *
+  Per example: distill_weight * w_distill * distillation + w_consis *
   consistency + marginal_weight * KL(teacher_t || mixture marginal_t) +
   data_weight * alpha_t * (-C(x0)). The teacher-marginal KL is on at every t
   in every preset (as in the official code); data_weight only switches the
@@ -305,8 +311,8 @@ def di4c_loss(
   latent_dim k > 1 (`denoisers.latent_dim(student)`; a mixture teacher's
   own latents have its own k), each drawn from its own key.
   """
-  num_l = d.num_latents
-  chunks = d.latent_chunks
+  num_l = distill_cfg.num_latents
+  chunks = distill_cfg.latent_chunks
   target = student if target is None else target
   k_student = denoisers.latent_dim(student)
 
@@ -330,7 +336,7 @@ def di4c_loss(
     labels = batch.get("labels") if num_classes else None
     # The same dropped labels go to the teacher and the student.
     labels = losses.drop_labels(keys["labels"], labels, label_dropout, num_classes)
-    tm = sample_times(keys["times"], b, d)
+    tm = sample_times(keys["times"], b, distill_cfg)
     t, u = tm["t"], tm["u"]
     x_t = process.sample_xt(keys["xt"], x0, t)
     teacher_logits = jax.lax.stop_gradient(
@@ -350,10 +356,15 @@ def di4c_loss(
       step_logits = jax.lax.stop_gradient(
         teacher.component(frozen, x_rep, t_rep, keys["mu"], lam=mu, labels=rep(labels))
       )
-    if d.teacher_step == "confidence":
+    if distill_cfg.teacher_step == "confidence":
       n_after = jnp.round(length * (1.0 - process.alpha(u_rep))).astype(jnp.int32)
       x_u = samplers.confidence_step(
-        keys["step"], process, x_rep, step_logits, n_after, confidence_step_temperature(d, t_rep)
+        keys["step"],
+        process,
+        x_rep,
+        step_logits,
+        n_after,
+        confidence_step_temperature(distill_cfg, t_rep),
       )
     else:
       x_u = samplers.analytic_step(keys["step"], process, x_rep, t_rep, u_rep, step_logits)
@@ -374,10 +385,10 @@ def di4c_loss(
     x0_i = categorical.sample(keys["draw"], q)  # [B, L, D]: x0^(i) ~ q_i
     consis = losses.consistency_term(lp, q, x0_i)
 
-    if d.distil_mode == "same":
-      distil = losses.distillation_term(teacher_lp, lp)
+    if distill_cfg.distill_mode == "same":
+      distill = losses.distillation_term(teacher_lp, lp)
     else:  # a fresh x_delta per (example, latent)
-      dt = tm["distil_t"]  # [B, L]
+      dt = tm["distill_t"]  # [B, L]
       x_d = process.sample_xt(keys["xd"], rep(x0), dt.reshape(-1))
       t_lp = jax.nn.log_softmax(
         jax.lax.stop_gradient(
@@ -389,24 +400,24 @@ def di4c_loss(
       lp_d = student_lp(
         params, x_d.reshape(b, num_l, length), dt, lam_d, labels, keys["drop_d"], True
       )
-      distil = losses.distillation_term(t_lp.reshape(lp_d.shape), lp_d)
+      distill = losses.distillation_term(t_lp.reshape(lp_d.shape), lp_d)
     marginal = losses.marginal_term(lp, teacher_lp)
     data_corr = losses.data_correlation_term(lp, x0, tm["alpha"])
 
     per_example = (
-      d.distil_weight * tm["w_distil"] * distil
+      distill_cfg.distill_weight * tm["w_distill"] * distill
       + tm["w_consis"] * consis
-      + d.marginal_weight * marginal
-      + d.data_weight * data_corr
+      + distill_cfg.marginal_weight * marginal
+      + distill_cfg.data_weight * data_corr
     )
     loss = jnp.mean(per_example)
     gate_mean = lambda v, w: jnp.sum(w * v) / jnp.maximum(jnp.sum(w), 1.0)
     metrics = {
-      "distillation": gate_mean(distil, tm["w_distil"]),
+      "distillation": gate_mean(distill, tm["w_distill"]),
       "consistency": gate_mean(consis, tm["w_consis"]),
       "marginal": jnp.mean(marginal),
       "data_correlation": jnp.mean(data_corr),
-      "frac_distil": jnp.mean(tm["w_distil"]),
+      "frac_distill": jnp.mean(tm["w_distill"]),
       # NaN here names the teacher when its outputs go bad (the KLs mask
       # NaN probabilities, so the loss alone would stay finite).
       "teacher_check": jnp.where(jnp.all(jnp.isfinite(teacher_lp)), 0.0, jnp.nan),
@@ -416,24 +427,26 @@ def di4c_loss(
   return loss_fn
 
 
-def initial_student(model, d, seed: int, teacher_params=None):
+def initial_student(model, distill_cfg, seed: int, teacher_params=None):
   """The student's parameters at step 0: a fresh init of `model` (a product
   teacher's weights copied in where `teacher_params` is given), its latent
-  path started as d.student_start / d.latent_init_scale say."""
+  path started as distill_cfg.student_start / distill_cfg.latent_init_scale say."""
   params = trainer.init_params(model, seed)
   if teacher_params is not None:
     params = networks.student_params_from_teacher(teacher_params, params)
-  return start_student(params, jax.random.key(seed + 1), d.student_start, d.latent_init_scale)
+  return start_student(
+    params, jax.random.key(seed + 1), distill_cfg.student_start, distill_cfg.latent_init_scale
+  )
 
 
-def student_loss(model, teacher: Teacher, process, d, label_dropout: float = 0.0):
+def student_loss(model, teacher: Teacher, process, distill_cfg, label_dropout: float = 0.0):
   """`di4c_loss` with our network as the student: train mode (dropout) at t,
   eval mode for the consistency target."""
   return di4c_loss(
     denoisers.from_network(model, train=True),
     teacher,
     process,
-    d,
+    distill_cfg,
     label_dropout,
     model.num_classes,
     target=denoisers.from_network(model),
@@ -468,18 +481,24 @@ def start_student(params, key, start: str, scale: float = 0.0):
 
 
 def marginal_kl(
-  teacher: Teacher, model: networks.Transformer, params, process, tokens, key, num_latents: int = 64
+  teacher: Teacher,
+  model: networks.Transformer,
+  params,
+  process,
+  tokens,
+  key,
+  latent_nodes: int = 64,
 ) -> float:
   """E KL(teacher_t || student mixture marginal_t) per token, in nats.
 
   Over x0 = the rows of `tokens` `[n, D]`, stratified t ~ U[0, 1] and
-  x_t ~ q_t(. | x0); the student's marginals average `num_latents`
+  x_t ~ q_t(. | x0); the student's marginals average `latent_nodes`
   stratified latents. 0 for a student that starts exactly at its teacher.
   """
   tokens = jnp.asarray(tokens, jnp.int32)
   n, length = tokens.shape
   # The student's mixture marginals are those it would give as a di4c^2 teacher.
-  student = network_teacher(model, params, num_latents)
+  student = network_teacher(model, params, latent_nodes)
 
   @jax.jit
   def kl(params, frozen, key):

@@ -20,8 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from mixture_dd import configuration, denoisers, di4c, exact, networks, samplers, trainer
-from mixture_dd.data import markov, pipeline
+from mixture_dd import configuration, denoisers, di4c, networks, runs, samplers, trainer
+from mixture_dd.data import pipeline
 from mixture_dd.di4c import Teacher
 
 log = logging.getLogger("mixture_dd")
@@ -62,40 +62,43 @@ def _check_teacher_arg(kind: str, teacher: Teacher | None) -> None:
   )
 
 
-def load_teacher(config, spec, process, teacher: Teacher | None = None) -> Teacher:
+def load_teacher(
+  config, spec, process, teacher: Teacher | None = None, teacher_config=None
+) -> Teacher:
   """The teacher a resolved distillation config names, with its provenance.
 
-  config.teacher.kind "user": `teacher` itself (`user_teacher` checks it);
-  the other kinds take none.
+  config.teacher.kind "user": `teacher` itself (`di4c.user_teacher` checks
+  it); the other kinds take none. "ideal": `runs.ideal_teacher_of`.
+  "network": the run at config.teacher.workdir (`runs.load_run`; its
+  config.json is `teacher_config` where the caller has read it already), the
+  weights its run evaluates (train.eval_weights): the EMA of a teacher of
+  ours, the raw weights of an SDTT/MaskGIT-preset student teaching the next
+  round (SDTT's di4c^2 loads the raw weights); a student run is a mixture
+  teacher, whose weights are also the next round's start (`setup_student`).
+  spec, process: the student's, which the teacher's run must share.
   """
   _check_teacher_arg(config.teacher.kind, teacher)
   if teacher is not None:
     return di4c.user_teacher(teacher, spec, process)
-  if config.teacher.kind == "ideal" and spec.name == "markov":
-    # The chain the data set samples from (as builders.Markov makes it).
-    return di4c.chain_teacher(process, *markov.make_chain(config.data.vocab_size, config.data.seed))
   if config.teacher.kind == "ideal":
-    probs = exact.make_family(config.data.family, spec.vocab_size, spec.length, config.data.seed)
-    return di4c.ideal_teacher(process, probs, spec.length)
-  tconf = configuration.read_run_config(config.teacher.workdir)
-  t_model = configuration.make_model(
-    tconf, spec, process, latent=bool(tconf.get("is_student", False))
+    return runs.ideal_teacher_of(config, spec, process)
+  workdir = config.teacher.workdir
+  run = runs.load_run(workdir, config=teacher_config)
+  shape = lambda s, p: dict(
+    length=s.length, num_classes=s.num_classes, vocab_size=p.vocab_size, num_states=p.num_states
   )
-  abstract = jax.eval_shape(lambda: trainer.init_params(t_model, 0))
-  # The weights the teacher's run evaluates (its train.eval_weights): the EMA
-  # of a teacher of ours, the raw weights of an SDTT/MaskGIT-preset student
-  # teaching the next round (SDTT's di4c^2 loads the raw weights). A mixture
-  # teacher's weights are also the next round's start (`setup_student`).
-  ema = tconf.train.get("eval_weights", "ema") == "ema"
-  t_params, meta = trainer.load_params(
-    config.teacher.workdir, abstract, configuration.model_signature(tconf, spec), ema=ema
-  )
+  if shape(run.spec, run.process) != shape(spec, process):
+    raise ValueError(
+      f"the teacher run {workdir} has data and process {shape(run.spec, run.process)}, this "
+      f"config {shape(spec, process)}: a student takes its teacher's data and process; drop "
+      "the config.data / config.process fields that change them"
+    )
   provenance = {
-    "workdir": os.path.abspath(config.teacher.workdir),
-    "step": int(meta["step"]),
-    "checksum": trainer.checksum(t_params),
+    "workdir": os.path.abspath(workdir),
+    "step": run.step,
+    "checksum": trainer.checksum(run.params),
   }
-  return di4c.network_teacher(t_model, t_params, config.teacher.num_latents, provenance)
+  return di4c.network_teacher(run.model, run.params, config.teacher.latent_nodes, provenance)
 
 
 def setup_student(config, teacher: Teacher | None = None, tokens=None, labels=None) -> StudentSetup:
@@ -109,7 +112,13 @@ def setup_student(config, teacher: Teacher | None = None, tokens=None, labels=No
   records them, so that `runs.load_run` rebuilds the student without them.
   """
   _check_teacher_arg(config.teacher.kind, teacher)
-  config = configuration.resolve(_name_array_data(config, tokens, labels))
+  config = _name_array_data(config, tokens, labels)
+  # A network teacher's config.json, read once: `runs.resolve` completes the
+  # student's config from it, `load_teacher` rebuilds the teacher with it.
+  teacher_config = None
+  if config.teacher.kind == "network":
+    teacher_config = runs.teacher_run_config(config)
+  config = runs.resolve(config, teacher_config)
   if config.data.name == pipeline.ARRAY:
     if tokens is None:
       raise ValueError(
@@ -123,14 +132,14 @@ def setup_student(config, teacher: Teacher | None = None, tokens=None, labels=No
   process = configuration.make_process(config, spec)
   process.check_tokens(source.head(1000).tokens, f"data set {spec.name} tokens")
   model = configuration.make_model(config, spec, process, latent=True)
-  teacher = load_teacher(config, spec, process, teacher)
+  teacher = load_teacher(config, spec, process, teacher, teacher_config)
   if config.teacher.kind == "network" and teacher.component is not None:
     params = teacher.frozen  # next round: a student of ours starts from itself
   else:
     if config.teacher.kind == "network":
       teacher_params = teacher.frozen
     else:
-      teacher_params = start_weights(config, spec, process)
+      teacher_params = start_weights(config)
     params = di4c.initial_student(model, config.distill, config.seed, teacher_params)
   # Own buffers: the train step donates the student's state, and the teacher
   # (frozen) must not lose the arrays they would otherwise share.
@@ -159,16 +168,12 @@ def _name_array_data(config, tokens, labels):
   return config
 
 
-def start_weights(config, spec, process):
-  """The product network an ideal teacher's student starts from: the weights
-  of the run config.teacher.init_workdir names (checked against the config by
-  `configuration.resolve`), or None for a fresh network."""
+def start_weights(config):
+  """The product network an ideal or user teacher's student starts from: the
+  weights of the run config.teacher.init_workdir names (checked against the
+  config by `runs.resolve`), or None for a fresh network."""
   workdir = config.teacher.get("init_workdir")
-  if not workdir:
-    return None
-  net = config.copy_and_resolve_references()
-  net.teacher.update(kind="network", workdir=workdir)
-  return load_teacher(net, spec, process).frozen
+  return runs.load_run(workdir).params if workdir else None
 
 
 def student_task(setup: StudentSetup) -> trainer.Task:

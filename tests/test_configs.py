@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from mixture_dd import configuration, di4c, distill, networks, train, trainer
+from mixture_dd import configuration, di4c, distill, networks, runs, train, trainer
 from mixture_dd.data import pipeline
 from mixture_dd.data import text as text_lib
 
@@ -181,7 +181,7 @@ def test_distill_config_resolves_validates_and_takes_one_di4c_step(path, tmp_pat
   chunks = config.distill.latent_chunks
   config.distill.num_latents = chunks if chunks > 1 else 2
   # Shrunk after resolve: the student's model section comes from its teacher.
-  config = _small(configuration.resolve(config), tmp_path)
+  config = _small(runs.resolve(config), tmp_path)
   spec = pipeline.data_spec(config.data)
   configuration.validate(config, spec)
   process = configuration.make_process(config, spec)

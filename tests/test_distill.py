@@ -110,11 +110,11 @@ def _tiny_setup(num_latents=4, mode="same"):
   d = configuration.distill_preset(
     "sdtt",
     num_latents=num_latents,
-    distil_mode=mode,
+    distill_mode=mode,
     data_weight=1.0,
     t_sampling="uniform",
-    distil_lo=0.01,
-    distil_hi=0.02,
+    distill_lo=0.01,
+    distill_hi=0.02,
   )
   return proc, probs, teacher, model, params, d
 
@@ -156,7 +156,7 @@ def test_loss_is_finite_and_reports_every_term():
   batch = {"tokens": jnp.zeros((8, 3), jnp.int32), "labels": jnp.zeros(8, jnp.int32)}
   loss, m = jax.jit(lambda p: loss_fn(p, batch, jax.random.key(0), teacher.frozen))(params)
   assert np.isfinite(float(loss))
-  assert {"distillation", "consistency", "marginal", "data_correlation", "frac_distil"} <= set(m)
+  assert {"distillation", "consistency", "marginal", "data_correlation", "frac_distill"} <= set(m)
 
 
 @pytest.mark.parametrize("name", sorted(configuration.PRESETS))
@@ -169,8 +169,8 @@ def test_presets_time_sampling_and_gates(name):
   if name == "tauldr":
     assert (delta >= 1e-3 - 1e-7).all() and (delta <= 1e-2 + 1e-7).all()
     assert (t >= 0.01 + delta - 1e-6).all()
-    assert (np.asarray(tm["w_distil"]) == 1).all() and (np.asarray(tm["w_consis"]) == 1).all()
-    dt = np.asarray(tm["distil_t"])
+    assert (np.asarray(tm["w_distill"]) == 1).all() and (np.asarray(tm["w_consis"]) == 1).all()
+    dt = np.asarray(tm["distill_t"])
     assert dt.shape == (4096, d.num_latents)  # a fresh delta per (example, latent)
     assert (dt >= 0.01).all() and (dt <= 0.02).all()
     # delta = 0.01 exactly with probability 1/2, else U[0.01, 0.02].
@@ -180,14 +180,14 @@ def test_presets_time_sampling_and_gates(name):
     assert abs(rest.mean() - 0.015) < 4 * (0.01 / np.sqrt(12)) / np.sqrt(rest.size)
   elif name == "maskgit":
     np.testing.assert_allclose(delta[t > 0.05], 0.05, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(tm["w_distil"]), (t < 0.05).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(tm["w_distill"]), (t < 0.05).astype(np.float32))
     # r = 1 - t ~ U[0, 1]: about 5 % of examples distil.
     assert abs(np.mean(t < 0.05) - 0.05) < 4 * np.sqrt(0.05 * 0.95 / len(t))
   else:
     assert len(np.unique(t)) == 1  # one t per batch
     np.testing.assert_allclose(delta, np.minimum(1 / 1024, t / 2), rtol=1e-4)
   np.testing.assert_allclose(
-    np.asarray(tm["w_distil"]) + np.asarray(tm["w_consis"]), 2.0 if name == "tauldr" else 1.0
+    np.asarray(tm["w_distill"]) + np.asarray(tm["w_consis"]), 2.0 if name == "tauldr" else 1.0
   )
   np.testing.assert_allclose(tm["alpha"], d.alpha_scale / (1 + np.exp(-20 * (t - 0.5))), rtol=1e-5)
 
@@ -218,7 +218,7 @@ def test_mixture_teacher_averages_component_probabilities():
     jax.random.key(0), jnp.zeros((1, 3), jnp.int32), jnp.zeros(1), lam=jnp.zeros(1)
   )["params"]
   params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(1), a.shape), params)
-  teacher = di4c.network_teacher(model, params, num_latents=8)
+  teacher = di4c.network_teacher(model, params, latent_nodes=8)
   x = jnp.full((2, 3), 3, jnp.int32)
   t = jnp.array([0.5, 0.9])
   key = jax.random.key(4)
@@ -281,7 +281,7 @@ def test_teacher_marginal_term_is_on_at_every_t_in_every_preset(name, monkeypatc
         tm,
         t=jnp.full((b,), t),
         u=jnp.full((b,), 0.9 * t),
-        w_distil=jnp.zeros((b,)),
+        w_distill=jnp.zeros((b,)),
         w_consis=jnp.zeros((b,)),
       )
 
@@ -317,7 +317,7 @@ def test_mixture_teacher_steps_each_copy_with_its_own_latent(monkeypatch):
     delta="const",
     delta_lo=0.5,
     delta_hi=0.5,
-    distil_threshold=0.0,
+    distill_threshold=0.0,
   )
   model = networks.Transformer(
     num_states=3,

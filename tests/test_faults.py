@@ -171,8 +171,8 @@ def test_poisoned_teacher_stops_naming_the_di4c_term(trained, data_dir, tmp_path
   is finite, the gradient NaN (the finite-loss / NaN-gradient case)."""
   real = di4c.network_teacher
 
-  def poisoned(model, params, num_latents=16, provenance=None):
-    t = real(model, params, num_latents, provenance)
+  def poisoned(model, params, latent_nodes=16, provenance=None):
+    t = real(model, params, latent_nodes, provenance)
     return dataclasses.replace(t, frozen=jax.tree.map(lambda a: a * np.nan, t.frozen))
 
   monkeypatch.setattr(di4c, "network_teacher", poisoned)

@@ -550,7 +550,7 @@ def test_the_installed_commands_run_from_any_directory(tmp_path):
 
 def test_a_distillation_first_names_its_teacher_and_data(teacher, data_dir, tmp_path, caplog):
   c = tiny_distill.get_config()
-  c.teacher.update(kind="network", workdir=teacher, num_latents=2)
+  c.teacher.update(kind="network", workdir=teacher, latent_nodes=2)
   c.data.update(data_dir=str(data_dir), num_train=2000, num_test=200)
   c.model.update(width=32, depth=1, heads=2)  # the teacher's
   c.distill.num_latents = 2

@@ -280,14 +280,14 @@ def test_student_starts_from_init_workdir_and_distils(data_dir, tmp_path):
 def test_teacher_kind_errors_name_the_fix(data_dir, tmp_path):
   _product_run(_config(data_dir), str(tmp_path / "other"), schedule="linear")
   with pytest.raises(ValueError, match="same data and process"):
-    configuration.resolve(_config(data_dir, init_workdir=str(tmp_path / "other")))
+    runs.resolve(_config(data_dir, init_workdir=str(tmp_path / "other")))
   c = _config(data_dir)
   c.data = configuration.data_config("digits")
   with pytest.raises(ValueError, match="exact law"):
-    configuration.resolve(c)
+    runs.resolve(c)
   with pytest.raises(ValueError, match="ideal_run needs"):
     runs.ideal_run(c)
   c = _config(data_dir, kind="network", workdir=str(tmp_path / "other"))
   c.teacher.init_workdir = str(tmp_path / "other")
   with pytest.raises(ValueError, match="init_workdir is for an ideal teacher"):
-    configuration.resolve(c)
+    runs.resolve(c)

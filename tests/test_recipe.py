@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mixture_dd import configuration, di4c, distill, processes, samplers, trainer
+from mixture_dd import configuration, di4c, distill, processes, runs, samplers, trainer
 from mixture_dd.data import pipeline
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -58,7 +58,7 @@ def test_full_size_presets_train_di4c_d_with_the_official_alpha(name, scale):
 
 
 def _teacher_dir(tmp_path, tconf, name="teacher"):
-  """A workdir with only the config.json `configuration.resolve` reads."""
+  """A workdir with only the config.json `runs.resolve` reads."""
   workdir = tmp_path / name
   workdir.mkdir()
   (workdir / "config.json").write_text(tconf.to_json_best_effort())
@@ -81,7 +81,7 @@ def test_each_student_config_trains_at_its_teacher_config_dropout(student, teach
   tconf = load(teacher)
   config = load(student)
   config.teacher.workdir = _teacher_dir(tmp_path, tconf)
-  resolved = configuration.resolve(config)
+  resolved = runs.resolve(config)
   assert resolved.model.dropout == tconf.model.dropout
   assert resolved.model.label_dropout == tconf.model.label_dropout
 
@@ -91,7 +91,7 @@ def test_official_pixel_teacher_and_student_both_train_at_dropout_0_1(tmp_path):
   assert tconf.model.dropout == 0.1
   config = load("cifar10_tauldr_distill")
   config.teacher.workdir = _teacher_dir(tmp_path, tconf)
-  assert configuration.resolve(config).model.dropout == 0.1
+  assert runs.resolve(config).model.dropout == 0.1
 
 
 def test_student_dropout_defaults_to_the_teacher_and_a_different_one_is_refused(tmp_path):
@@ -99,15 +99,15 @@ def test_student_dropout_defaults_to_the_teacher_and_a_different_one_is_refused(
   tconf.model.dropout = 0.3
   config = load("digits_distill", "ci")
   config.teacher.workdir = _teacher_dir(tmp_path, tconf)
-  assert configuration.resolve(config).model.dropout == 0.3  # unset: the teacher's
+  assert runs.resolve(config).model.dropout == 0.3  # unset: the teacher's
   config.model = ml_collections.ConfigDict(dict(dropout=0.3))
-  assert configuration.resolve(config).model.dropout == 0.3  # the same value is accepted
+  assert runs.resolve(config).model.dropout == 0.3  # the same value is accepted
   config.model.dropout = 0.1
   with pytest.raises(ValueError, match=r"config\.model\.dropout=0\.1 differs .* 0\.3"):
-    configuration.resolve(config)
+    runs.resolve(config)
   config.model = ml_collections.ConfigDict(dict(label_dropout=0.5))
   with pytest.raises(ValueError, match=r"config\.model\.label_dropout=0\.5"):
-    configuration.resolve(config)
+    runs.resolve(config)
 
 
 # ---------------------------------------------------------------------------
@@ -147,7 +147,7 @@ def test_di4c_loss_steps_the_teacher_at_the_ramped_temperature(monkeypatch):
   t = jnp.array([0.2, 0.4, 0.6, 0.9, 1.0])  # r = 0.8, 0.6, 0.4, 0.1, 0.0
   orig_times = di4c.sample_times
   monkeypatch.setattr(
-    distill,
+    di4c,
     "sample_times",
     lambda key, b_, d_: dict(orig_times(key, b_, d_), t=t, u=jnp.maximum(t - 0.05, 0.0)),
   )
@@ -209,7 +209,7 @@ def test_second_round_teacher_and_start_are_the_evaluated_weights(tmp_path, eval
   workdir, state = _round_one_student(tmp_path, eval_weights)
   want = state.params if eval_weights == "raw" else state.ema_params
   config = configuration.distill_base_config("sdtt")
-  config.teacher.update(kind="network", workdir=workdir, num_latents=4)
+  config.teacher.update(kind="network", workdir=workdir, latent_nodes=4)
   config.distill.num_latents = 4
   config.train.update(batch_size=4)
   setup = distill.setup_student(config)

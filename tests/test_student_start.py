@@ -47,7 +47,7 @@ def measure(seed: int, family=FAMILY) -> dict:
     delta="const",
     delta_lo=0.05,
     delta_hi=0.05,
-    distil_threshold=0.05,
+    distill_threshold=0.05,
     data_weight=1.0,
     alpha_scale=1.0,
   )  # default student_start and latent_init_scale

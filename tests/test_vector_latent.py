@@ -20,6 +20,7 @@ from mixture_dd import (
   exact,
   networks,
   processes,
+  runs,
   trainer,
 )
 
@@ -226,7 +227,7 @@ def test_signature_refuses_another_latent_dim_and_keeps_old_checkpoints():
   from configs import tiny_distill
   from mixture_dd.data import pipeline
 
-  c = configuration.resolve(tiny_distill.get_config())
+  c = runs.resolve(tiny_distill.get_config())
   spec = pipeline.data_spec(c.data)
   with_k = lambda k: ml_collections.ConfigDict(
     dict(c.to_dict(), model=dict(c.model.to_dict(), latent_dim=k))
