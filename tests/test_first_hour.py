@@ -232,10 +232,10 @@ def _cases(teacher, data_dir, tmp):
       [f"--workdir={t}", s, "--num_samples=0"],
       ["--num_samples=0"],
     ),
-    "hybrid sample without --num_first": (
+    "hybrid sample without --second_steps": (
       "sample",
       [f"--workdir={t}", s, f"--second_workdir={t}"],
-      ["--num_first"],
+      ["--second_steps"],
     ),
     # outputs that cannot be written
     "unwritable --workdir": (
@@ -377,7 +377,7 @@ def test_missing_and_bad_flags_are_one_line_naming_the_flag(outcomes):
       "hybrid without a student",
       "sample --steps=abc",
       "sample --num_samples=0",
-      "hybrid sample without --num_first",
+      "hybrid sample without --second_steps",
     ],
   )
 
