@@ -13,8 +13,9 @@ A config (ml_collections.ConfigDict) has these sections:
                        sample_every, sample_steps, num_samples, eval_weights
 A distillation config also has
   teacher              kind ("network" | "ideal" | "user"), workdir, latent_nodes
-                       (a mixture teacher's averaging nodes), restart_if_changed; optional init_workdir (an ideal
-                       or user teacher's student starts from that run's weights)
+                       (a mixture teacher's averaging nodes), restart_if_changed;
+                       optional init_workdir (an ideal or user teacher's
+                       student starts from that run's weights)
   distill              a preset of the Di4C knobs (`distill_preset`)
 and takes data/process/model from its teacher's run (`runs.resolve`); an ideal
 teacher's config sets them itself, a user teacher's (a `di4c.Teacher`
@@ -252,7 +253,7 @@ PRESETS = {
     confidence_steps=0,
   ),
 }
-# How the student starts from its teacher (see `start_student`).
+# How the student starts from its teacher (see `di4c.start_student`).
 STUDENT_STARTS = ("exact", "gate", "fan_in", "centred", "normal")
 DEFAULT_START = "centred"
 TEACHER_STEPS = ("analytic", "confidence")
@@ -319,7 +320,8 @@ def validate_distill(distill_cfg) -> None:
     req(
       0 < distill_cfg.distill_lo <= distill_cfg.distill_hi < 1,
       "distill_lo",
-      f"need 0 < distill_lo <= distill_hi < 1, got {distill_cfg.distill_lo}, {distill_cfg.distill_hi}",
+      "need 0 < distill_lo <= distill_hi < 1, got "
+      f"{distill_cfg.distill_lo}, {distill_cfg.distill_hi}",
     )
   req(0.0 <= distill_cfg.t_min < 1.0, "t_min", f"must be in [0, 1), got {distill_cfg.t_min}")
   req(
@@ -336,8 +338,8 @@ def validate_distill(distill_cfg) -> None:
     distill_cfg.student_start not in ("fan_in", "centred", "normal")
     or distill_cfg.latent_init_scale > 0,
     "latent_init_scale",
-    f"student_start={distill_cfg.student_start!r} needs latent_init_scale > 0 (0 is the exact start: "
-    "use student_start='exact')",
+    f"student_start={distill_cfg.student_start!r} needs latent_init_scale > 0 (0 is the "
+    "exact start: use student_start='exact')",
   )
   req(
     distill_cfg.teacher_step in TEACHER_STEPS,
@@ -349,7 +351,8 @@ def validate_distill(distill_cfg) -> None:
       _is_int(distill_cfg.get("confidence_steps")) and distill_cfg.confidence_steps >= 2,
       "confidence_steps",
       "teacher_step='confidence' needs the teacher sampler's step count T >= 2 (its Gumbel "
-      f"temperature ramps over T - 1 steps; MaskGIT: 8), got {distill_cfg.get('confidence_steps')!r}",
+      "temperature ramps over T - 1 steps; MaskGIT: 8), got "
+      f"{distill_cfg.get('confidence_steps')!r}",
     )
   req(
     0.0 <= distill_cfg.distill_p_lo <= 1.0,

@@ -188,9 +188,9 @@ def user_teacher(teacher: Teacher, spec, process) -> Teacher:
   """
   if not isinstance(teacher, Teacher):
     raise TypeError(
-      f"teacher must be a distill.Teacher, got {type(teacher).__name__}; wrap a plain "
-      "fn(frozen, x_t, t) -> logits as distill.Teacher(denoisers.from_function(fn), frozen, "
-      "'a description')"
+      f"teacher must be a mixture_dd.Teacher, got {type(teacher).__name__}; wrap a plain "
+      "fn(frozen, x_t, t) -> logits as mixture_dd.Teacher(mixture_dd.from_function(fn), "
+      "frozen, 'a description')"
     )
   b, length, size = 2, spec.length, process.vocab_size
   t = jnp.full((b,), 0.5, jnp.float32)

@@ -105,7 +105,7 @@ def setup_student(config, teacher: Teacher | None = None, tokens=None, labels=No
   """The student's pieces from a distillation config (resolved and validated here).
 
   teacher: the teacher of config.teacher.kind "user", any `Teacher` (its
-  logits checked on a probe batch: `user_teacher`). tokens `[N, D]` int
+  logits checked on a probe batch: `di4c.user_teacher`). tokens `[N, D]` int
   (labels `[N]`): the data as an array instead of a data set (config.data.name
   "array", or unset); its length and vocabulary come from the array unless
   the config sets them (`pipeline.array_source`), and the resolved config
