@@ -57,7 +57,7 @@ def _check_teacher_arg(kind: str, teacher: Teacher | None) -> None:
       "the teacher passed in, or drop teacher="
     )
   raise ValueError(
-    "config.teacher.kind='user' needs the teacher itself: pass teacher=di4c.Teacher(...) "
+    "config.teacher.kind='user' needs the teacher itself: pass teacher=mixture_dd.Teacher(...) "
     "(a run does not store a user teacher's function: pass it again to resume)"
   )
 

@@ -218,3 +218,30 @@ def test_second_round_teacher_and_start_are_the_evaluated_weights(tmp_path, eval
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert json.loads(json.dumps(setup.teacher.provenance))["checksum"] == trainer.checksum(want)
+
+
+# ---------------------------------------------------------------------------
+# Renamed config fields: refused in a config being set up, read in a run on disk.
+# ---------------------------------------------------------------------------
+
+
+def test_a_renamed_field_is_refused_naming_the_new_one():
+  c = configuration.distill_base_config()
+  c.teacher.num_latents = 4  # teacher.latent_nodes' old name
+  with pytest.raises(ValueError, match=r"set config.teacher.latent_nodes instead"):
+    configuration.check_renamed(c)
+  c = configuration.distill_base_config()
+  c.distill.distil_threshold = 0.1  # distill_threshold's old name
+  with pytest.raises(ValueError, match=r"set config.distill.distill_threshold instead"):
+    configuration.check_renamed(c)
+
+
+def test_a_run_written_before_the_renames_reads_with_the_new_names(tmp_path):
+  old = configuration.distill_base_config().to_dict()
+  old["teacher"]["num_latents"] = old["teacher"].pop("latent_nodes") + 1
+  old["distill"]["distil_weight"] = old["distill"].pop("distill_weight") + 2.0
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  c = runs.read_run_config(str(tmp_path))
+  assert c.teacher.latent_nodes == 17 and "num_latents" not in c.teacher
+  assert c.distill.distill_weight == 3.0 and "distil_weight" not in c.distill
+  configuration.check_renamed(c)
