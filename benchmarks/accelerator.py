@@ -73,7 +73,7 @@ import numpy as np
 from mixture_dd import (
   configuration,
   denoisers,
-  distill,
+  di4c,
   networks,
   samplers,
   sharding,
@@ -123,8 +123,8 @@ def distill_loss_fn(config, teacher_model, student_model, process) -> Callable:
   """Di4C's `(params, batch, key, frozen) -> (loss, metrics)`, frozen = the teacher's
   parameters (as `distill.setup_student` builds it)."""
   # The teacher's parameters reach the loss as its `frozen` argument, never as constants.
-  teacher = distill.network_teacher(teacher_model, None)
-  return distill.student_loss(
+  teacher = di4c.network_teacher(teacher_model, None)
+  return di4c.student_loss(
     student_model, teacher, process, config.distill, config.model.label_dropout
   )
 
@@ -548,18 +548,18 @@ class WorkloadBench:
     state_abs = jax.eval_shape(lambda p: train_step.init_state(p, opt), s.abstract["student"])
     f_s = networks.flops_per_example(s.student_model)
     f_t = networks.flops_per_example(s.teacher_model)
-    separate = d.distil_mode == "separate"
+    separate = d.distill_mode == "separate"
 
     def lower(batch):
       args = (state_abs, _abstract_batch(s.spec, batch), _key_abs(), s.abstract["teacher"])
       lowered = sharding.shard_step(step, self.mesh).lower(*args)
       flop_lowered = jax.jit(step1).lower(*args) if step1 is not None else lowered
       passes = batch * d.num_latents
-      trained = passes * (2 if separate else 1)  # student at t (and at distil_t)
+      trained = passes * (2 if separate else 1)  # student at t (and at distill_t)
       analytic = (
         f_s * (3.0 * trained + passes)  # + student at u, no gradient
         + f_t * (batch + (passes if separate else 0))
-      )  # teacher at t (and distil_t)
+      )  # teacher at t (and distill_t)
       return lowered, flop_lowered, analytic
 
     return self._prepare(
@@ -638,7 +638,7 @@ class WorkloadBench:
       preset=d.preset,
       num_latents=d.num_latents,
       latent_chunks=d.latent_chunks,
-      distil_mode=d.distil_mode,
+      distill_mode=d.distill_mode,
       teacher_params=networks.count_params(s.abstract["teacher"]),
       student_params=networks.count_params(s.abstract["student"]),
       sample_batch=s.sample_batch,

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import ml_collections
 from absl import app, flags
 
-from mixture_dd import configuration, distill, train_step
+from mixture_dd import configuration, di4c, train_step
 from mixture_dd.data import pipeline
 
 _LATENTS = flags.DEFINE_list("latents", ["8", "16", "32", "64"], "Values of L.")
@@ -61,8 +61,8 @@ def step_memory(num_latents: int, chunks: int) -> dict | None:
   process = configuration.make_process(c, spec)
   teacher_model = configuration.make_model(c, spec, process)
   student_model = configuration.make_model(c, spec, process, latent=True)
-  teacher = distill.network_teacher(teacher_model, train_step.init_params(teacher_model, 0))
-  loss_fn = distill.student_loss(student_model, teacher, process, c.distill)
+  teacher = di4c.network_teacher(teacher_model, train_step.init_params(teacher_model, 0))
+  loss_fn = di4c.student_loss(student_model, teacher, process, c.distill)
   opt = train_step.make_optimizer(c.optim, 100)
   state = train_step.init_state(train_step.init_params(student_model, 0), opt)
   step = train_step.make_step(loss_fn, opt, c.optim.ema_decay)

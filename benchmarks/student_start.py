@@ -17,7 +17,7 @@ import time
 import jax
 from absl import app, flags
 
-from mixture_dd import configuration, denoisers, distill, exact_report, runs
+from mixture_dd import configuration, denoisers, di4c, exact_report, runs
 from mixture_dd.data import pipeline
 
 _OUT = flags.DEFINE_string("out", "reports/student_start.md", "Markdown table goes here.")
@@ -43,7 +43,7 @@ def _dconf(start, scale):
     delta="const",
     delta_lo=0.05,
     delta_hi=0.05,
-    distil_threshold=0.05,
+    distill_threshold=0.05,
     data_weight=1.0,
     alpha_scale=1.0,
     student_start=start,
@@ -63,7 +63,7 @@ def main(argv):
     s_vocab, length, seed = int(s_vocab), int(length), int(seed)
     probs, tokens, proc = exact_report.tiny_case(family, s_vocab, length, seed)
     t_model, t_params = exact_report.train_tiny_teacher(proc, tokens, seed=seed)
-    teacher = distill.network_teacher(t_model, t_params)
+    teacher = di4c.network_teacher(t_model, t_params)
     fn_t = denoisers.exact_view(denoisers.from_network(t_model), t_params)
     tv_t = exact_report.tv_table(proc, probs, length, {"t": (fn_t, False)}, [1])["t"][0]
     for start, scale in starts:
@@ -79,7 +79,7 @@ def main(argv):
         lr=3e-3,
         seed=seed,
       )
-      kl0 = distill.marginal_kl(teacher, model, p0, proc, tokens[:256], jax.random.key(0))
+      kl0 = di4c.marginal_kl(teacher, model, p0, proc, tokens[:256], jax.random.key(0))
       fn_s = denoisers.exact_view(denoisers.from_network(model), p1)
       tv_s = exact_report.tv_table(proc, probs, length, {"s": (fn_s, True)}, [1])["s"][0]
       lines.append(
@@ -92,7 +92,7 @@ def main(argv):
     run = runs.load_run(_TEACHER.value)
     _, src = pipeline.load(run.config.data, "train")
     head = src.head(256).tokens
-    teacher = distill.network_teacher(run.model, run.params)
+    teacher = di4c.network_teacher(run.model, run.params)
     lines += [
       "",
       f"Step-0 KL(teacher || student mixture marginal) per token on "
@@ -104,9 +104,9 @@ def main(argv):
     for start, scale in starts:
       entry = configuration.entry_for_start(start)
       model = run.model.clone(latent=True, latent_entry=entry)
-      params = distill.initial_student(model, _dconf(start, scale), 0, run.params)
-      kl0 = distill.marginal_kl(
-        teacher, model, params, run.process, head, jax.random.key(5), num_latents=32
+      params = di4c.initial_student(model, _dconf(start, scale), 0, run.params)
+      kl0 = di4c.marginal_kl(
+        teacher, model, params, run.process, head, jax.random.key(5), latent_nodes=32
       )
       lines.append(f"| {start} {scale:g} | {max(kl0, 0.0):.2e} |")
       print(lines[-1], flush=True)

@@ -39,7 +39,7 @@ def get_config():
     depth=12,
     heads=12,
     mlp_ratio=4,
-    dropout=0.1,  # tauLDR's; its student inherits it (configuration.resolve)
+    dropout=0.1,  # tauLDR's; its student inherits it (runs.resolve)
     positions="learned",
     class_conditional=False,
     dtype="bfloat16",

@@ -47,7 +47,7 @@ def get_config():
     delta="const",  # "const" | "loguniform" | "min_frac"
     delta_lo=0.05,
     delta_hi=0.05,
-    distil_threshold=0.05,  # distillation term on t < this, consistency above
+    distill_threshold=0.05,  # distillation term on t < this, consistency above
     data_weight=1.0,  # 0 = di4c, 1 = di4c-d (correlation of real x0)
     alpha_scale=1.0,
     # "exact" | "gate" | "fan_in" | "centred" | "normal": the latent path's start

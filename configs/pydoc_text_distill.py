@@ -21,7 +21,7 @@ def get_config():
     delta="const",
     delta_lo=0.05,
     delta_hi=0.05,
-    distil_threshold=0.05,
+    distill_threshold=0.05,
     data_weight=1.0,
     alpha_scale=1.0,
   )

@@ -28,7 +28,7 @@ def get_config():
     delta="const",
     delta_lo=0.05,
     delta_hi=0.05,
-    distil_threshold=0.02,
+    distill_threshold=0.02,
     data_weight=1.0,
     alpha_scale=1.0,
     student_start="normal",

@@ -2,9 +2,9 @@ r"""Draws samples from a teacher, a student, or a hybrid of the two.
 
   python -m launch.sample --workdir=workdirs/demo/student --steps=4 --num_samples=64 \
       --out=reports/samples/student_N4
-  # hybrid: the student for the first --num_first steps, then the teacher:
+  # hybrid: the student, then the teacher for the last --second_steps steps:
   python -m launch.sample --workdir=workdirs/demo/student --second_workdir=workdirs/demo/teacher \
-      --steps=8 --num_first=6 --out=reports/samples/hybrid_N8
+      --steps=8 --second_steps=2 --out=reports/samples/hybrid_N8
   # MaskGIT confidence sampler with classifier-free guidance (class-conditional runs):
   python -m launch.sample --workdir=... --sampler=confidence --label=3 --guidance=2.0 --steps=4 ...
 Writes OUT.npz plus OUT.png (images) or OUT.txt (text). The runs and OUT's
@@ -23,7 +23,9 @@ from mixture_dd import runs, samplers, visualize
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A launch.train or launch.distill workdir.")
 _SECOND = flags.DEFINE_string("second_workdir", None, "Hybrid: this run takes the last steps.")
-_NUM_FIRST = flags.DEFINE_integer("num_first", None, "Hybrid: steps taken by --workdir's model.")
+_SECOND_STEPS = flags.DEFINE_integer(
+  "second_steps", None, "Hybrid: the last steps, taken by --second_workdir's run."
+)
 _STEPS = flags.DEFINE_integer("steps", 8, "Number of sampling steps N.", lower_bound=1)
 _NUM = flags.DEFINE_integer("num_samples", 64, "How many samples.", lower_bound=1)
 _SAMPLER = flags.DEFINE_enum(
@@ -49,8 +51,10 @@ def main(argv):
   if _SECOND.value:
     if _SAMPLER.value == "confidence":
       raise common.UsageError("--second_workdir (hybrid) works with --sampler=analytic only")
-    if _NUM_FIRST.value is None:
-      raise common.UsageError("--second_workdir needs --num_first (steps taken by --workdir's run)")
+    if _SECOND_STEPS.value is None:
+      raise common.UsageError(
+        "--second_workdir needs --second_steps (the last steps, taken by --second_workdir's run)"
+      )
     common.check_run(_SECOND.value, "--second_workdir")
   if _GUIDANCE.value and _LABEL.value is None:
     raise common.UsageError("--guidance needs --label")
@@ -89,7 +93,9 @@ def main(argv):
     if _SECOND.value:
       second = runs.load_run(_SECOND.value)
       hybrid = dict(
-        second=second.denoiser(labels), second_params=second.params, num_first=_NUM_FIRST.value
+        second=second.denoiser(labels),
+        second_params=second.params,
+        second_steps=_SECOND_STEPS.value,
       )
     x = samplers.sample(
       key,

@@ -1,7 +1,7 @@
 """mixture_dd: few-step discrete diffusion by Di4C distillation, in JAX/Flax.
 
 The names a user needs; the pieces behind them live in their modules
-(`mixture_dd.distill`, `.samplers`, `.denoisers`, `.data.pipeline`, ...).
+(`mixture_dd.di4c`, `.distill`, `.samplers`, `.denoisers`, `.data.pipeline`, ...).
 """
 
 # Config constructors: a teacher's defaults; a data set's section; a distillation's defaults; the
@@ -11,10 +11,13 @@ from mixture_dd.configuration import base_config, data_config, distill_base_conf
 # A denoiser from a plain fn(params, x_t [B, D], t [B]) -> logits [B, D, S].
 from mixture_dd.denoisers import from_function
 
-# A frozen teacher (any denoiser and its parameters); a distillation's pieces; a checkpointed,
-# resumable distillation (of a workdir of ours, the ideal teacher, or a Teacher and a token
-# array passed in); the same without checkpoints, for small experiments.
-from mixture_dd.distill import Teacher, distill_student, quick_distill, setup_student
+# A frozen teacher (any denoiser and its parameters).
+from mixture_dd.di4c import Teacher
+
+# A distillation's pieces; a checkpointed, resumable distillation (of a workdir of ours, the
+# ideal teacher, or a Teacher and a token array passed in); the same without checkpoints, for
+# small experiments.
+from mixture_dd.distill import distill_student, quick_distill, setup_student
 
 # Evaluation of a teacher run against a student run (not named `evaluate`: that name is the
 # module mixture_dd.evaluate, which launchers and tests import).

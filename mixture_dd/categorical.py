@@ -17,6 +17,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+# Our "impossible": the log-probability (or logit) of a value that cannot
+# occur. Large but finite, never -inf, so that 0 * log 0 terms in KLs and
+# log-softmax stay finite (0 * -inf would give NaN); `sample` never draws it.
+NEG_INF = -1e6
+
 _TWO_M32 = 2.0**-32
 
 
@@ -45,7 +50,7 @@ def gumbel(key, shape):
 def sample(key, logits, axis=-1):
   """One draw per row of unnormalised `logits` [..., K] -> int32 [...].
 
-  Entries at -1e6 (our "impossible") are never drawn.
+  Entries at NEG_INF (our "impossible") are never drawn.
   """
   logits = jnp.moveaxis(jnp.asarray(logits, jnp.float32), axis, -1)
   g = gumbel(key, logits.shape)

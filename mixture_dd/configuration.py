@@ -12,12 +12,13 @@ A config (ml_collections.ConfigDict) has these sections:
   train                batch_size, num_steps, log_every, ckpt_every, keep,
                        sample_every, sample_steps, num_samples, eval_weights
 A distillation config also has
-  teacher              kind ("network" | "ideal" | "user"), workdir, num_latents,
-                       restart_if_changed; optional init_workdir (an ideal
-                       or user teacher's student starts from that run's weights)
+  teacher              kind ("network" | "ideal" | "user"), workdir, latent_nodes
+                       (a mixture teacher's averaging nodes), restart_if_changed;
+                       optional init_workdir (an ideal or user teacher's
+                       student starts from that run's weights)
   distill              a preset of the Di4C knobs (`distill_preset`)
-and takes data/process/model from its teacher's run (`resolve`); an ideal
-teacher's config sets them itself, a user teacher's (a `distill.Teacher`
+and takes data/process/model from its teacher's run (`runs.resolve`); an ideal
+teacher's config sets them itself, a user teacher's (a `di4c.Teacher`
 passed in) too, over base_config()'s process and model. Data may be a token
 array passed in (data.name "array", `pipeline.array_source`).
 Validation happens here, once (`validate`); every check raises a ValueError
@@ -26,9 +27,6 @@ valid config.
 """
 
 from __future__ import annotations
-
-import json
-import os
 
 import ml_collections
 import numpy as np
@@ -120,11 +118,14 @@ def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
     dict(
       kind="network",
       workdir=ml_collections.config_dict.placeholder(str),
-      num_latents=16,
+      # A mixture teacher (a student of ours, di4c^2): its marginals average
+      # its components over this many stratified latents (not the loss's L,
+      # distill.num_latents).
+      latent_nodes=16,
       restart_if_changed=False,
     )
   )
-  # Filled from the teacher's run by `resolve`; only a data_dir of one's own,
+  # Filled from the teacher's run by `runs.resolve`; only a data_dir of one's own,
   # and the name of the data set the config is meant for (None: any; else a
   # teacher of another data set is refused).
   c.data = ml_collections.ConfigDict(
@@ -134,7 +135,7 @@ def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
     )
   )
   c.distill = distill_preset(preset)
-  # Filled from the teacher's run by `resolve`, as data is; latent_dim (see
+  # Filled from the teacher's run by `runs.resolve`, as data is; latent_dim (see
   # base_config) may be set here, e.g. --config.model.latent_dim=4 (None:
   # the teacher run's, 1 for a product teacher's).
   c.model = ml_collections.ConfigDict(dict(latent_dim=ml_collections.config_dict.placeholder(int)))
@@ -181,12 +182,12 @@ PRESETS = {
     delta_lo=1e-3,
     delta_hi=1e-2,
     delta_frac=0.5,
-    distil_mode="separate",
-    distil_lo=0.01,
-    distil_hi=0.02,
-    distil_p_lo=0.5,
-    distil_threshold=0.0,
-    distil_weight=1.0,
+    distill_mode="separate",
+    distill_lo=0.01,
+    distill_hi=0.02,
+    distill_p_lo=0.5,
+    distill_threshold=0.0,
+    distill_weight=1.0,
     alpha_scale=1.0,
     data_weight=0.0,
     marginal_weight=1.0,
@@ -207,12 +208,12 @@ PRESETS = {
     delta_lo=0.05,
     delta_hi=0.05,
     delta_frac=0.5,
-    distil_mode="same",
-    distil_lo=0.0,
-    distil_hi=0.0,
-    distil_p_lo=0.0,
-    distil_threshold=0.05,
-    distil_weight=20.0,
+    distill_mode="same",
+    distill_lo=0.0,
+    distill_hi=0.0,
+    distill_p_lo=0.0,
+    distill_threshold=0.05,
+    distill_weight=20.0,
     alpha_scale=0.1,
     data_weight=0.0,
     marginal_weight=1.0,
@@ -222,7 +223,7 @@ PRESETS = {
     # Gumbel temperature of the teacher's confidence step at progress r = 1 - t:
     # confidence_temperature * max(0, 1 - r T / (T - 1)), T = confidence_steps,
     # the MaskGIT sampler's temperature at the step that starts at r = k / T
-    # (see `distill.confidence_step_temperature`).
+    # (see `di4c.confidence_step_temperature`).
     confidence_temperature=4.5,
     confidence_steps=8,
   ),
@@ -236,12 +237,12 @@ PRESETS = {
     delta_lo=1.0 / 1024,
     delta_hi=1.0 / 1024,
     delta_frac=0.5,
-    distil_mode="same",
-    distil_lo=0.0,
-    distil_hi=0.0,
-    distil_p_lo=0.0,
-    distil_threshold=0.02,
-    distil_weight=1.0,
+    distill_mode="same",
+    distill_lo=0.0,
+    distill_hi=0.0,
+    distill_p_lo=0.0,
+    distill_threshold=0.02,
+    distill_weight=1.0,
     alpha_scale=0.1,
     data_weight=0.0,
     marginal_weight=1.0,
@@ -252,13 +253,13 @@ PRESETS = {
     confidence_steps=0,
   ),
 }
-# How the student starts from its teacher (see `start_student`).
+# How the student starts from its teacher (see `di4c.start_student`).
 STUDENT_STARTS = ("exact", "gate", "fan_in", "centred", "normal")
 DEFAULT_START = "centred"
 TEACHER_STEPS = ("analytic", "confidence")
 T_SAMPLINGS = ("uniform", "per_batch")
 DELTAS = ("loguniform", "const", "min_frac")
-DISTIL_MODES = ("separate", "same")
+DISTILL_MODES = ("separate", "same")
 
 
 def distill_preset(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -281,68 +282,91 @@ def distill_preset(name: str, **overrides) -> ml_collections.ConfigDict:
   return c
 
 
-def validate_distill(d) -> None:
+def validate_distill(distill_cfg) -> None:
+  """Checks a `distill` config section (`distill_preset`): each field against what it accepts."""
+
   def req(cond, field, msg):
     if not cond:
       raise ValueError(f"config.distill.{field}: {msg}")
 
-  req(d.preset in PRESETS, "preset", f"{d.preset!r} is unknown; choose one of {sorted(PRESETS)}")
-  req(d.num_latents >= 1, "num_latents", f"must be >= 1, got {d.num_latents}")
   req(
-    d.latent_chunks >= 1 and d.num_latents % d.latent_chunks == 0,
+    distill_cfg.preset in PRESETS,
+    "preset",
+    f"{distill_cfg.preset!r} is unknown; choose one of {sorted(PRESETS)}",
+  )
+  req(distill_cfg.num_latents >= 1, "num_latents", f"must be >= 1, got {distill_cfg.num_latents}")
+  req(
+    distill_cfg.latent_chunks >= 1 and distill_cfg.num_latents % distill_cfg.latent_chunks == 0,
     "latent_chunks",
-    f"must divide num_latents={d.num_latents}, got {d.latent_chunks}",
+    f"must divide num_latents={distill_cfg.num_latents}, got {distill_cfg.latent_chunks}",
   )
-  req(d.t_sampling in T_SAMPLINGS, "t_sampling", f"{d.t_sampling!r}; choose one of {T_SAMPLINGS}")
-  req(d.delta in DELTAS, "delta", f"{d.delta!r}; choose one of {DELTAS}")
   req(
-    0 < d.delta_lo <= d.delta_hi < 1,
+    distill_cfg.t_sampling in T_SAMPLINGS,
+    "t_sampling",
+    f"{distill_cfg.t_sampling!r}; choose one of {T_SAMPLINGS}",
+  )
+  req(distill_cfg.delta in DELTAS, "delta", f"{distill_cfg.delta!r}; choose one of {DELTAS}")
+  req(
+    0 < distill_cfg.delta_lo <= distill_cfg.delta_hi < 1,
     "delta_lo",
-    f"need 0 < delta_lo <= delta_hi < 1, got {d.delta_lo}, {d.delta_hi}",
+    f"need 0 < delta_lo <= delta_hi < 1, got {distill_cfg.delta_lo}, {distill_cfg.delta_hi}",
   )
   req(
-    d.distil_mode in DISTIL_MODES, "distil_mode", f"{d.distil_mode!r}; choose one of {DISTIL_MODES}"
+    distill_cfg.distill_mode in DISTILL_MODES,
+    "distill_mode",
+    f"{distill_cfg.distill_mode!r}; choose one of {DISTILL_MODES}",
   )
-  if d.distil_mode == "separate":
+  if distill_cfg.distill_mode == "separate":
     req(
-      0 < d.distil_lo <= d.distil_hi < 1,
-      "distil_lo",
-      f"need 0 < distil_lo <= distil_hi < 1, got {d.distil_lo}, {d.distil_hi}",
+      0 < distill_cfg.distill_lo <= distill_cfg.distill_hi < 1,
+      "distill_lo",
+      "need 0 < distill_lo <= distill_hi < 1, got "
+      f"{distill_cfg.distill_lo}, {distill_cfg.distill_hi}",
     )
-  req(0.0 <= d.t_min < 1.0, "t_min", f"must be in [0, 1), got {d.t_min}")
-  req(d.latent_init_scale >= 0, "latent_init_scale", f"must be >= 0, got {d.latent_init_scale}")
+  req(0.0 <= distill_cfg.t_min < 1.0, "t_min", f"must be in [0, 1), got {distill_cfg.t_min}")
   req(
-    d.student_start in STUDENT_STARTS,
-    "student_start",
-    f"{d.student_start!r}; choose one of {STUDENT_STARTS}",
-  )
-  req(
-    d.student_start not in ("fan_in", "centred", "normal") or d.latent_init_scale > 0,
+    distill_cfg.latent_init_scale >= 0,
     "latent_init_scale",
-    f"student_start={d.student_start!r} needs latent_init_scale > 0 (0 is the exact start: "
-    "use student_start='exact')",
+    f"must be >= 0, got {distill_cfg.latent_init_scale}",
   )
   req(
-    d.teacher_step in TEACHER_STEPS,
-    "teacher_step",
-    f"{d.teacher_step!r}; choose one of {TEACHER_STEPS}",
+    distill_cfg.student_start in STUDENT_STARTS,
+    "student_start",
+    f"{distill_cfg.student_start!r}; choose one of {STUDENT_STARTS}",
   )
-  if d.teacher_step == "confidence":
+  req(
+    distill_cfg.student_start not in ("fan_in", "centred", "normal")
+    or distill_cfg.latent_init_scale > 0,
+    "latent_init_scale",
+    f"student_start={distill_cfg.student_start!r} needs latent_init_scale > 0 (0 is the "
+    "exact start: use student_start='exact')",
+  )
+  req(
+    distill_cfg.teacher_step in TEACHER_STEPS,
+    "teacher_step",
+    f"{distill_cfg.teacher_step!r}; choose one of {TEACHER_STEPS}",
+  )
+  if distill_cfg.teacher_step == "confidence":
     req(
-      _is_int(d.get("confidence_steps")) and d.confidence_steps >= 2,
+      _is_int(distill_cfg.get("confidence_steps")) and distill_cfg.confidence_steps >= 2,
       "confidence_steps",
       "teacher_step='confidence' needs the teacher sampler's step count T >= 2 (its Gumbel "
-      f"temperature ramps over T - 1 steps; MaskGIT: 8), got {d.get('confidence_steps')!r}",
+      "temperature ramps over T - 1 steps; MaskGIT: 8), got "
+      f"{distill_cfg.get('confidence_steps')!r}",
     )
-  req(0.0 <= d.distil_p_lo <= 1.0, "distil_p_lo", f"must be in [0, 1], got {d.distil_p_lo}")
+  req(
+    0.0 <= distill_cfg.distill_p_lo <= 1.0,
+    "distill_p_lo",
+    f"must be in [0, 1], got {distill_cfg.distill_p_lo}",
+  )
   for f in (
-    "distil_weight",
+    "distill_weight",
     "data_weight",
     "alpha_scale",
     "marginal_weight",
     "confidence_temperature",
   ):
-    req(d[f] >= 0, f, f"must be >= 0, got {d[f]}")
+    req(distill_cfg[f] >= 0, f, f"must be >= 0, got {distill_cfg[f]}")
 
 
 def _is_int(v) -> bool:
@@ -354,8 +378,48 @@ def _require(cond, field, msg):
     raise ValueError(f"config.{field}: {msg}")
 
 
+# Config fields renamed since runs were first written, per section: old -> new.
+RENAMED = {
+  "teacher": {"num_latents": "latent_nodes"},
+  "distill": {
+    f"distil_{f}": f"distill_{f}" for f in ("mode", "lo", "hi", "p_lo", "threshold", "weight")
+  },
+}
+
+
+def check_renamed(config) -> None:
+  """Raises, naming the new field, where a config still sets a renamed one."""
+  for sec, names in RENAMED.items():
+    section = config.get(sec)
+    old = sorted(f for f in names if section is not None and f in section)
+    if old:
+      new = ", ".join(f"config.{sec}.{names[f]}" for f in old)
+      raise ValueError(
+        f"config.{sec}: {old} were renamed; set {new} instead (teacher.latent_nodes: a "
+        "mixture teacher's averaging nodes, not the loss's distill.num_latents)"
+        if sec == "teacher"
+        else f"config.{sec}: {old} were renamed; set {new} instead"
+      )
+
+
+def rename_old_fields(config) -> ml_collections.ConfigDict:
+  """A run's config written before the renames (`RENAMED`), with each old
+  field under its new name, so that a run on disk stays readable."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  for sec, names in RENAMED.items():
+    section = config.get(sec)
+    for old, new in names.items():
+      if section is not None and old in section:
+        value = section[old]
+        del section[old]
+        if new not in section:
+          section[new] = value
+  return config
+
+
 def validate(config, spec) -> None:
   """Checks a (resolved) teacher or student config against itself and the data's spec."""
+  check_renamed(config)
   if "distill" in config:
     validate_distill(config.distill)
   for sec in SECTIONS:
@@ -486,8 +550,9 @@ def entry_for_start(student_start: str | None) -> str:
 
 def latent_entry(config) -> str:
   """The student's latent entry for its config.distill.student_start."""
-  d = config.get("distill")
-  return entry_for_start(d.get("student_start") if d is not None else None)
+  distill_cfg = config.get("distill")
+  start = distill_cfg.get("student_start") if distill_cfg is not None else None
+  return entry_for_start(start)
 
 
 def model_signature(config, spec) -> dict:
@@ -515,152 +580,3 @@ def model_signature(config, spec) -> dict:
     if k != 1:
       sig["model.latent_dim"] = k
   return sig
-
-
-# ---------------------------------------------------------------------------
-# Runs on disk and distillation configs.
-# ---------------------------------------------------------------------------
-
-
-def read_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config.json a train or distill run wrote in its workdir."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise FileNotFoundError(
-      f"{path} not found: config.teacher.workdir must be the --workdir of a finished "
-      "`launch.train` (or `launch.distill`) run"
-    )
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
-# Model fields a student takes from its teacher's run and may not change: the
-# student learns its teacher's marginals under the same training noise, and at
-# step 0 it is compared with the teacher (the official code trains teacher and
-# student at dropout 0.1 and the same label dropout).
-TRAINING_DROPOUTS = ("dropout", "label_dropout")
-
-
-def check_training_dropout(own_model, teacher_model, teacher_workdir: str) -> None:
-  """Raises if a distillation config sets a training dropout other than its teacher's.
-
-  own_model: the distillation config's own `model` section (None when the
-  file sets none); teacher_model: the teacher run's. An unset field (absent
-  or None) takes the teacher's value in `resolve`, so a student's dropout
-  defaults to its teacher's; only an explicit different value is refused.
-  """
-  if own_model is None:
-    return
-  for f in TRAINING_DROPOUTS:
-    mine, theirs = own_model.get(f), teacher_model.get(f)
-    if mine is not None and theirs is not None and float(mine) != float(theirs):
-      raise ValueError(
-        f"config.model.{f}={mine} differs from the {f} {theirs} its teacher "
-        f"({teacher_workdir}) trained with: a student trains at its teacher's {f}. "
-        f"Leave config.model.{f} unset (the student takes the teacher's), or distil "
-        f"from a teacher trained at {f}={mine}"
-      )
-
-
-def resolve(config) -> ml_collections.ConfigDict:
-  """A distillation config made complete: data/process/model from the
-  teacher's run (the file's own entries override), so that a student's
-  config stands on its own (and a student can teach the next round).
-
-  The student's dropout and label dropout are its teacher's: left unset they
-  are copied, set to another value they raise (`check_training_dropout`)."""
-  config = ml_collections.ConfigDict(config.to_dict())
-  kind = config.teacher.kind
-  if kind == "network":
-    if not config.teacher.workdir:
-      raise ValueError(
-        "config.teacher.workdir is not set: give the --workdir of a finished "
-        "launch.train run (e.g. --config.teacher.workdir=workdirs/digits_teacher)"
-      )
-    tconf = read_run_config(config.teacher.workdir)
-    check_training_dropout(config.get("model"), tconf.model, config.teacher.workdir)
-    for sec in ("data", "process", "model"):
-      merged = ml_collections.ConfigDict(tconf[sec].to_dict())
-      if sec in config and config[sec] is not None:
-        # The file's own values win (e.g. --config.data.data_dir=...); an
-        # unset (None) field keeps the teacher's.
-        merged.update({k: v for k, v in config[sec].to_dict().items() if v is not None})
-      config[sec] = merged
-    if config.data.name != tconf.data.name:
-      raise ValueError(
-        f"config.data.name={config.data.name!r}: this config distils a teacher of "
-        f"{config.data.name!r}, but the teacher in {config.teacher.workdir} was trained on "
-        f"{tconf.data.name!r}; point config.teacher.workdir to a {config.data.name} teacher, "
-        "or use a config for that data set"
-      )
-    if config.teacher.get("init_workdir"):
-      raise ValueError(
-        "config.teacher.init_workdir is for an ideal teacher's student; a network teacher's "
-        "student starts from its teacher (config.teacher.workdir): unset init_workdir"
-      )
-  elif kind == "ideal":
-    if config.teacher.get("workdir"):
-      raise ValueError(
-        f"config.teacher.workdir={config.teacher.workdir!r} is given, but this config's "
-        "teacher is the exact ideal denoiser (config.teacher.kind='ideal'), not a network: "
-        "drop config.teacher.workdir, or use a distillation config whose teacher is a "
-        "network (e.g. configs/digits_distill.py)"
-      )
-    if config.data.name not in IDEAL_DATA:
-      raise ValueError(
-        f"config.teacher.kind='ideal' needs a data set whose exact law we have: "
-        f"config.data.name in {IDEAL_DATA}, got {config.data.name!r}"
-      )
-    if config.teacher.get("init_workdir"):
-      check_start_run(config, read_run_config(config.teacher.init_workdir))
-  elif kind == "user":
-    if config.teacher.get("workdir"):
-      raise ValueError(
-        f"config.teacher.workdir={config.teacher.workdir!r} is given, but this config's "
-        "teacher is the one passed in (config.teacher.kind='user': "
-        "distill.distill_student(config, workdir, teacher=...)): drop config.teacher.workdir, "
-        "or set config.teacher.kind='network' to distil that run"
-      )
-    # No run to read them from: the file's own process (base_config()'s when
-    # it sets none: a user teacher must match the process it was made for) and
-    # its model fields over base_config()'s.
-    base = base_config()
-    own = lambda sec: config[sec].to_dict() if config.get(sec) is not None else {}
-    if own("process").get("name"):
-      base.process = ml_collections.ConfigDict({"vocab_size": None, **own("process")})
-    base.model.update({k: v for k, v in own("model").items() if v is not None})
-    config.process, config.model = base.process, base.model
-    if config.teacher.get("init_workdir"):
-      check_start_run(config, read_run_config(config.teacher.init_workdir))
-  else:
-    raise ValueError(
-      f"config.teacher.kind={kind!r}; choose 'network' (a workdir of ours), "
-      f"'ideal' (the exact denoiser of {IDEAL_DATA}) or 'user' (a distill.Teacher passed "
-      "to distill_student / setup_student / quick_distill)"
-    )
-  config.is_student = True
-  return config
-
-
-# Data sets with an exact ideal teacher: tiny (enumeration) and markov
-# (forward-backward on the chain).
-IDEAL_DATA = ("tiny", "markov")
-
-
-def check_start_run(config, run_config) -> None:
-  """An ideal teacher's student can start from the run at
-  config.teacher.init_workdir: a product network on the same data and process
-  (the architecture is checked leaf by leaf when the weights are copied)."""
-  where = f"config.teacher.init_workdir={config.teacher.init_workdir!r}"
-  if run_config.get("is_student", False):
-    raise ValueError(f"{where} is a distilled student; give a launch.train run (a product network)")
-  if run_config.data.name != config.data.name:
-    raise ValueError(f"{where} was trained on {run_config.data.name!r}, not {config.data.name!r}")
-  for sec in ("data", "process"):
-    mine = {k: v for k, v in config[sec].to_dict().items() if k != "data_dir"}
-    theirs = {k: v for k, v in run_config[sec].to_dict().items() if k != "data_dir"}
-    if mine != theirs:
-      raise ValueError(
-        f"{where}: its config.{sec} {theirs} differs from this config's {mine}; start from a "
-        "run with the same data and process, or from a fresh network (init_workdir=None)"
-      )

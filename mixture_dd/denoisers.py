@@ -114,10 +114,10 @@ def mixture(component: Denoiser) -> Denoiser:
   return denoise
 
 
-def mixture_marginals(component: Denoiser, num_latents: int) -> Denoiser:
+def mixture_marginals(component: Denoiser, latent_nodes: int) -> Denoiser:
   """A mixture's per-token marginals as a product denoiser (log-probs).
 
-  Averages the components' probabilities over `num_latents` stratified
+  Averages the components' probabilities over `latent_nodes` stratified
   latents (one random offset per example, from the key): how a student is
   a teacher for the next round (di4c^2), and how its marginals are scored.
   With latent_dim k > 1 the latents are a lattice stratified in every
@@ -130,20 +130,20 @@ def mixture_marginals(component: Denoiser, num_latents: int) -> Denoiser:
     b = x_t.shape[0]
     if k == 1:
       offs = jax.random.uniform(key, (b, 1))
-      lams = jnp.mod(offs + jnp.arange(num_latents) / num_latents, 1.0)  # [B, L]
+      lams = jnp.mod(offs + jnp.arange(latent_nodes) / latent_nodes, 1.0)  # [B, L]
     else:
       offs = jax.random.uniform(key, (b, 1, k))
-      grid = jnp.asarray(networks.latent_lattice(num_latents, k), jnp.float32)
+      grid = jnp.asarray(networks.latent_lattice(latent_nodes, k), jnp.float32)
       lams = jnp.mod(offs + grid[None], 1.0)  # [B, L, k]
-    rep = lambda a: None if a is None else jnp.repeat(a, num_latents, axis=0)
-    lam_flat = lams.reshape((b * num_latents,) + lams.shape[2:])
+    rep = lambda a: None if a is None else jnp.repeat(a, latent_nodes, axis=0)
+    lam_flat = lams.reshape((b * latent_nodes,) + lams.shape[2:])
     lp = jax.nn.log_softmax(
       component(params, rep(x_t), rep(t), key, lam=lam_flat, labels=rep(labels)).astype(
         jnp.float32
       ),
       -1,
     )
-    return losses.mixture_log_marginals(lp.reshape((b, num_latents) + lp.shape[1:]))
+    return losses.mixture_log_marginals(lp.reshape((b, latent_nodes) + lp.shape[1:]))
 
   return denoise
 

@@ -110,7 +110,7 @@ def draw_samples(
   cache = {} if cache is None else cache
   base = jax.random.fold_in(jax.random.key(seed), num_steps)
   n = jnp.asarray(num_steps, jnp.int32)
-  first = jnp.asarray(spec.num_first(num_steps) or 0, jnp.int32)
+  second_steps = jnp.asarray(spec.second_steps, jnp.int32)
   temp = None if temperature is None else jnp.asarray(temperature, jnp.float32)
   program = (spec.name, batch_size, temp is not None)
   start = time.perf_counter()
@@ -125,7 +125,7 @@ def draw_samples(
       num_steps=n,
       second=spec.second,
       second_params=spec.second_params,
-      num_first=first,
+      second_steps=second_steps,
       temperature=temp,
     )
     cache[program] = lowered.compile()
@@ -142,7 +142,7 @@ def draw_samples(
           spec.params,
           num_steps=n,
           second_params=spec.second_params,
-          num_first=first,
+          second_steps=second_steps,
           temperature=temp,
         )
       )

@@ -96,6 +96,8 @@ def ideal_log_marginals(process, probs, length: int, x_t, t):
   import jax
   import jax.numpy as jnp
 
+  from mixture_dd.categorical import NEG_INF
+
   s_vocab = process.vocab_size
   states = enumerate_states(s_vocab, length)
   onehot = jnp.asarray(np.eye(s_vocab, dtype=np.float32)[states])  # [M, D, S]
@@ -103,7 +105,7 @@ def ideal_log_marginals(process, probs, length: int, x_t, t):
   t = jnp.asarray(t, jnp.float32)
   trans = process.transition(jnp.zeros_like(t), t)  # [(B,) K, K], row = x0
   log_tr = jnp.log(jnp.maximum(trans[..., :s_vocab, :], 1e-30))  # [(B,) S, K]
-  log_tr = jnp.where(trans[..., :s_vocab, :] > 0, log_tr, -1e6)
+  log_tr = jnp.where(trans[..., :s_vocab, :] > 0, log_tr, NEG_INF)
   if log_tr.ndim == 2:
     sel = jnp.take(log_tr, x_t, axis=1)  # [S, B, D]
     sel = jnp.moveaxis(sel, 0, -1)  # [B, D, S]
@@ -115,7 +117,7 @@ def ideal_log_marginals(process, probs, length: int, x_t, t):
   off_support = jnp.max(logw, -1, keepdims=True) < -1e5
   post = jax.nn.softmax(jnp.where(off_support, log_lik, logw), -1)
   marg = jnp.einsum("bm,mda->bda", post, onehot)
-  return jnp.where(marg > 0, jnp.log(jnp.maximum(marg, 1e-37)), -1e6)
+  return jnp.where(marg > 0, jnp.log(jnp.maximum(marg, 1e-37)), NEG_INF)
 
 
 # ---------------------------------------------------------------------------

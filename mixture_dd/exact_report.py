@@ -11,7 +11,7 @@ import numpy as np
 
 from mixture_dd import (
   configuration,
-  distill,
+  di4c,
   exact,
   losses,
   networks,
@@ -205,9 +205,9 @@ def distill_tiny_student(
   """A Di4C student of a network teacher: (model, params at step 0, trained EMA params)."""
   entry = configuration.entry_for_start(dconf.student_start)
   model = teacher_model.clone(latent=True, latent_entry=entry)
-  params = distill.initial_student(model, dconf, seed, teacher_params)
-  teacher = distill.network_teacher(teacher_model, teacher_params)
-  loss_fn = distill.student_loss(model, teacher, process, dconf)
+  params = di4c.initial_student(model, dconf, seed, teacher_params)
+  teacher = di4c.network_teacher(teacher_model, teacher_params)
+  loss_fn = di4c.student_loss(model, teacher, process, dconf)
   opt = train_step.make_optimizer(tiny_optim(lr, latent_lr_mult=latent_lr_mult), steps)
   state = train_step.init_state(params, opt)
   batcher = pipeline.Batcher(tokens, None, batch, seed=seed)

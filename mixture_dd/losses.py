@@ -122,7 +122,7 @@ def correlation(lp, x0, lpbar=None):
 def kl_categorical(logp, logq):
   """sum over the last two axes (D, S) of KL(p || q): `[...]`.
 
-  Where p is exactly 0 (logp at the -1e6 floor) the term is 0, never 0 * inf.
+  Where p is exactly 0 (logp at the categorical.NEG_INF floor) the term is 0, never 0 * inf.
   """
   p = jnp.exp(logp)
   return jnp.sum(jnp.where(p > 0, p * (logp - logq), 0.0), axis=(-2, -1))

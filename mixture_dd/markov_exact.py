@@ -26,7 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixture_dd import denoisers
-from mixture_dd.processes import NEG_INF, Process
+from mixture_dd.categorical import NEG_INF
+from mixture_dd.processes import Process
 
 _TINY = 1e-30
 

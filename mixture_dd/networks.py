@@ -25,13 +25,11 @@ import numpy as np
 from flax import traverse_util
 from flax.core import unfreeze
 
+from mixture_dd.categorical import NEG_INF
+
 # Name of the student's latent-path sub-module; everything under it is
 # student-only and kept by `student_params_from_teacher`.
 LATENT_MODULE = "latent_embed"
-
-# Logit for impossible values in the masked carry-over. Large but finite so
-# that log-softmax and KL terms stay finite (0 * -inf would give NaN).
-CARRY_OVER_NEG = -1e6
 
 TIME_EMBED_DIM = 128
 POSITIONS = ("rope", "learned")
@@ -299,8 +297,11 @@ class Transformer(nn.Module):
       guidance / label dropout.
     latent: adds the mixture student's latent path (requires `lam`).
     latent_entry: how the latent path enters ("add", "gate" or "centred",
-      see `LatentEmbed`); "add" and "gate" make the student equal to its
-      teacher at init.
+      see `LatentEmbed`); all three start at exactly 0, so the student equals
+      its teacher at init (until `di4c.start_student` draws the last
+      projection: student_start "fan_in", "normal" or "centred"); "centred"
+      also subtracts the mean embedding over a fixed latent grid, so that
+      averaged over lambda the conditioning stays the teacher's.
     latent_dim: k, the number of independent uniform latents: lambda in
       [0, 1]^k, lam `[batch]` for k = 1 (the paper's scalar latent),
       `[batch, k]` otherwise. Only the latent path's first Dense depends
@@ -475,7 +476,9 @@ class Transformer(nn.Module):
       # posterior is a point mass at itself.
       is_masked = (x == self.mask_id)[..., None]
       keep = jax.nn.one_hot(x, self.vocab_size, dtype=jnp.bool_)
-      carried = jnp.where(keep, 0.0, CARRY_OVER_NEG).astype(jnp.float32)
+      # The other values are impossible: NEG_INF, finite so that log-softmax and
+      # the KL terms stay finite.
+      carried = jnp.where(keep, 0.0, NEG_INF).astype(jnp.float32)
       logits = jnp.where(is_masked, logits, carried)
 
     chex.assert_shape(logits, (batch, self.length, self.vocab_size))

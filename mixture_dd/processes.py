@@ -11,8 +11,9 @@ Conventions shared by all processes:
     logits. Mask id (masked process only) = S.
   * Times `s`, `t` are scalars or one time per example `[batch]`, where the
     token arrays are `[batch, ...]`.
-  * Log-probabilities use a large finite negative (-1e6) for impossible
-    states, never -inf, so that 0 * log 0 terms in KLs stay finite.
+  * Log-probabilities use a large finite negative (`categorical.NEG_INF`,
+    -1e6) for impossible states, never -inf, so that 0 * log 0 terms in KLs
+    stay finite.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from mixture_dd import categorical
+from mixture_dd.categorical import NEG_INF
 
-NEG_INF = -1e6
 _TINY = 1e-30
 
 # ---------------------------------------------------------------------------

@@ -209,18 +209,18 @@ def sample(
   final: str = "argmax",
   second: Denoiser | None = None,
   second_params=None,
-  num_first=None,
+  second_steps=None,
   temperature=None,
 ):
   """N-step sampling from the prior: `[batch_size, length]` int32 data values.
 
-  N network calls (see `schedule`). `num_steps` (and `num_first`) are
+  N network calls (see `schedule`). `num_steps` (and `second_steps`) are
   traced: one compiled program serves every N. With `second` and
-  `num_first` K, the first K network calls use `denoiser` and the remaining
-  N - K use `second` with `second_params` (the hybrid student-then-teacher
-  schedule; tauLDR counts its final argmax as a teacher step). `process` and
-  the denoisers are static: pass the same function objects to reuse the
-  compiled program.
+  `second_steps` M, the last M network calls use `second` with
+  `second_params` and the first N - M use `denoiser` (the hybrid: the
+  student, then the teacher for the last M steps; tauLDR counts its final
+  argmax as a teacher step). `process` and the denoisers are static: pass
+  the same function objects to reuse the compiled program.
 
   `temperature` T > 0 (traced: one program serves every T) draws every x0
   from softmax(logits / T), for both denoisers; the default None leaves the
@@ -242,7 +242,7 @@ def sample(
   if second is None:
     x = run_steps(k_a, process, denoiser, params, x, time_at, 0, intervals, temperature)
     return finalize(k_final, process, denoiser, params, x, t_final, final, temperature)
-  k1 = jnp.clip(jnp.asarray(num_first, jnp.int32), 0, n)
+  k1 = jnp.clip(n - jnp.asarray(second_steps, jnp.int32), 0, n)  # calls by `denoiser`
   x = run_steps(
     k_a, process, denoiser, params, x, time_at, 0, jnp.minimum(k1, intervals), temperature
   )

@@ -16,6 +16,7 @@ from mixture_dd import (
   checkpoints,
   configuration,
   denoisers,
+  di4c,
   distill,
   exact,
   processes,
@@ -46,7 +47,7 @@ def _posterior(p, x_t, t):
 
 def _teacher(tokens, fn=_posterior):
   p = np.bincount(exact.state_index(tokens, S), minlength=S**D) / len(tokens)
-  return distill.Teacher(denoisers.from_function(fn), jnp.asarray(p, jnp.float32), "posterior")
+  return di4c.Teacher(denoisers.from_function(fn), jnp.asarray(p, jnp.float32), "posterior")
 
 
 def _config(sample_every=0):
@@ -100,7 +101,7 @@ def test_stopped_and_resumed_equals_uninterrupted(uninterrupted, tmp_path, monke
   # Provenance: the checksum of the teacher's frozen parameters.
   meta = checkpoints.load_params(w, jax.device_get(resumed.params))[1]
   assert meta["provenance"] == {"kind": "user", "checksum": checkpoints.checksum(teacher.frozen)}
-  other = distill.Teacher(teacher.denoise, teacher.frozen * 0.5, "posterior, other law")
+  other = di4c.Teacher(teacher.denoise, teacher.frozen * 0.5, "posterior, other law")
   with pytest.raises(checkpoints.ProvenanceChanged, match="checksum"):
     distill.distill_student(_config(), w, teacher=other, tokens=tokens)
 
@@ -158,7 +159,7 @@ def test_vocabulary_from_the_tokens_can_be_raised_for_the_teacher():
   assert (data.vocab_size, data.length, data.num_classes) == (S, D, 0)
   data, spec, _ = pipeline.array_source(configuration.data_config("array", vocab_size=4), tokens)
   assert spec == pipeline.DataSpec("array", S + 1, D, 0, None, "tokens")
-  teacher = distill.user_teacher(_teacher(tokens, _wide), spec, processes.Masked(S + 1, "linear"))
+  teacher = di4c.user_teacher(_teacher(tokens, _wide), spec, processes.Masked(S + 1, "linear"))
   assert teacher.provenance == {"kind": "user", "checksum": checkpoints.checksum(teacher.frozen)}
   with pytest.raises(ValueError, match="below the largest token"):
     pipeline.array_source(configuration.data_config("array", vocab_size=2), tokens)

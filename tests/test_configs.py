@@ -24,8 +24,10 @@ import tensorflow_datasets as tfds
 from mixture_dd import (
   checkpoints,
   configuration,
+  di4c,
   distill,
   networks,
+  runs,
   sharding,
   teacher_training,
   train_step,
@@ -193,17 +195,15 @@ def test_distill_config_resolves_validates_and_takes_one_di4c_step(path, tmp_pat
   chunks = config.distill.latent_chunks
   config.distill.num_latents = chunks if chunks > 1 else 2
   # Shrunk after resolve: the student's model section comes from its teacher.
-  config = _small(configuration.resolve(config), tmp_path)
+  config = _small(runs.resolve(config), tmp_path)
   spec = pipeline.data_spec(config.data)
   configuration.validate(config, spec)
   process = configuration.make_process(config, spec)
   teacher = distill.load_teacher(config, spec, process)
   model = configuration.make_model(config, spec, process, latent=True)
   teacher_params = teacher.frozen if config.teacher.kind == "network" else None
-  params = distill.initial_student(model, config.distill, 0, teacher_params)
-  loss_fn = distill.student_loss(
-    model, teacher, process, config.distill, config.model.label_dropout
-  )
+  params = di4c.initial_student(model, config.distill, 0, teacher_params)
+  loss_fn = di4c.student_loss(model, teacher, process, config.distill, config.model.label_dropout)
   opt = train_step.make_optimizer(config.optim, config.train.num_steps)
   step = jax.jit(train_step.make_step(loss_fn, opt, config.optim.ema_decay))
   rng = np.random.default_rng(0)

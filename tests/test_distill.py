@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from mixture_dd import configuration, denoisers, distill, exact, losses, networks, processes
+from mixture_dd import configuration, denoisers, di4c, exact, losses, networks, processes
 
 
 def _rand_lp(key, b, l, d, s):
@@ -90,7 +90,7 @@ def test_kl_ignores_zero_probability_entries():
 def _tiny_setup(num_latents=4, mode="same"):
   proc = processes.Masked(3, "linear")
   probs = exact.make_family("dirichlet", 3, 3, seed=0)
-  teacher = distill.ideal_teacher(proc, probs, 3)
+  teacher = di4c.ideal_teacher(proc, probs, 3)
   model = networks.Transformer(
     num_states=4,
     vocab_size=3,
@@ -110,11 +110,11 @@ def _tiny_setup(num_latents=4, mode="same"):
   d = configuration.distill_preset(
     "sdtt",
     num_latents=num_latents,
-    distil_mode=mode,
+    distill_mode=mode,
     data_weight=1.0,
     t_sampling="uniform",
-    distil_lo=0.01,
-    distil_hi=0.02,
+    distill_lo=0.01,
+    distill_hi=0.02,
   )
   return proc, probs, teacher, model, params, d
 
@@ -132,7 +132,7 @@ def test_no_gradient_reaches_teacher_or_the_targets(mode):
     # target): its gradient is zero iff that pass is stop-gradient.
     return student(p, x, t, key, lam, labels) * p["probe"]
 
-  loss_fn = distill.di4c_loss(student, teacher, proc, d, target=target)
+  loss_fn = di4c.di4c_loss(student, teacher, proc, d, target=target)
   batch = {
     "tokens": jnp.asarray(exact.enumerate_states(3, 3)[:16], jnp.int32),
     "labels": jnp.zeros(16, jnp.int32),
@@ -152,25 +152,25 @@ def optax_norm(tree):
 
 def test_loss_is_finite_and_reports_every_term():
   proc, probs, teacher, model, params, d = _tiny_setup(mode="separate")
-  loss_fn = distill.di4c_loss(denoisers.from_network(model, train=True), teacher, proc, d)
+  loss_fn = di4c.di4c_loss(denoisers.from_network(model, train=True), teacher, proc, d)
   batch = {"tokens": jnp.zeros((8, 3), jnp.int32), "labels": jnp.zeros(8, jnp.int32)}
   loss, m = jax.jit(lambda p: loss_fn(p, batch, jax.random.key(0), teacher.frozen))(params)
   assert np.isfinite(float(loss))
-  assert {"distillation", "consistency", "marginal", "data_correlation", "frac_distil"} <= set(m)
+  assert {"distillation", "consistency", "marginal", "data_correlation", "frac_distill"} <= set(m)
 
 
 @pytest.mark.parametrize("name", sorted(configuration.PRESETS))
 def test_presets_time_sampling_and_gates(name):
   d = configuration.distill_preset(name)
-  tm = jax.jit(lambda k: distill.sample_times(k, 4096, d))(jax.random.key(0))
+  tm = jax.jit(lambda k: di4c.sample_times(k, 4096, d))(jax.random.key(0))
   t, u = np.asarray(tm["t"]), np.asarray(tm["u"])
   assert (u <= t).all() and (u >= 0).all() and (t <= 1).all()
   delta = t - u
   if name == "tauldr":
     assert (delta >= 1e-3 - 1e-7).all() and (delta <= 1e-2 + 1e-7).all()
     assert (t >= 0.01 + delta - 1e-6).all()
-    assert (np.asarray(tm["w_distil"]) == 1).all() and (np.asarray(tm["w_consis"]) == 1).all()
-    dt = np.asarray(tm["distil_t"])
+    assert (np.asarray(tm["w_distill"]) == 1).all() and (np.asarray(tm["w_consis"]) == 1).all()
+    dt = np.asarray(tm["distill_t"])
     assert dt.shape == (4096, d.num_latents)  # a fresh delta per (example, latent)
     assert (dt >= 0.01).all() and (dt <= 0.02).all()
     # delta = 0.01 exactly with probability 1/2, else U[0.01, 0.02].
@@ -180,21 +180,21 @@ def test_presets_time_sampling_and_gates(name):
     assert abs(rest.mean() - 0.015) < 4 * (0.01 / np.sqrt(12)) / np.sqrt(rest.size)
   elif name == "maskgit":
     np.testing.assert_allclose(delta[t > 0.05], 0.05, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(tm["w_distil"]), (t < 0.05).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(tm["w_distill"]), (t < 0.05).astype(np.float32))
     # r = 1 - t ~ U[0, 1]: about 5 % of examples distil.
     assert abs(np.mean(t < 0.05) - 0.05) < 4 * np.sqrt(0.05 * 0.95 / len(t))
   else:
     assert len(np.unique(t)) == 1  # one t per batch
     np.testing.assert_allclose(delta, np.minimum(1 / 1024, t / 2), rtol=1e-4)
   np.testing.assert_allclose(
-    np.asarray(tm["w_distil"]) + np.asarray(tm["w_consis"]), 2.0 if name == "tauldr" else 1.0
+    np.asarray(tm["w_distill"]) + np.asarray(tm["w_consis"]), 2.0 if name == "tauldr" else 1.0
   )
   np.testing.assert_allclose(tm["alpha"], d.alpha_scale / (1 + np.exp(-20 * (t - 0.5))), rtol=1e-5)
 
 
 def test_sdtt_small_t_fraction():
   d = configuration.distill_preset("sdtt")
-  ts = np.array([float(distill.sample_times(jax.random.key(i), 2, d)["t"][0]) for i in range(2000)])
+  ts = np.array([float(di4c.sample_times(jax.random.key(i), 2, d)["t"][0]) for i in range(2000)])
   frac = np.mean(ts < 0.02)
   assert abs(frac - 0.3) < 4 * np.sqrt(0.3 * 0.7 / len(ts))
 
@@ -218,7 +218,7 @@ def test_mixture_teacher_averages_component_probabilities():
     jax.random.key(0), jnp.zeros((1, 3), jnp.int32), jnp.zeros(1), lam=jnp.zeros(1)
   )["params"]
   params = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(1), a.shape), params)
-  teacher = distill.network_teacher(model, params, num_latents=8)
+  teacher = di4c.network_teacher(model, params, latent_nodes=8)
   x = jnp.full((2, 3), 3, jnp.int32)
   t = jnp.array([0.5, 0.9])
   key = jax.random.key(4)
@@ -247,7 +247,7 @@ def test_latent_micro_batching_gives_the_same_loss_and_gradients(mode):
   out = []
   for chunks in (1, 4):
     d.latent_chunks = chunks
-    loss_fn = distill.di4c_loss(denoisers.from_network(model, train=True), teacher, proc, d)
+    loss_fn = di4c.di4c_loss(denoisers.from_network(model, train=True), teacher, proc, d)
     (loss, m), g = jax.jit(
       jax.value_and_grad(
         lambda p: loss_fn(p, batch, jax.random.key(7), teacher.frozen), has_aux=True
@@ -266,12 +266,12 @@ def test_teacher_marginal_term_is_on_at_every_t_in_every_preset(name, monkeypatc
   proc, probs, teacher, model, params, _ = _tiny_setup()
   d = configuration.distill_preset(name, num_latents=4)
   assert d.data_weight == 0.0 and d.marginal_weight == 1.0
-  loss_fn = distill.di4c_loss(denoisers.from_network(model, train=True), teacher, proc, d)
+  loss_fn = di4c.di4c_loss(denoisers.from_network(model, train=True), teacher, proc, d)
   batch = {
     "tokens": jnp.asarray(exact.enumerate_states(3, 3)[:16], jnp.int32),
     "labels": jnp.zeros(16, jnp.int32),
   }
-  orig = distill.sample_times
+  orig = di4c.sample_times
   for t in (0.15, 0.5, 0.9):  # masked tokens exist (at t -> 0 the KL is 0 by carry-over)
 
     def times(key, b, d_, t=t):
@@ -281,11 +281,11 @@ def test_teacher_marginal_term_is_on_at_every_t_in_every_preset(name, monkeypatc
         tm,
         t=jnp.full((b,), t),
         u=jnp.full((b,), 0.9 * t),
-        w_distil=jnp.zeros((b,)),
+        w_distill=jnp.zeros((b,)),
         w_consis=jnp.zeros((b,)),
       )
 
-    monkeypatch.setattr(distill, "sample_times", times)
+    monkeypatch.setattr(di4c, "sample_times", times)
     (loss, m), g = jax.value_and_grad(
       lambda p: loss_fn(p, batch, jax.random.key(0), teacher.frozen), has_aux=True
     )(params)
@@ -309,7 +309,7 @@ def test_mixture_teacher_steps_each_copy_with_its_own_latent(monkeypatch):
   def marginals(frozen, x, t, key, lam=None, labels=None):
     return jnp.log(jnp.full(x.shape + (s,), 0.5))
 
-  teacher = distill.Teacher(marginals, jnp.zeros(()), "two-point mixture", component)
+  teacher = di4c.Teacher(marginals, jnp.zeros(()), "two-point mixture", component)
   dconf = configuration.distill_preset(
     "sdtt",
     num_latents=64,
@@ -317,7 +317,7 @@ def test_mixture_teacher_steps_each_copy_with_its_own_latent(monkeypatch):
     delta="const",
     delta_lo=0.5,
     delta_hi=0.5,
-    distil_threshold=0.0,
+    distill_threshold=0.0,
   )
   model = networks.Transformer(
     num_states=3,
@@ -341,14 +341,14 @@ def test_mixture_teacher_steps_each_copy_with_its_own_latent(monkeypatch):
     seen.append(x)  # the pass at u sees the teacher's x_u
     return student(p, x, t, key, lam=lam)
 
-  orig = distill.sample_times
+  orig = di4c.sample_times
   # From t = 1 (every token masked) to u = 0.5.
   monkeypatch.setattr(
-    distill,
+    di4c,
     "sample_times",
     lambda key, b, d_: dict(orig(key, b, d_), t=jnp.ones((b,)), u=jnp.full((b,), 0.5)),
   )
-  loss_fn = distill.di4c_loss(student, teacher, proc, dconf, target=target)
+  loss_fn = di4c.di4c_loss(student, teacher, proc, dconf, target=target)
   batch = {"tokens": jnp.zeros((32, d), jnp.int32), "labels": jnp.zeros(32, jnp.int32)}
   loss_fn(params, batch, jax.random.key(1), teacher.frozen)
   x_u = np.asarray(seen[-1])

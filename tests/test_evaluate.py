@@ -15,7 +15,7 @@ from configs import tiny as tiny_cfg
 from mixture_dd import (
   configuration,
   denoisers,
-  distill,
+  di4c,
   evaluate,
   exact,
   metrics,
@@ -77,7 +77,7 @@ def _student_like(teacher_run, scale=0.3):
     teacher_run.config, teacher_run.spec, teacher_run.process, latent=True
   )
   start = configuration.distill_preset("sdtt", student_start="normal", latent_init_scale=scale)
-  params = distill.initial_student(model, start, 0, teacher_run.params)
+  params = di4c.initial_student(model, start, 0, teacher_run.params)
   config = ml_collections.ConfigDict(teacher_run.config.to_dict())
   config.is_student = True
   return runs.Run(config, teacher_run.spec, teacher_run.process, model, params, True)

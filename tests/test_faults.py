@@ -19,7 +19,7 @@ import pytest
 
 from configs import tiny as tiny_cfg
 from configs import tiny_distill as tiny_distill_cfg
-from mixture_dd import checkpoints, configuration, distill, teacher_training, trainer
+from mixture_dd import checkpoints, configuration, di4c, distill, teacher_training, trainer
 from mixture_dd.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -169,13 +169,13 @@ def test_incompatible_checkpoint_names_the_fields(trained, data_dir, tmp_path, f
 def test_poisoned_teacher_stops_naming_the_di4c_term(trained, data_dir, tmp_path, monkeypatch):
   """A trained network teacher whose frozen parameters went NaN: the loss
   is finite, the gradient NaN (the finite-loss / NaN-gradient case)."""
-  real = distill.network_teacher
+  real = di4c.network_teacher
 
-  def poisoned(model, params, num_latents=16, provenance=None):
-    t = real(model, params, num_latents, provenance)
+  def poisoned(model, params, latent_nodes=16, provenance=None):
+    t = real(model, params, latent_nodes, provenance)
     return dataclasses.replace(t, frozen=jax.tree.map(lambda a: a * np.nan, t.frozen))
 
-  monkeypatch.setattr(distill, "network_teacher", poisoned)
+  monkeypatch.setattr(di4c, "network_teacher", poisoned)
   c = small_distill_config(data_dir)
   c.teacher.kind, c.teacher.workdir = "network", trained[0]
   # The Di4C loss value stays finite (its KL terms mask NaN teacher

@@ -234,10 +234,10 @@ def _cases(teacher, data_dir, tmp):
       [f"--workdir={t}", s, "--num_samples=0"],
       ["--num_samples=0"],
     ),
-    "hybrid sample without --num_first": (
+    "hybrid sample without --second_steps": (
       "sample",
       [f"--workdir={t}", s, f"--second_workdir={t}"],
-      ["--num_first"],
+      ["--second_steps"],
     ),
     # outputs that cannot be written
     "unwritable --workdir": (
@@ -379,7 +379,7 @@ def test_missing_and_bad_flags_are_one_line_naming_the_flag(outcomes):
       "hybrid without a student",
       "sample --steps=abc",
       "sample --num_samples=0",
-      "hybrid sample without --num_first",
+      "hybrid sample without --second_steps",
     ],
   )
 
@@ -554,7 +554,7 @@ def test_the_installed_commands_run_from_any_directory(tmp_path):
 
 def test_a_distillation_first_names_its_teacher_and_data(teacher, data_dir, tmp_path, caplog):
   c = tiny_distill.get_config()
-  c.teacher.update(kind="network", workdir=teacher, num_latents=2)
+  c.teacher.update(kind="network", workdir=teacher, latent_nodes=2)
   c.data.update(data_dir=str(data_dir), num_train=2000, num_test=200)
   c.model.update(width=32, depth=1, heads=2)  # the teacher's
   c.distill.num_latents = 2

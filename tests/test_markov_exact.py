@@ -22,6 +22,7 @@ from mixture_dd import (
   checkpoints,
   configuration,
   denoisers,
+  di4c,
   distill,
   evaluate,
   exact,
@@ -175,7 +176,7 @@ def test_one_step_exact_sampler_law_is_the_product_of_chain_marginals():
   s, length = 3, 4
   init, trans = markov.make_chain(s, 1)
   proc = processes.Masked(s, "loglinear")
-  teacher = distill.chain_teacher(proc, init, trans)
+  teacher = di4c.chain_teacher(proc, init, trans)
   view = denoisers.exact_view(teacher.denoise, teacher.frozen, proc.num_states**length)
   states = exact.enumerate_states(s, length)
   marg = markov.marginals(init, trans, length)
@@ -267,7 +268,7 @@ def test_student_starts_from_init_workdir_and_distils(data_dir, tmp_path):
     "kind": "ideal",
     "checksum": checkpoints.checksum(markov_exact.chain_params(*markov.make_chain(8, 0))),
   }
-  fresh = distill.initial_student(setup.model, setup.config.distill, 0)
+  fresh = di4c.initial_student(setup.model, setup.config.distill, 0)
   got, new = traverse_util.flatten_dict(setup.params), traverse_util.flatten_dict(fresh)
   for path, leaf in traverse_util.flatten_dict(run_params).items():
     np.testing.assert_array_equal(got[path], leaf)
@@ -281,14 +282,14 @@ def test_student_starts_from_init_workdir_and_distils(data_dir, tmp_path):
 def test_teacher_kind_errors_name_the_fix(data_dir, tmp_path):
   _product_run(_config(data_dir), str(tmp_path / "other"), schedule="linear")
   with pytest.raises(ValueError, match="same data and process"):
-    configuration.resolve(_config(data_dir, init_workdir=str(tmp_path / "other")))
+    runs.resolve(_config(data_dir, init_workdir=str(tmp_path / "other")))
   c = _config(data_dir)
   c.data = configuration.data_config("digits")
   with pytest.raises(ValueError, match="exact law"):
-    configuration.resolve(c)
+    runs.resolve(c)
   with pytest.raises(ValueError, match="ideal_run needs"):
     runs.ideal_run(c)
   c = _config(data_dir, kind="network", workdir=str(tmp_path / "other"))
   c.teacher.init_workdir = str(tmp_path / "other")
   with pytest.raises(ValueError, match="init_workdir is for an ideal teacher"):
-    configuration.resolve(c)
+    runs.resolve(c)

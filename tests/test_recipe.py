@@ -16,7 +16,16 @@ import ml_collections
 import numpy as np
 import pytest
 
-from mixture_dd import checkpoints, configuration, distill, processes, samplers, train_step
+from mixture_dd import (
+  checkpoints,
+  configuration,
+  di4c,
+  distill,
+  processes,
+  runs,
+  samplers,
+  train_step,
+)
 from mixture_dd.data import pipeline
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
@@ -45,7 +54,7 @@ def test_full_size_presets_train_di4c_d_with_the_official_alpha(name, scale):
   assert d.alpha_scale == scale
   # alpha_t = scale * sigmoid(20 (t - 0.5)) (MaskGIT's sigmoid(20 (0.5 - r)) at r = 1 - t).
   # Several keys: SDTT draws one t per batch.
-  tms = [distill.sample_times(jax.random.key(i), 64, d) for i in range(16)]
+  tms = [di4c.sample_times(jax.random.key(i), 64, d) for i in range(16)]
   t = np.concatenate([np.asarray(tm["t"], np.float64) for tm in tms])
   alpha = np.concatenate([np.asarray(tm["alpha"]) for tm in tms])
   np.testing.assert_allclose(alpha, scale / (1.0 + np.exp(-20.0 * (t - 0.5))), rtol=1e-5, atol=1e-7)
@@ -58,7 +67,7 @@ def test_full_size_presets_train_di4c_d_with_the_official_alpha(name, scale):
 
 
 def _teacher_dir(tmp_path, tconf, name="teacher"):
-  """A workdir with only the config.json `configuration.resolve` reads."""
+  """A workdir with only the config.json `runs.resolve` reads."""
   workdir = tmp_path / name
   workdir.mkdir()
   (workdir / "config.json").write_text(tconf.to_json_best_effort())
@@ -81,7 +90,7 @@ def test_each_student_config_trains_at_its_teacher_config_dropout(student, teach
   tconf = load(teacher)
   config = load(student)
   config.teacher.workdir = _teacher_dir(tmp_path, tconf)
-  resolved = configuration.resolve(config)
+  resolved = runs.resolve(config)
   assert resolved.model.dropout == tconf.model.dropout
   assert resolved.model.label_dropout == tconf.model.label_dropout
 
@@ -91,7 +100,7 @@ def test_official_pixel_teacher_and_student_both_train_at_dropout_0_1(tmp_path):
   assert tconf.model.dropout == 0.1
   config = load("cifar10_tauldr_distill")
   config.teacher.workdir = _teacher_dir(tmp_path, tconf)
-  assert configuration.resolve(config).model.dropout == 0.1
+  assert runs.resolve(config).model.dropout == 0.1
 
 
 def test_student_dropout_defaults_to_the_teacher_and_a_different_one_is_refused(tmp_path):
@@ -99,15 +108,15 @@ def test_student_dropout_defaults_to_the_teacher_and_a_different_one_is_refused(
   tconf.model.dropout = 0.3
   config = load("digits_distill", "ci")
   config.teacher.workdir = _teacher_dir(tmp_path, tconf)
-  assert configuration.resolve(config).model.dropout == 0.3  # unset: the teacher's
+  assert runs.resolve(config).model.dropout == 0.3  # unset: the teacher's
   config.model = ml_collections.ConfigDict(dict(dropout=0.3))
-  assert configuration.resolve(config).model.dropout == 0.3  # the same value is accepted
+  assert runs.resolve(config).model.dropout == 0.3  # the same value is accepted
   config.model.dropout = 0.1
   with pytest.raises(ValueError, match=r"config\.model\.dropout=0\.1 differs .* 0\.3"):
-    configuration.resolve(config)
+    runs.resolve(config)
   config.model = ml_collections.ConfigDict(dict(label_dropout=0.5))
   with pytest.raises(ValueError, match=r"config\.model\.label_dropout=0\.5"):
-    configuration.resolve(config)
+    runs.resolve(config)
 
 
 # ---------------------------------------------------------------------------
@@ -121,16 +130,16 @@ def test_confidence_temperature_is_the_samplers_at_each_step_start():
   big_t = d.confidence_steps
   # The sampler's step k starts at progress r = k / T with temperature 4.5 (1 - k / (T - 1)).
   r = np.arange(big_t) / big_t
-  got = np.asarray(distill.confidence_step_temperature(d, jnp.asarray(1.0 - r, jnp.float32)))
+  got = np.asarray(di4c.confidence_step_temperature(d, jnp.asarray(1.0 - r, jnp.float32)))
   np.testing.assert_allclose(got, 4.5 * (1.0 - np.arange(big_t) / (big_t - 1)), atol=1e-5)
   # In between it is the official linear ramp 4.5 (1 - r T / (T - 1)), below 4.5 (1 - r).
   r = np.array([0.1, 0.3, 0.5, 0.8])
-  got = np.asarray(distill.confidence_step_temperature(d, jnp.asarray(1.0 - r, jnp.float32)))
+  got = np.asarray(di4c.confidence_step_temperature(d, jnp.asarray(1.0 - r, jnp.float32)))
   np.testing.assert_allclose(got, 4.5 * (1.0 - r * 8 / 7), rtol=1e-5)
   assert np.all(got < 4.5 * (1.0 - r) - 0.05)
   # Above r = 7/8 the official ramp goes negative; ours stops at the sampler's last value, 0.
   r = np.array([0.88, 0.9, 0.95, 1.0])
-  got = np.asarray(distill.confidence_step_temperature(d, jnp.asarray(1.0 - r, jnp.float32)))
+  got = np.asarray(di4c.confidence_step_temperature(d, jnp.asarray(1.0 - r, jnp.float32)))
   np.testing.assert_array_equal(got, 0.0)
 
 
@@ -145,9 +154,9 @@ def test_di4c_loss_steps_the_teacher_at_the_ramped_temperature(monkeypatch):
   proc = processes.Masked(s, "arccos")
   d = configuration.distill_preset("maskgit", num_latents=num_l)
   t = jnp.array([0.2, 0.4, 0.6, 0.9, 1.0])  # r = 0.8, 0.6, 0.4, 0.1, 0.0
-  orig_times = distill.sample_times
+  orig_times = di4c.sample_times
   monkeypatch.setattr(
-    distill,
+    di4c,
     "sample_times",
     lambda key, b_, d_: dict(orig_times(key, b_, d_), t=t, u=jnp.maximum(t - 0.05, 0.0)),
   )
@@ -163,8 +172,8 @@ def test_di4c_loss_steps_the_teacher_at_the_ramped_temperature(monkeypatch):
   def net(params, x, t_, key, lam=None, labels=None):
     return jnp.zeros(x.shape + (s + 1,)) + params
 
-  teacher = distill.Teacher(net, jnp.zeros(()), "flat")
-  loss_fn = distill.di4c_loss(net, teacher, proc, d)
+  teacher = di4c.Teacher(net, jnp.zeros(()), "flat")
+  loss_fn = di4c.di4c_loss(net, teacher, proc, d)
   batch = {"tokens": jnp.zeros((b, length), jnp.int32)}
   loss, _ = jax.jit(loss_fn)(jnp.zeros(()), batch, jax.random.key(0), teacher.frozen)
   assert np.isfinite(float(loss))
@@ -211,7 +220,7 @@ def test_second_round_teacher_and_start_are_the_evaluated_weights(tmp_path, eval
   workdir, state = _round_one_student(tmp_path, eval_weights)
   want = state.params if eval_weights == "raw" else state.ema_params
   config = configuration.distill_base_config("sdtt")
-  config.teacher.update(kind="network", workdir=workdir, num_latents=4)
+  config.teacher.update(kind="network", workdir=workdir, latent_nodes=4)
   config.distill.num_latents = 4
   config.train.update(batch_size=4)
   setup = distill.setup_student(config)
@@ -220,3 +229,30 @@ def test_second_round_teacher_and_start_are_the_evaluated_weights(tmp_path, eval
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
       np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   assert json.loads(json.dumps(setup.teacher.provenance))["checksum"] == checkpoints.checksum(want)
+
+
+# ---------------------------------------------------------------------------
+# Renamed config fields: refused in a config being set up, read in a run on disk.
+# ---------------------------------------------------------------------------
+
+
+def test_a_renamed_field_is_refused_naming_the_new_one():
+  c = configuration.distill_base_config()
+  c.teacher.num_latents = 4  # teacher.latent_nodes' old name
+  with pytest.raises(ValueError, match=r"set config.teacher.latent_nodes instead"):
+    configuration.check_renamed(c)
+  c = configuration.distill_base_config()
+  c.distill.distil_threshold = 0.1  # distill_threshold's old name
+  with pytest.raises(ValueError, match=r"set config.distill.distill_threshold instead"):
+    configuration.check_renamed(c)
+
+
+def test_a_run_written_before_the_renames_reads_with_the_new_names(tmp_path):
+  old = configuration.distill_base_config().to_dict()
+  old["teacher"]["num_latents"] = old["teacher"].pop("latent_nodes") + 1
+  old["distill"]["distil_weight"] = old["distill"].pop("distill_weight") + 2.0
+  (tmp_path / "config.json").write_text(json.dumps(old))
+  c = runs.read_run_config(str(tmp_path))
+  assert c.teacher.latent_nodes == 17 and "num_latents" not in c.teacher
+  assert c.distill.distill_weight == 3.0 and "distil_weight" not in c.distill
+  configuration.check_renamed(c)

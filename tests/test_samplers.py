@@ -225,7 +225,7 @@ def test_jit_and_no_jit_agree():
 
 
 def test_hybrid_uses_first_then_second():
-  """A says 0, B says 1: tokens unmasked in the first K of N linear steps are 0."""
+  """A says 0, B says 1: tokens unmasked in the first N - M of N linear steps are 0."""
   proc = processes.Masked(S, "linear")
   zero = denoisers.from_function(
     lambda p, x, t: jnp.where(jnp.arange(S) == 0, 0.0, -1e6) + 0 * x[..., None]
@@ -245,7 +245,7 @@ def test_hybrid_uses_first_then_second():
       4,
       second=one,
       second_params=None,
-      num_first=1,
+      second_steps=3,  # of 4: A takes the first step
       final="none",
     )
   )

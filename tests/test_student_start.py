@@ -3,7 +3,7 @@ teacher, a distilled student cuts the exact one-step TV well below the
 teacher's.
 
 The exact start (student = teacher) is a saddle of every Di4C term (see
-`distill.start_student`); whatever start is the default must reliably get
+`di4c.start_student`); whatever start is the default must reliably get
 off it. Checked on a family with a large one-step product error (Dirichlet,
 S = 4, D = 3); TV is exact (the sampler's law pushed through the whole state
 space, lambda on Gauss-Legendre nodes). `measure(seed)` is what
@@ -24,7 +24,7 @@ import os
 import jax
 import pytest
 
-from mixture_dd import configuration, denoisers, distill, exact_report
+from mixture_dd import configuration, denoisers, di4c, exact_report
 
 # The family (and its training sample) is fixed; the seed is the training seed of the
 # teacher and of the student.
@@ -37,7 +37,7 @@ def measure(seed: int, family=FAMILY) -> dict:
   name, s_vocab, length, data_seed = family
   probs, tokens, proc = exact_report.tiny_case(name, s_vocab, length, data_seed)
   t_model, t_params = exact_report.train_tiny_teacher(proc, tokens, seed=seed)
-  teacher = distill.network_teacher(t_model, t_params)
+  teacher = di4c.network_teacher(t_model, t_params)
   fn_t = denoisers.exact_view(denoisers.from_network(t_model), t_params)
   tv_teacher = exact_report.tv_table(proc, probs, length, {"t": (fn_t, False)}, [1])["t"][0]
   dconf = configuration.distill_preset(
@@ -47,14 +47,14 @@ def measure(seed: int, family=FAMILY) -> dict:
     delta="const",
     delta_lo=0.05,
     delta_hi=0.05,
-    distil_threshold=0.05,
+    distill_threshold=0.05,
     data_weight=1.0,
     alpha_scale=1.0,
   )  # default student_start and latent_init_scale
   model, p0, params = exact_report.distill_tiny_student(
     proc, tokens, t_model, t_params, dconf, steps=800, batch=128, lr=3e-3, seed=seed
   )
-  kl0 = distill.marginal_kl(teacher, model, p0, proc, tokens[:256], jax.random.key(0))
+  kl0 = di4c.marginal_kl(teacher, model, p0, proc, tokens[:256], jax.random.key(0))
   fn_s = denoisers.exact_view(denoisers.from_network(model), params)
   tv_student = exact_report.tv_table(proc, probs, length, {"s": (fn_s, True)}, [1])["s"][0]
   return {

@@ -16,10 +16,12 @@ from mixture_dd import (
   checkpoints,
   configuration,
   denoisers,
+  di4c,
   distill,
   exact,
   networks,
   processes,
+  runs,
   train_step,
 )
 
@@ -117,7 +119,7 @@ def test_exact_starts_are_the_teacher_at_step_0_for_k_2():
   for start in ("exact", "gate"):
     student = _model(k=2, entry=configuration.entry_for_start(start))
     d = configuration.distill_preset("sdtt", student_start=start)
-    s_params = distill.initial_student(student, d, 3, t_params)
+    s_params = di4c.initial_student(student, d, 3, t_params)
     apply = jax.jit(student.apply)
     for lam in denoisers.draw_latents(jax.random.key(4), (3, B), 2):
       np.testing.assert_array_equal(np.asarray(apply({"params": s_params}, x, t, lam=lam)), want)
@@ -226,7 +228,7 @@ def test_signature_refuses_another_latent_dim_and_keeps_old_checkpoints():
   from configs import tiny_distill
   from mixture_dd.data import pipeline
 
-  c = configuration.resolve(tiny_distill.get_config())
+  c = runs.resolve(tiny_distill.get_config())
   spec = pipeline.data_spec(c.data)
   with_k = lambda k: ml_collections.ConfigDict(
     dict(c.to_dict(), model=dict(c.model.to_dict(), latent_dim=k))
@@ -276,9 +278,9 @@ def test_di4c_loss_draws_each_denoisers_own_latents(preset):
     return denoise
 
   product = denoisers.from_function(lambda p, x, t: jnp.zeros(x.shape + (3,)))
-  teacher = distill.Teacher(product, jnp.float32(0.0), "mixture", comp(3))
+  teacher = di4c.Teacher(product, jnp.float32(0.0), "mixture", comp(3))
   d = configuration.distill_preset(preset, num_latents=4)
-  loss_fn = distill.di4c_loss(comp(2), teacher, proc, d)
+  loss_fn = di4c.di4c_loss(comp(2), teacher, proc, d)
   batch = {"tokens": jnp.zeros((B, 3), jnp.int32)}
   loss, _ = jax.jit(loss_fn)(jnp.float32(0.1), batch, jax.random.key(0), teacher.frozen)
   assert np.isfinite(float(loss))
