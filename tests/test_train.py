@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny as tiny_cfg
 from mixture_dd import configuration, denoisers, exact, losses, processes, train, trainer
+from mixture_dd.configs import tiny as tiny_cfg
 from mixture_dd.data import pipeline
 
 
