@@ -151,7 +151,6 @@ WORKLOADS = (
   ),
 )
 WORKLOAD_KEYS = tuple(w.key for w in WORKLOADS)
-COLUMNS = tuple(w.title for w in WORKLOADS)
 
 
 @dataclasses.dataclass
@@ -294,7 +293,11 @@ def _has_loop(lowered) -> bool:
 # Small mode on a CPU: XLA options that cut compile time several-fold (the small mode is
 # a smoke test; its timings mean little anyway). An option this XLA does not know is dropped
 # and the others kept (JAX 0.12's XLA has no xla_cpu_use_fusion_emitters).
-FAST_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+FAST_CPU_COMPILE = {
+  "xla_backend_optimization_level": 0,
+  "xla_llvm_disable_expensive_passes": True,
+  "xla_cpu_use_fusion_emitters": False,
+}
 _UNKNOWN_OPTION = re.compile(r"No such compile option: '([\w.]+)'")
 _DROPPED_OPTIONS: set[str] = set()  # warned about once per process
 
