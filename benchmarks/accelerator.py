@@ -37,7 +37,8 @@ Timings exclude compilation and one warm-up call; each call is blocked on; media
 --reps calls. --mode (default: small on a CPU backend, else full):
   small  every model shrunk (width 32, depth 1, 2 heads; L = 4 latents in 2 chunks),
          short sequences, batch 8 (Di4C: 2), the configs' vocabularies, processes,
-         presets and dtypes: every code path in a minute on a CPU (the tests run it).
+         presets and dtypes: every code path in a minute on a CPU (the tests run it on the
+         pixel and MaskGIT workloads).
          On a CPU it compiles with `FAST_CPU_COMPILE` (several times faster to compile,
          slower to run: a smoke test, not a measurement).
   full   the configs' models and dtypes with the batch sizes in `WORKLOADS`, smaller
