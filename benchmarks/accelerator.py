@@ -10,8 +10,8 @@ trained or loaded):
                 32x32x3 = 3072 tokens, 256 levels, the Gaussian-rate CTMC
   masked text   configs/text8_masked.py teacher, configs/text8_sdtt_distill.py:
                 256 tokens, 27 symbols, masked (log-linear)
-  MaskGIT-like  a MaskGIT-sized class-conditional teacher (`maskgit_teacher_config`),
-                configs/maskgit_distill.py: 256 tokens, 1024 codes, 1000 classes, arccos
+  MaskGIT-like  configs/maskgit.py teacher, configs/maskgit_distill.py:
+                256 tokens, 1024 codes, 1000 classes, masked (arccos)
 
 For each it measures, on one device: the teacher train step (examples/s, MFU), the Di4C
 distillation step (student passes/s = B x L, MFU), the time per sampling step of the
@@ -37,7 +37,8 @@ Timings exclude compilation and one warm-up call; each call is blocked on; media
 --reps calls. --mode (default: small on a CPU backend, else full):
   small  every model shrunk (width 32, depth 1, 2 heads; L = 4 latents in 2 chunks),
          short sequences, batch 8 (Di4C: 2), the configs' vocabularies, processes,
-         presets and dtypes: every code path in a minute on a CPU (the tests run it).
+         presets and dtypes: every code path in a minute on a CPU (the tests run it on the
+         pixel and MaskGIT workloads).
          On a CPU it compiles with `FAST_CPU_COMPILE` (several times faster to compile,
          slower to run: a smoke test, not a measurement).
   full   the configs' models and dtypes with the batch sizes in `WORKLOADS`, smaller
@@ -53,7 +54,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime
-import importlib.util
+import importlib
 import json
 import logging
 import math
@@ -84,66 +85,9 @@ from mixture_dd.data import pipeline
 
 log = logging.getLogger("mixture_dd")
 
-_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
 MODES = ("small", "full")
 GIB = 1024.0**3
 SAMPLE_STEPS = (4, 8)
-
-
-# ---------------------------------------------------------------------------
-# The library calls this benchmark makes; re-point these if their signatures change.
-# ---------------------------------------------------------------------------
-
-
-def make_process(config, spec):
-  return configuration.make_process(config, spec)
-
-
-def make_model(config, spec, process, latent: bool = False) -> networks.Transformer:
-  return configuration.make_model(config, spec, process, latent=latent)
-
-
-def validate(config, spec) -> None:
-  configuration.validate(config, spec)
-  if "distill" in config:
-    configuration.validate_distill(config.distill)
-
-
-def init_params(model, seed: int):
-  return train_step.init_params(model, seed)
-
-
-def teacher_loss_fn(config, model, process) -> Callable:
-  """`(params, batch, key, frozen) -> (loss, metrics)`: the teacher's objective
-  (as `teacher_training.setup_teacher` builds it, without loading data)."""
-  return teacher_training.teacher_loss_fn(config, model, process)
-
-
-def distill_loss_fn(config, teacher_model, student_model, process) -> Callable:
-  """Di4C's `(params, batch, key, frozen) -> (loss, metrics)`, frozen = the teacher's
-  parameters (as `distill.setup_student` builds it)."""
-  # The teacher's parameters reach the loss as its `frozen` argument, never as constants.
-  teacher = di4c.network_teacher(teacher_model, None)
-  return di4c.student_loss(
-    student_model, teacher, process, config.distill, config.model.label_dropout
-  )
-
-
-def teacher_denoiser(model):
-  return denoisers.from_network(model)
-
-
-def student_denoiser(model):
-  return denoisers.mixture(denoisers.from_network(model))
-
-
-def sampler(process, denoiser, batch: int, length: int) -> Callable:
-  """`(key, params, num_steps) -> tokens`: N-step sampling, N traced."""
-
-  def fn(key, params, num_steps):
-    return samplers.sample(key, process, denoiser, params, batch, length, num_steps)
-
-  return fn
 
 
 # ---------------------------------------------------------------------------
@@ -151,50 +95,11 @@ def sampler(process, denoiser, batch: int, length: int) -> Callable:
 # ---------------------------------------------------------------------------
 
 
-def load_config(name: str) -> ml_collections.ConfigDict:
-  """`get_config()` of configs/<name>.py."""
-  path = os.path.join(_CONFIG_DIR, name + ".py")
-  spec = importlib.util.spec_from_file_location(f"_accel_cfg_{name}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def maskgit_teacher_config() -> ml_collections.ConfigDict:
-  """A MaskGIT-sized class-conditional masked teacher (Chang et al., 2022: 24 layers,
-  16 heads, width 768, MLP 3072, learned positions; arccos masking, label dropout)."""
-  c = configuration.base_config()
-  c.process = ml_collections.ConfigDict(dict(name="masked", vocab_size=None, schedule="arccos"))
-  c.model.update(
-    width=768,
-    depth=24,
-    heads=16,
-    mlp_ratio=4,
-    dropout=0.1,
-    positions="learned",
-    class_conditional=True,
-    label_dropout=0.1,
-    dtype="bfloat16",
-  )
-  c.optim.update(
-    lr=1e-4,
-    warmup_steps=5000,
-    weight_decay=0.045,
-    b1=0.9,
-    b2=0.96,
-    clip=1.0,
-    ema_decay=0.999,
-    schedule="cosine",
-  )
-  c.train.update(batch_size=256)
-  return c
-
-
 @dataclasses.dataclass(frozen=True)
 class Workload:
   key: str
   title: str
-  teacher_config: str | None  # configs/<name>.py; None: maskgit_teacher_config()
+  teacher_config: str  # configs/<name>.py
   distill_config: str
   vocab: int
   length: int
@@ -242,7 +147,7 @@ WORKLOADS = (
   Workload(
     key="maskgit",
     title="MaskGIT-like",
-    teacher_config=None,
+    teacher_config="maskgit",
     distill_config="maskgit_distill",
     vocab=1024,
     length=256,
@@ -255,7 +160,6 @@ WORKLOADS = (
   ),
 )
 WORKLOAD_KEYS = tuple(w.key for w in WORKLOADS)
-COLUMNS = tuple(w.title for w in WORKLOADS)
 
 
 @dataclasses.dataclass
@@ -276,13 +180,13 @@ class Setup:
 
 
 def build(w: Workload, mode: str) -> Setup:
-  tconf = load_config(w.teacher_config) if w.teacher_config else maskgit_teacher_config()
-  dconf = load_config(w.distill_config)
+  tconf = importlib.import_module("mixture_dd.configs." + w.teacher_config).get_config()
+  dconf = importlib.import_module("mixture_dd.configs." + w.distill_config).get_config()
   length = w.length if mode == "full" else w.small_length
   spec = pipeline.DataSpec(f"bench_{w.key}", w.vocab, length, w.classes, None, "tokens")
   if mode == "small":
     tconf.model.update(width=32, depth=1, heads=2)
-  validate(tconf, spec)
+  configuration.validate(tconf, spec)
   # The student: the teacher's config with the distillation file's overrides.
   sconf = ml_collections.ConfigDict(tconf.to_dict())
   if dconf.get("model") is not None:
@@ -294,17 +198,17 @@ def build(w: Workload, mode: str) -> Setup:
     sconf.distill.update(num_latents=4, latent_chunks=2)
   elif w.latent_chunks is not None:
     sconf.distill.latent_chunks = w.latent_chunks
-  validate(sconf, spec)
-  process = make_process(tconf, spec)
-  teacher_model = make_model(tconf, spec, process)
-  student_model = make_model(sconf, spec, process, latent=True)
+  configuration.validate(sconf, spec)
+  process = configuration.make_process(tconf, spec)
+  teacher_model = configuration.make_model(tconf, spec, process)
+  student_model = configuration.make_model(sconf, spec, process, latent=True)
   if mode == "full":
     batches = (w.teacher_batch, w.distill_batch, w.sample_batch)
   else:
     batches = (8, 2, 8)
   abstract = {
-    "teacher": jax.eval_shape(lambda: init_params(teacher_model, 0)),
-    "student": jax.eval_shape(lambda: init_params(student_model, 0)),
+    "teacher": jax.eval_shape(lambda: train_step.init_params(teacher_model, 0)),
+    "student": jax.eval_shape(lambda: train_step.init_params(student_model, 0)),
   }
   return Setup(w, tconf, sconf, spec, process, teacher_model, student_model, *batches, abstract)
 
@@ -396,18 +300,33 @@ def _has_loop(lowered) -> bool:
 
 
 # Small mode on a CPU: XLA options that cut compile time several-fold (the small mode is
-# a smoke test; its timings mean little anyway). Unknown options are dropped.
-FAST_CPU_COMPILE = {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False}
+# a smoke test; its timings mean little anyway). An option this XLA does not know is dropped
+# and the others kept (JAX 0.12's XLA has no xla_cpu_use_fusion_emitters).
+FAST_CPU_COMPILE = {
+  "xla_backend_optimization_level": 0,
+  "xla_llvm_disable_expensive_passes": True,
+  "xla_cpu_use_fusion_emitters": False,
+}
+_UNKNOWN_OPTION = re.compile(r"No such compile option: '([\w.]+)'")
+_DROPPED_OPTIONS: set[str] = set()  # warned about once per process
 
 
 def compile_program(lowered, options: dict | None = None):
-  if options:
+  options = {k: v for k, v in (options or {}).items() if k not in _DROPPED_OPTIONS}
+  while options:
     try:
       return lowered.compile(compiler_options=options)
     except Exception as e:  # noqa: BLE001
-      if "compile option" not in str(e):
-        raise
-      log.warning("XLA does not take %s (%s); compiling with its defaults", options, e)
+      m = _UNKNOWN_OPTION.search(str(e))
+      if m is None or m.group(1) not in options:
+        if "compile option" not in str(e):
+          raise
+        log.warning("XLA does not take %s (%s); compiling with its defaults", options, e)
+        break
+      if m.group(1) not in _DROPPED_OPTIONS:
+        _DROPPED_OPTIONS.add(m.group(1))
+        log.warning("XLA does not take the compile option %s; compiling without it", m.group(1))
+      del options[m.group(1)]
   return lowered.compile()
 
 
@@ -489,10 +408,15 @@ class WorkloadBench:
     self.samplers = {}
     n_abs = jax.ShapeDtypeStruct((), jnp.int32)
     for name, den in (
-      ("teacher", teacher_denoiser(s.teacher_model)),
-      ("student", student_denoiser(s.student_model)),
+      ("teacher", denoisers.from_network(s.teacher_model)),
+      ("student", denoisers.mixture(denoisers.from_network(s.student_model))),
     ):
-      fn = sampler(s.process, den, s.sample_batch, s.spec.length)
+      # N-step sampling, N traced.
+      def fn(key, params, num_steps, den=den):
+        return samplers.sample(
+          key, s.process, den, params, s.sample_batch, s.spec.length, num_steps
+        )
+
       self.samplers[name] = self._compile(jax.jit(fn).lower(_key_abs(), s.abstract[name], n_abs))
 
   def _compile(self, lowered):
@@ -512,7 +436,10 @@ class WorkloadBench:
     s, c, model = self.s, self.s.teacher_config, self.s.teacher_model
     opt = train_step.make_optimizer(c.optim, c.train.num_steps)
     step = train_step.make_step(
-      teacher_loss_fn(c, model, s.process), opt, c.optim.ema_decay, c.optim.get("ema_warmup", True)
+      teacher_training.teacher_loss_fn(c, model, s.process),
+      opt,
+      c.optim.ema_decay,
+      c.optim.get("ema_warmup", True),
     )
     state_abs = jax.eval_shape(lambda p: train_step.init_state(p, opt), s.abstract["teacher"])
     flops_ex = networks.flops_per_example(model)
@@ -532,8 +459,14 @@ class WorkloadBench:
     d = c.distill
     opt = train_step.make_optimizer(c.optim, c.train.num_steps)
 
+    # The teacher's parameters reach the loss as the step's `frozen` argument, never as
+    # constants (as `distill.setup_student` builds it).
+    teacher = di4c.network_teacher(s.teacher_model, None)
+
     def step_of(config):
-      loss = distill_loss_fn(config, s.teacher_model, s.student_model, s.process)
+      loss = di4c.student_loss(
+        s.student_model, teacher, s.process, config.distill, config.model.label_dropout
+      )
       return train_step.make_step(
         loss, opt, config.optim.ema_decay, config.optim.get("ema_warmup", True)
       )

@@ -14,8 +14,8 @@ import time
 
 from absl import app, flags
 
-from configs import tiny_distill
 from mixture_dd import denoisers, distill, exact, exact_report
+from mixture_dd.configs import tiny_distill
 
 _OUT = flags.DEFINE_string("out", "reports/exact_tv_student.md", "Markdown table goes here.")
 _STEPS = flags.DEFINE_list("steps", ["1", "2", "4", "8", "16"], "Sampling steps N.")

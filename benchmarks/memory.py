@@ -35,7 +35,7 @@ _DEPTH = flags.DEFINE_integer("depth", 2, "Model depth.")
 _LENGTH = flags.DEFINE_integer("length", 32, "Sequence length D.")
 _VOCAB = flags.DEFINE_integer("vocab", 8, "Vocabulary size S.")
 _BATCH = flags.DEFINE_integer("batch", 32, "Batch size.")
-_PRESET = flags.DEFINE_string("preset", "sdtt", "Di4C preset (tauldr, maskgit, sdtt).")
+_PRESET = flags.DEFINE_string("preset", "sdtt", "Di4C preset (tauldr, maskgit, sdtt, cpu_small).")
 _OUT = flags.DEFINE_string("out", "reports/memory.md", "Markdown report path.")
 
 MIB = 1024.0**2

@@ -36,19 +36,7 @@ _TEACHER = flags.DEFINE_string("teacher_workdir", None, "Also: step-0 KL on this
 
 
 def _dconf(start, scale):
-  return configuration.distill_preset(
-    "sdtt",
-    num_latents=16,
-    t_sampling="uniform",
-    delta="const",
-    delta_lo=0.05,
-    delta_hi=0.05,
-    distill_threshold=0.05,
-    data_weight=1.0,
-    alpha_scale=1.0,
-    student_start=start,
-    latent_init_scale=scale,
-  )
+  return configuration.distill_preset("cpu_small", student_start=start, latent_init_scale=scale)
 
 
 def main(argv):

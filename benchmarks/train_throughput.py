@@ -8,14 +8,14 @@ float32 2048x2048 matmul reaches on the same devices in the same run.
   python -m benchmarks.train_throughput [--configs=tiny,markov,digits,pydoc_text] \
       [--steps=10] [--out=reports/train_throughput.md]
 
-A config is a name in configs/ (`markov`), a path (`configs/markov.py`), and
-either may carry a parameter string (`configs/cifar10_gaussian.py:tiny`).
+A config is a name in mixture_dd.configs (`markov`, the file configs/markov.py), with an
+optional parameter string (`digits:ci`).
 """
 
 from __future__ import annotations
 
 import datetime
-import importlib.util
+import importlib
 import os
 import platform
 import time
@@ -30,7 +30,7 @@ from mixture_dd.data import pipeline
 _CONFIGS = flags.DEFINE_list(
   "configs",
   ["tiny", "markov", "digits", "pydoc_text"],
-  "Config names in configs/ or paths, optionally with ':param'.",
+  "Config names in mixture_dd.configs, optionally with ':param'.",
 )
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed train steps per config.")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
@@ -40,17 +40,11 @@ _BATCH = flags.DEFINE_integer(
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Override data.data_dir for generated data.")
 _OUT = flags.DEFINE_string("out", "reports/train_throughput.md", "Markdown report path.")
 
-_CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
 
 def load_config(name: str):
-  """`get_config()` of configs/<name>.py, a path, or either with ':param'."""
-  path, _, param = name.partition(":")
-  if not path.endswith(".py"):
-    path = os.path.join(_CONFIG_DIR, path + ".py")
-  spec = importlib.util.spec_from_file_location(f"_bench_cfg_{abs(hash(path))}", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  """`get_config()` of mixture_dd.configs.<name>, or `get_config(param)` for 'name:param'."""
+  name, _, param = name.partition(":")
+  module = importlib.import_module("mixture_dd.configs." + name)
   return module.get_config(param) if param else module.get_config()
 
 

@@ -18,9 +18,9 @@ Evaluate (the exact teacher is built from the student's config):
   evaluate.evaluate(runs.teacher_run(student), student, steps=[1, 2, 4, 8, 16, 32],
                     num_samples=2048, seed=0, out_dir="reports/markov_exact",
                     student_steps=[1, 2, 4, 8])
-The recipe is markov_distill's (sdtt preset, uniform t, Delta = 0.05, di4c-d)
-with the teacher's learning rate and a longer budget for a fresh network; it
-is not tuned.
+The recipe is markov_distill's (the cpu_small preset: uniform t, Delta = 0.05,
+di4c-d) with the teacher's learning rate and a longer budget for a fresh network;
+it is not tuned.
 """
 
 import ml_collections
@@ -30,7 +30,9 @@ from mixture_dd.configs import markov
 
 
 def get_config():
-  c = configuration.distill_base_config("sdtt")
+  # The small CPU recipe (configuration.PRESETS["cpu_small"]): L = 16, uniform t, Delta = 0.05,
+  # distillation below t = 0.05, di4c-d with alpha_scale 1, the centred start at scale 1.
+  c = configuration.distill_base_config("cpu_small")
   # kind: "ideal" (the exact denoiser of the data's law: markov or tiny) | "network".
   # init_workdir: None (a fresh student network) | the --workdir of a launch.train
   #   run on the same data and process (configs/markov.py) whose weights start
@@ -41,19 +43,6 @@ def get_config():
   c.data = teacher.data  # markov: vocab_size=8, length=32, seed=0 (the chain), splits
   c.process = teacher.process  # masked, loglinear
   c.model = teacher.model  # width 96, depth 3, 4 heads, rope
-  c.distill.update(
-    num_latents=16,  # L >= 1 (>= 16 for training, docs/method.md)
-    t_sampling="uniform",  # "uniform" | "per_batch"
-    delta="const",  # "const" | "loguniform" | "min_frac"
-    delta_lo=0.05,
-    delta_hi=0.05,
-    distill_threshold=0.05,  # distillation term on t < this, consistency above
-    data_weight=1.0,  # 0 = di4c, 1 = di4c-d (correlation of real x0)
-    alpha_scale=1.0,
-    # "exact" | "gate" | "fan_in" | "centred" | "normal": the latent path's start
-    student_start="centred",
-    latent_init_scale=1.0,  # > 0 for fan_in / centred / normal
-  )
   c.optim.update(lr=1e-3, warmup_steps=50, ema_decay=0.99, schedule="cosine")
   c.train.update(batch_size=16, num_steps=1500, log_every=50, ckpt_every=250)
   return c

@@ -8,9 +8,10 @@ term is on with alpha = 0.1 sigmoid(20 (0.5 - r)). The consistency target's teac
 MaskGIT's confidence step with Gumbel temperature 4.5 (1 - r T / (T - 1)), T = 8 teacher
 steps. The student's dropout and label dropout are its teacher's (0.1 in the official runs).
 
-The teacher is any class-conditional masked run of ours with the arccos schedule and label
-dropout (for guidance), trained at dropout 0.1, in workdirs/maskgit_teacher (or pass
---config.teacher.workdir):
+The teacher is the configs/maskgit.py run of that file's docstring, in workdirs/maskgit_teacher
+(or any class-conditional masked run of ours with the arccos schedule and label dropout, for
+guidance, trained at dropout 0.1: pass --config.teacher.workdir):
+  python -m launch.train --config=configs/maskgit.py --workdir=workdirs/maskgit_teacher
   python -m launch.distill --config=configs/maskgit_distill.py --workdir=workdirs/maskgit_student \
       --config.teacher.workdir=workdirs/maskgit_teacher
 and sample with `launch.sample --sampler=confidence --label=... --guidance=...`.

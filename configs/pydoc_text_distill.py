@@ -2,29 +2,19 @@
 
   python -m launch.train --config=configs/pydoc_text.py --workdir=workdirs/pydoc_teacher
   python -m launch.distill --config=configs/pydoc_text_distill.py --workdir=workdirs/pydoc_student
-The same small-budget recipe as the digits and Markov students (per-example
-uniform t, Delta = 0.05, distillation below t = 0.05, di4c-d with alpha as
-tauLDR's): SDTT's own Delta of 1/1024 is sized for 1024-step teachers and
-a 100k-step budget, not for a few hundred CPU steps.
+The small CPU recipe of the digits and Markov students (`configuration.PRESETS["cpu_small"]`:
+per-example uniform t, Delta = 0.05, distillation below t = 0.05, di4c-d with alpha as
+tauLDR's): SDTT's own Delta of 1/1024 is sized for 1024-step teachers and a 100k-step
+budget, not for a few hundred CPU steps.
 """
 
 from mixture_dd import configuration
 
 
 def get_config():
-  c = configuration.distill_base_config("sdtt")
+  c = configuration.distill_base_config("cpu_small")  # with the default (centred) start
   c.teacher.update(kind="network", workdir="workdirs/pydoc_teacher")
   c.data.name = "pydoc_text"  # a teacher of another data set is refused
-  c.distill.update(
-    num_latents=16,
-    t_sampling="uniform",
-    delta="const",
-    delta_lo=0.05,
-    delta_hi=0.05,
-    distill_threshold=0.05,
-    data_weight=1.0,
-    alpha_scale=1.0,
-  )
   c.optim.update(lr=3e-4, warmup_steps=20, ema_decay=0.99, schedule="cosine")
   c.train.update(batch_size=8, num_steps=600, log_every=50, ckpt_every=200)
   return c

@@ -253,6 +253,22 @@ PRESETS = {
     confidence_steps=0,
   ),
 }
+# Our small CPU recipe, for students trained a few hundred steps on 2 CPU cores (the digits,
+# markov and pydoc_text students, the student-start study, the notebooks): SDTT's preset with
+# one t per example (uniform), a constant Delta = 0.05, distillation below t = 0.05, and di4c-d
+# with tauLDR's alpha (alpha_t = sigmoid(20 (t - 0.5))). SDTT's own Delta of 1/1024 is sized for
+# 1024-step teachers and a 100k-step budget, not for a few hundred steps. SDTT's per-batch
+# fields (small_t_prob, small_t_max, delta_frac) are kept and unused.
+PRESETS["cpu_small"] = dict(
+  PRESETS["sdtt"],
+  t_sampling="uniform",  # "uniform" | "per_batch"
+  delta="const",  # "const" | "loguniform" | "min_frac"
+  delta_lo=0.05,
+  delta_hi=0.05,
+  distill_threshold=0.05,  # distillation term on t < this, consistency above
+  data_weight=1.0,  # 0 = di4c, 1 = di4c-d (correlation of real x0)
+  alpha_scale=1.0,  # alpha_t = alpha_scale * sigmoid(20 (t - 0.5))
+)
 # How the student starts from its teacher (see `di4c.start_student`).
 STUDENT_STARTS = ("exact", "gate", "fan_in", "centred", "normal")
 DEFAULT_START = "centred"

@@ -1,12 +1,22 @@
-"""benchmarks.accelerator in small mode: one table with every row and column, sane numbers."""
+"""benchmarks.accelerator in small mode: one table with every row and column, sane numbers.
+
+The program runs end to end on two of its three workloads: pixel (the Gaussian CTMC, tauLDR's
+separate distillation times) and MaskGIT (masked, class labels, the confidence teacher step)
+cover both processes and both distillation modes, with the chunked Di4C step. The text workload
+is the MaskGIT one's code with the SDTT config (whose Di4C step tests/test_configs.py runs);
+here it is built (configs, models, shapes), not compiled.
+"""
 
 import json
 import math
 import re
 
 import jax
+import pytest
 
 from benchmarks import accelerator
+
+RUN = ("pixel", "maskgit")
 
 
 def _first_number(cell: str) -> float:
@@ -17,10 +27,11 @@ def _first_number(cell: str) -> float:
 
 def test_small_mode_writes_complete_table_and_json(tmp_path):
   out = tmp_path / "reports" / "accelerator.md"
-  returned = accelerator.run(mode="small", out=str(out), reps=2)
+  returned = accelerator.run(mode="small", out=str(out), reps=1, workloads=RUN)
   text = out.read_text()
   data = json.loads((tmp_path / "reports" / "accelerator.json").read_text())
-  assert data["columns"] == list(accelerator.COLUMNS) == returned["columns"]
+  columns = [w.title for w in accelerator.WORKLOADS if w.key in RUN]
+  assert data["columns"] == columns == returned["columns"]
 
   # The header names the date, jax version, backend and device kind.
   meta = data["meta"]
@@ -31,11 +42,11 @@ def test_small_mode_writes_complete_table_and_json(tmp_path):
   # One table: a header, a rule, then one line per row, with a cell per workload.
   table = [line for line in text.splitlines() if line.startswith("|")]
   header = [c.strip() for c in table[0].strip("|").split("|")]
-  assert header == ["metric", *accelerator.COLUMNS]
+  assert header == ["metric", *columns]
   body = [[c.strip() for c in line.strip("|").split("|")] for line in table[2:]]
   assert [row[0] for row in body] == list(accelerator.ROW_LABELS)
   for row in body:
-    assert len(row) == 1 + len(accelerator.COLUMNS), row
+    assert len(row) == 1 + len(columns), row
     if row[0] == "peak device memory so far (GiB)" and jax.default_backend() == "cpu":
       continue  # the CPU backend keeps no memory_stats: "n/a"
     if row[0].startswith(("tokens", "model:")):
@@ -60,4 +71,18 @@ def test_small_mode_writes_complete_table_and_json(tmp_path):
     assert r["student_passes_per_s"] == r["distill_batch"] * r["num_latents"] / r["distill_step_s"]
     assert r["latent_chunks"] > 1  # the chunked (lax.map) Di4C path ran
   assert {r["process"] for r in data["results"].values()} == {"gaussian", "masked"}
-  assert {r["preset"] for r in data["results"].values()} == {"tauldr", "sdtt", "maskgit"}
+  assert {r["preset"] for r in data["results"].values()} == {"tauldr", "maskgit"}
+  assert {r["distill_mode"] for r in data["results"].values()} == {"separate", "same"}
+
+
+@pytest.mark.parametrize("key", accelerator.WORKLOAD_KEYS)
+def test_every_workload_builds_in_both_modes(key):
+  """Each workload's configs make a teacher and a student whose parameter shapes fit
+  (`jax.eval_shape`, nothing compiled), at the small and the full sizes."""
+  w = next(w for w in accelerator.WORKLOADS if w.key == key)
+  for mode in accelerator.MODES:
+    s = accelerator.build(w, mode)
+    assert s.spec.length == (w.length if mode == "full" else w.small_length)
+    assert s.student_model.latent and not s.teacher_model.latent
+    teacher = jax.tree.leaves(s.abstract["teacher"])
+    assert teacher and len(jax.tree.leaves(s.abstract["student"])) > len(teacher)

@@ -18,8 +18,8 @@ import tempfile
 
 import numpy as np
 
-from configs import tiny_distill
 from mixture_dd import denoisers, distill, exact, exact_report
+from mixture_dd.configs import tiny_distill
 
 
 def measure(seed: int, data_dir: str | None = None) -> dict:

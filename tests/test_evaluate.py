@@ -10,8 +10,6 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import markov as markov_cfg
-from configs import tiny as tiny_cfg
 from mixture_dd import (
   configuration,
   denoisers,
@@ -27,6 +25,8 @@ from mixture_dd import (
   teacher_training,
   train_step,
 )
+from mixture_dd.configs import markov as markov_cfg
+from mixture_dd.configs import tiny as tiny_cfg
 from mixture_dd.data import markov, pipeline, registry
 from tests.conftest import assert_chi2
 

@@ -17,9 +17,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from configs import tiny as tiny_cfg
-from configs import tiny_distill as tiny_distill_cfg
 from mixture_dd import checkpoints, configuration, di4c, distill, teacher_training, trainer
+from mixture_dd.configs import tiny as tiny_cfg
+from mixture_dd.configs import tiny_distill as tiny_distill_cfg
 from mixture_dd.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

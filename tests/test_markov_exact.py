@@ -17,7 +17,6 @@ import pytest
 from flax import traverse_util
 from scipy import stats
 
-from configs import markov_exact_distill
 from mixture_dd import (
   checkpoints,
   configuration,
@@ -32,6 +31,7 @@ from mixture_dd import (
   scorers,
   train_step,
 )
+from mixture_dd.configs import markov_exact_distill
 from mixture_dd.data import markov, pipeline
 from tests.conftest import chi2_stat
 

@@ -16,8 +16,8 @@ import time
 import jax
 import numpy as np
 
-from configs import tiny as tiny_cfg
 from mixture_dd import checkpoints, configuration, runs, teacher_training, train_step, trainer
+from mixture_dd.configs import tiny as tiny_cfg
 from mixture_dd.data import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

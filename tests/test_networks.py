@@ -29,8 +29,8 @@ def _quick_distill_losses(dtype: str, num_steps: int, seed: int = 0, data_dir=No
   only use of the training glue in this file: re-point it here if
   quick_distill moves or changes what it returns.
   """
-  from configs import tiny_distill  # pylint: disable=g-import-not-at-top
   from mixture_dd import distill  # pylint: disable=g-import-not-at-top
+  from mixture_dd.configs import tiny_distill  # pylint: disable=g-import-not-at-top
 
   config = tiny_distill.get_config()
   config.model.update(dtype=dtype, width=32, depth=1)

@@ -6,7 +6,7 @@ Gumbel temperature is 4.5 (1 - r T / (T - 1)) with T = 8 teacher steps; a di4c^2
 the next round's start are the weights the previous round evaluates (raw for SDTT).
 """
 
-import importlib.util
+import importlib
 import json
 import os
 
@@ -28,15 +28,9 @@ from mixture_dd import (
 )
 from mixture_dd.data import pipeline
 
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
-
 
 def load(name, *args):
-  path = os.path.join(CONFIG_DIR, name + ".py")
-  spec = importlib.util.spec_from_file_location("recipe_cfg_" + name, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config(*args)
+  return importlib.import_module("mixture_dd.configs." + name).get_config(*args)
 
 
 # ---------------------------------------------------------------------------
@@ -82,6 +76,7 @@ PAIRS = [
   ("pydoc_text_distill", "pydoc_text"),
   ("cifar10_tauldr_distill", "cifar10_gaussian"),
   ("text8_sdtt_distill", "text8_masked"),
+  ("maskgit_distill", "maskgit"),
 ]
 
 

@@ -40,17 +40,8 @@ def measure(seed: int, family=FAMILY) -> dict:
   teacher = di4c.network_teacher(t_model, t_params)
   fn_t = denoisers.exact_view(denoisers.from_network(t_model), t_params)
   tv_teacher = exact_report.tv_table(proc, probs, length, {"t": (fn_t, False)}, [1])["t"][0]
-  dconf = configuration.distill_preset(
-    "sdtt",
-    num_latents=16,
-    t_sampling="uniform",
-    delta="const",
-    delta_lo=0.05,
-    delta_hi=0.05,
-    distill_threshold=0.05,
-    data_weight=1.0,
-    alpha_scale=1.0,
-  )  # default student_start and latent_init_scale
+  # The small CPU recipe with its default student_start and latent_init_scale.
+  dconf = configuration.distill_preset("cpu_small")
   model, p0, params = exact_report.distill_tiny_student(
     proc, tokens, t_model, t_params, dconf, steps=800, batch=128, lr=3e-3, seed=seed
   )

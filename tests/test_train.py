@@ -7,7 +7,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import tiny as tiny_cfg
 from mixture_dd import (
   checkpoints,
   configuration,
@@ -20,6 +19,7 @@ from mixture_dd import (
   train_step,
   trainer,
 )
+from mixture_dd.configs import tiny as tiny_cfg
 from mixture_dd.data import pipeline
 
 

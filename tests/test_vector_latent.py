@@ -225,7 +225,7 @@ def test_exact_law_of_a_two_latent_mixture_against_its_closed_form():
 
 
 def test_signature_refuses_another_latent_dim_and_keeps_old_checkpoints():
-  from configs import tiny_distill
+  from mixture_dd.configs import tiny_distill
   from mixture_dd.data import pipeline
 
   c = runs.resolve(tiny_distill.get_config())
@@ -247,7 +247,7 @@ def test_signature_refuses_another_latent_dim_and_keeps_old_checkpoints():
 
 
 def test_quick_distill_with_two_latents_gives_finite_losses():
-  from configs import tiny_distill
+  from mixture_dd.configs import tiny_distill
 
   c = tiny_distill.get_config()
   c.model.update(width=32, depth=1, heads=2, latent_dim=2)
