@@ -36,7 +36,8 @@ def measure(seed: int, family=FAMILY) -> dict:
   and the student's step-0 marginal KL."""
   name, s_vocab, length, data_seed = family
   probs, tokens, proc = exact_report.tiny_case(name, s_vocab, length, data_seed)
-  t_model, t_params = exact_report.train_tiny_teacher(proc, tokens, seed=seed)
+  t_conf = exact_report.tiny_teacher_config(s_vocab, length, seed=seed)
+  t_model, t_params = exact_report.train_tiny_teacher(t_conf, tokens)
   teacher = distill.network_teacher(t_model, t_params)
   fn_t = denoisers.exact_view(denoisers.from_network(t_model), t_params)
   tv_teacher = exact_report.tv_table(proc, probs, length, {"t": (fn_t, False)}, [1])["t"][0]
@@ -51,9 +52,8 @@ def measure(seed: int, family=FAMILY) -> dict:
     data_weight=1.0,
     alpha_scale=1.0,
   )  # default student_start and latent_init_scale
-  model, p0, params = exact_report.distill_tiny_student(
-    proc, tokens, t_model, t_params, dconf, steps=800, batch=128, lr=3e-3, seed=seed
-  )
+  s_conf = exact_report.tiny_student_config(t_conf, dconf, steps=800, batch=128, lr=3e-3, seed=seed)
+  model, p0, params = exact_report.distill_tiny_student(s_conf, tokens, t_model, t_params)
   kl0 = distill.marginal_kl(teacher, model, p0, proc, tokens[:256], jax.random.key(0))
   fn_s = denoisers.exact_view(denoisers.from_network(model), params)
   tv_student = exact_report.tv_table(proc, probs, length, {"s": (fn_s, True)}, [1])["s"][0]
