@@ -12,6 +12,7 @@ import numpy as np
 
 from mixture_dd import (
   configuration,
+  denoisers,
   distill,
   exact,
   processes,
@@ -115,6 +116,23 @@ def tv_table(process, probs, length, denoisers: dict, steps, num_latent_nodes=32
       )
       out[name].append(exact.total_variation(probs, law))
   return out
+
+
+def distilled_tv_table(result, probs, steps, num_latent_nodes: int = 32) -> dict:
+  """{"teacher": [TV at each N], "student": [...]} of a `distill.quick_distill`
+  result on a tiny family with law `probs` `[S**D]`: its teacher (a product) and
+  its mixture student, exactly (`tv_table`)."""
+  s = result.setup
+  fn_t = denoisers.exact_view(s.teacher.denoise, s.teacher.frozen)
+  fn_s = denoisers.exact_view(denoisers.from_network(s.model), result.params)
+  return tv_table(
+    s.process,
+    probs,
+    s.spec.length,
+    {"teacher": (fn_t, False), "student": (fn_s, True)},
+    steps,
+    num_latent_nodes,
+  )
 
 
 # ---------------------------------------------------------------------------
