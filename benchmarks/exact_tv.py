@@ -14,7 +14,7 @@ import time
 
 from absl import app, flags
 
-from mixture_dd import denoisers, distill, exact, exact_report
+from mixture_dd import distill, exact, exact_report
 from mixture_dd.configs import tiny_distill
 
 _OUT = flags.DEFINE_string("out", "reports/exact_tv_student.md", "Markdown table goes here.")
@@ -39,22 +39,12 @@ def main(argv):
     c.data.update(family=family, seed=seed)
     t0 = time.time()
     result = distill.quick_distill(c, _TRAIN.value)
-    s = result.setup
     secs = time.time() - t0
-    probs = exact.make_family(family, 3, 3, seed)
-    fn_t = denoisers.exact_view(s.teacher.denoise, s.teacher.frozen)
-    fn_s = denoisers.exact_view(denoisers.from_network(s.model), result.params)
-    tv = exact_report.tv_table(
-      s.process,
-      probs,
-      3,
-      {"teacher (exact product)": (fn_t, False), "Di4C student": (fn_s, True)},
-      steps,
-    )
-    for name, row in tv.items():
-      extra = f"{secs:.0f}" if name == "Di4C student" else ""
+    tv = exact_report.distilled_tv_table(result, exact.make_family(family, 3, 3, seed), steps)
+    for key, name in (("teacher", "teacher (exact product)"), ("student", "Di4C student")):
+      extra = f"{secs:.0f}" if key == "student" else ""
       lines.append(
-        f"| {family} | {name} | " + " | ".join(f"{v:.4f}" for v in row) + f" | {extra} |"
+        f"| {family} | {name} | " + " | ".join(f"{v:.4f}" for v in tv[key]) + f" | {extra} |"
       )
   text = "\n".join(lines)
   print(text)

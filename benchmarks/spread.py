@@ -8,9 +8,14 @@ and with XLA's CPU code generation capped at several instruction sets, each in
 its own process, and writes one table per measurement with its min / median /
 max, from which the tests' thresholds are set (with a margin).
 
+The .json beside --out keeps every result with the machine it ran on; a run
+of some measurements replaces their results there and keeps the others' (so
+re-measuring one test after a recipe change leaves the rest of the file, each
+table naming its own machine). --fresh starts the file over.
+
   python -m benchmarks.spread --out=reports/spread.md [--seeds=0,1,2,3,4] \
       [--isas=default,AVX2,AVX] [--measures=student_start,distill_e2e,bf16] \
-      [--jobs=1] [--cores_per_job=0]
+      [--jobs=1] [--cores_per_job=0] [--note=...] [--fresh]
 
 --jobs runs that many processes at once; --cores_per_job pins each to its own
 cores (0: no pinning), so a 16-core machine measures 8 two-core runs at once.
@@ -42,6 +47,8 @@ _ISAS = flags.DEFINE_list(
 _WHICH = flags.DEFINE_list("measures", list(MEASURES), f"Among {list(MEASURES)}.")
 _JOBS = flags.DEFINE_integer("jobs", 1, "Processes at once.")
 _CORES = flags.DEFINE_integer("cores_per_job", 0, "Cores each process is pinned to (0: none).")
+_NOTE = flags.DEFINE_string("note", "", "Said of the machine in the table, e.g. its load.")
+_FRESH = flags.DEFINE_bool("fresh", False, "Drop the results already in the .json beside --out.")
 
 _CHILD = """
 import json, sys, importlib
@@ -110,10 +117,12 @@ def run_all(jobs: list, on_result=None) -> dict:
   return done
 
 
-def table(name: str, rows: dict) -> list[str]:
+def table(name: str, rows: dict, machine: str) -> list[str]:
   keys = sorted({k for r in rows.values() for k in r if k not in ("error", "seconds")})
   lines = [
     f"## {name} ({MEASURES[name]}.measure)",
+    "",
+    f"Measured on {machine}.",
     "",
     "| ISA | seed | " + " | ".join(keys) + " | s |",
     "|---|---|" + "---|" * (len(keys) + 1),
@@ -137,30 +146,53 @@ def main(argv):
   if unknown:
     raise app.UsageError(f"--measures: unknown {sorted(unknown)}; choose among {list(MEASURES)}")
   jobs = list(itertools.product(_WHICH.value, [int(s) for s in _SEEDS.value], _ISAS.value))
-  print(write(run_all(jobs, write)))
+  kept, machines = ({}, {}) if _FRESH.value else _read_kept(_json_path())
+  here = _machine()
+  for name in _WHICH.value:
+    kept = {j: r for j, r in kept.items() if j[0] != name}
+    machines[name] = here
+  done = run_all(jobs, lambda done: write({**kept, **done}, machines))
+  print(write({**kept, **done}, machines))
 
 
-def write(done: dict) -> str:
-  """The markdown tables (returned) in --out, and every result in the .json beside it."""
+def _json_path() -> str:
+  return os.path.splitext(_OUT.value)[0] + ".json"
+
+
+def _machine() -> str:
   cpu = next(
     (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if "model name" in line),
     "unknown CPU",
   )
-  jax_version = importlib.metadata.version("jax")
   pinned = f", {_CORES.value} per run" if _CORES.value else ""
-  lines = [
-    f"# Spread of the statistical tests ({cpu}, {os.cpu_count()} cores{pinned}, jax {jax_version})",
-    "",
-  ]
-  for name in _WHICH.value:
+  note = f" ({_NOTE.value})" if _NOTE.value else ""
+  return f"{cpu}, {os.cpu_count()} cores{pinned}, jax {importlib.metadata.version('jax')}{note}"
+
+
+def _read_kept(path: str) -> tuple[dict, dict]:
+  """({(name, seed, isa): result}, {name: machine}) of an earlier run's .json (none: empty)."""
+  if not os.path.exists(path):
+    return {}, {}
+  with open(path) as f:
+    old = json.load(f)
+  results = {(n, s, i): r for n, s, i, r in old["results"] if n in MEASURES}
+  # Files written before machines were recorded per measurement name only the CPU.
+  machines = old.get("machines") or {n: old.get("cpu", "unknown CPU") for n, _, _ in results}
+  return results, machines
+
+
+def write(done: dict, machines: dict) -> str:
+  """The markdown tables (returned) in --out, and every result in the .json beside it."""
+  lines = ["# Spread of the statistical tests over seeds and XLA CPU instruction sets", ""]
+  for name in MEASURES:
     rows = {j: r for j, r in done.items() if j[0] == name}
-    lines += table(name, rows) if rows else []
+    lines += table(name, rows, machines.get(name, "unknown machine")) if rows else []
   text = "\n".join(lines)
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
   with open(_OUT.value, "w") as f:
     f.write(text + "\n")
-  with open(os.path.splitext(_OUT.value)[0] + ".json", "w") as f:
-    json.dump({"cpu": cpu, "results": [[*j, r] for j, r in done.items()]}, f, indent=1)
+  with open(_json_path(), "w") as f:
+    json.dump({"machines": machines, "results": [[*j, r] for j, r in done.items()]}, f, indent=1)
   return text
 
 

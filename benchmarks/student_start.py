@@ -50,23 +50,17 @@ def main(argv):
     family, s_vocab, length, seed = case.split(":")
     s_vocab, length, seed = int(s_vocab), int(length), int(seed)
     probs, tokens, proc = exact_report.tiny_case(family, s_vocab, length, seed)
-    t_model, t_params = exact_report.train_tiny_teacher(proc, tokens, seed=seed)
+    t_conf = exact_report.tiny_teacher_config(s_vocab, length, seed=seed)
+    t_model, t_params = exact_report.train_tiny_teacher(t_conf, tokens)
     teacher = di4c.network_teacher(t_model, t_params)
     fn_t = denoisers.exact_view(denoisers.from_network(t_model), t_params)
     tv_t = exact_report.tv_table(proc, probs, length, {"t": (fn_t, False)}, [1])["t"][0]
     for start, scale in starts:
       t0 = time.time()
-      model, p0, p1 = exact_report.distill_tiny_student(
-        proc,
-        tokens,
-        t_model,
-        t_params,
-        _dconf(start, scale),
-        steps=_TRAIN.value,
-        batch=128,
-        lr=3e-3,
-        seed=seed,
+      s_conf = exact_report.tiny_student_config(
+        t_conf, _dconf(start, scale), steps=_TRAIN.value, batch=128, lr=3e-3, seed=seed
       )
+      model, p0, p1 = exact_report.distill_tiny_student(s_conf, tokens, t_model, t_params)
       kl0 = di4c.marginal_kl(teacher, model, p0, proc, tokens[:256], jax.random.key(0))
       fn_s = denoisers.exact_view(denoisers.from_network(model), p1)
       tv_s = exact_report.tv_table(proc, probs, length, {"s": (fn_s, True)}, [1])["s"][0]

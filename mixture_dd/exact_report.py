@@ -1,4 +1,5 @@
-"""Tables of exact sampler error on tiny spaces (used by demos and benchmarks)."""
+"""Tables of exact sampler error on tiny spaces (used by demos and benchmarks), and the
+small networks trained on tiny families that the tests and benchmarks measure."""
 
 from __future__ import annotations
 
@@ -11,11 +12,11 @@ import numpy as np
 
 from mixture_dd import (
   configuration,
+  denoisers,
   di4c,
   exact,
-  losses,
-  networks,
   processes,
+  runs,
   samplers,
   teacher_training,
   train_step,
@@ -119,8 +120,28 @@ def tv_table(process, probs, length, denoisers: dict, steps, num_latent_nodes=32
   return out
 
 
+def distilled_tv_table(result, probs, steps, num_latent_nodes: int = 32) -> dict:
+  """{"teacher": [TV at each N], "student": [...]} of a `distill.quick_distill`
+  result on a tiny family with law `probs` `[S**D]`: its teacher (a product) and
+  its mixture student, exactly (`tv_table`)."""
+  s = result.setup
+  fn_t = denoisers.exact_view(s.teacher.denoise, s.teacher.frozen)
+  fn_s = denoisers.exact_view(denoisers.from_network(s.model), result.params)
+  return tv_table(
+    s.process,
+    probs,
+    s.spec.length,
+    {"teacher": (fn_t, False), "student": (fn_s, True)},
+    steps,
+    num_latent_nodes,
+  )
+
+
 # ---------------------------------------------------------------------------
-# Learned teachers and students on tiny families (tests, benchmarks).
+# Learned teachers and students on tiny families (tests, benchmarks/student_start).
+# Built from configs (`configuration.base_config`, `distill_base_config`, their
+# constructors) as a run of ours is, and trained by `trainer.fit_scanned`: in
+# memory, no checkpoints, seconds on a CPU.
 # ---------------------------------------------------------------------------
 
 
@@ -140,78 +161,96 @@ def tiny_case(
   return probs, tokens, processes.Masked(s_vocab, schedule)
 
 
-def tiny_optim(lr: float, warmup: int = 20, latent_lr_mult: float = 1.0):
-  return ml_collections.ConfigDict(
-    dict(
-      lr=lr,
-      warmup_steps=warmup,
-      weight_decay=0.0,
-      b1=0.9,
-      b2=0.999,
-      clip=1.0,
-      schedule="cosine",
-      latent_lr_mult=latent_lr_mult,
-    )
-  )
-
-
-def train_tiny_teacher(
-  process,
-  tokens,
+def tiny_teacher_config(
+  s_vocab: int,
+  length: int,
   width: int = 64,
   depth: int = 2,
   steps: int = 800,
   batch: int = 128,
   lr: float = 3e-3,
   seed: int = 0,
-):
-  """A product teacher (model, EMA params) trained on `tokens` with the masked ELBO."""
-  model = networks.Transformer(
-    num_states=process.num_states,
-    vocab_size=process.vocab_size,
-    length=tokens.shape[1],
-    width=width,
-    depth=depth,
-    heads=4,
-    positions="learned",
-    mask_id=process.mask_id,
-  )
-  denoise = teacher_training.teacher_denoiser(model)
-
-  def loss_fn(params, b, key, frozen=None):
-    return losses.teacher_loss(denoise, params, process, b["tokens"], key)
-
-  opt = train_step.make_optimizer(tiny_optim(lr, 50), steps)
-  state = train_step.init_state(train_step.init_params(model, seed), opt)
-  batcher = pipeline.Batcher(tokens, None, batch, seed=seed)
-  state, _ = trainer.fit_scanned(
-    state, train_step.make_step(loss_fn, opt, 0.99), batcher, steps, seed
-  )
-  return model, state.ema_params
+  schedule: str = "linear",
+) -> ml_collections.ConfigDict:
+  """A teacher config (`configuration.base_config`) for `train_tiny_teacher`: a
+  small Transformer on a token array `[N, length]` over `s_vocab` values, the
+  masked process with `schedule`."""
+  c = configuration.base_config()
+  c.seed = seed
+  c.data = configuration.data_config(pipeline.ARRAY, vocab_size=s_vocab, length=length)
+  c.process.update(name="masked", schedule=schedule)
+  c.model.update(width=width, depth=depth, heads=4, positions="learned")
+  c.optim.update(lr=lr, warmup_steps=50, ema_decay=0.99)
+  c.train.update(batch_size=batch, num_steps=steps, sample_every=0)
+  return c
 
 
-def distill_tiny_student(
-  process,
-  tokens,
-  teacher_model,
-  teacher_params,
-  dconf,
+def tiny_student_config(
+  teacher_config,
+  distill_section,
   steps: int = 400,
   batch: int = 32,
   lr: float = 1e-3,
   seed: int = 0,
   latent_lr_mult: float = 1.0,
-):
-  """A Di4C student of a network teacher: (model, params at step 0, trained EMA params)."""
-  entry = configuration.entry_for_start(dconf.student_start)
-  model = teacher_model.clone(latent=True, latent_entry=entry)
-  params = di4c.initial_student(model, dconf, seed, teacher_params)
-  teacher = di4c.network_teacher(teacher_model, teacher_params)
-  loss_fn = di4c.student_loss(model, teacher, process, dconf)
-  opt = train_step.make_optimizer(tiny_optim(lr, latent_lr_mult=latent_lr_mult), steps)
-  state = train_step.init_state(params, opt)
-  batcher = pipeline.Batcher(tokens, None, batch, seed=seed)
-  state, _ = trainer.fit_scanned(
-    state, train_step.make_step(loss_fn, opt, 0.99), batcher, steps, seed, teacher.frozen
+) -> ml_collections.ConfigDict:
+  """A distillation config (`configuration.distill_base_config`) for
+  `distill_tiny_student`: the teacher config's data, process and network,
+  the Di4C knobs `distill_section` (`configuration.distill_preset`)."""
+  c = configuration.distill_base_config(distill_section.preset)
+  c.seed = seed
+  # The teacher is the network passed in (kind "user"): nothing on disk to resolve.
+  c.teacher.kind = "user"
+  c.distill = ml_collections.ConfigDict(distill_section.to_dict())
+  for sec in ("data", "process", "model"):
+    c[sec] = ml_collections.ConfigDict(teacher_config[sec].to_dict())
+  c.optim.update(lr=lr, warmup_steps=20, schedule="cosine", latent_lr_mult=latent_lr_mult)
+  c.train.update(batch_size=batch, num_steps=steps)
+  return c
+
+
+def _scanned_fit(config, params, loss_fn, source, vocab_size: int, frozen=None):
+  """EMA parameters after config.train.num_steps steps of `trainer.fit_scanned`
+  (no checkpoints) with config.optim and config.train's batch size."""
+  steps = config.train.num_steps
+  opt = train_step.make_optimizer(config.optim, steps)
+  step = train_step.make_step(loss_fn, opt, config.optim.ema_decay, config.optim.ema_warmup)
+  batcher = pipeline.make_batcher(
+    source, config.train.batch_size, seed=config.seed, vocab_size=vocab_size
   )
-  return model, params, state.ema_params
+  state, _ = trainer.fit_scanned(
+    train_step.init_state(params, opt), step, batcher, steps, config.seed, frozen
+  )
+  return state.ema_params
+
+
+def _array_setup(config, tokens):
+  """(config with its data filled, spec, source, process) of a config on a token array."""
+  data, spec, source = pipeline.array_source(config.data, tokens)
+  config = ml_collections.ConfigDict(config.to_dict())
+  config.data = data
+  configuration.validate(config, spec)
+  return config, spec, source, configuration.make_process(config, spec)
+
+
+def train_tiny_teacher(config, tokens):
+  """A product teacher (model, EMA params) trained on `tokens` `[N, D]` with the
+  masked ELBO, as `tiny_teacher_config` (or any teacher config on an array) says."""
+  config, spec, source, process = _array_setup(config, tokens)
+  model = configuration.make_model(config, spec, process)
+  loss_fn = teacher_training.teacher_loss_fn(config, model, process)
+  params = train_step.init_params(model, config.seed)
+  return model, _scanned_fit(config, params, loss_fn, source, spec.vocab_size)
+
+
+def distill_tiny_student(config, tokens, teacher_model, teacher_params):
+  """A Di4C student of a network teacher, copied from it as config.distill
+  says and distilled on `tokens` `[N, D]` (config: `tiny_student_config`).
+  Returns (model, params at step 0, trained EMA params)."""
+  config, spec, source, process = _array_setup(runs.resolve(config), tokens)
+  model = configuration.make_model(config, spec, process, latent=True)
+  params = di4c.initial_student(model, config.distill, config.seed, teacher_params)
+  teacher = di4c.network_teacher(teacher_model, teacher_params)
+  loss_fn = di4c.student_loss(model, teacher, process, config.distill, config.model.label_dropout)
+  trained = _scanned_fit(config, params, loss_fn, source, spec.vocab_size, teacher.frozen)
+  return model, params, trained

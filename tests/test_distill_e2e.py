@@ -18,7 +18,7 @@ import tempfile
 
 import numpy as np
 
-from mixture_dd import denoisers, distill, exact, exact_report
+from mixture_dd import distill, exact, exact_report
 from mixture_dd.configs import tiny_distill
 
 
@@ -30,19 +30,7 @@ def measure(seed: int, data_dir: str | None = None) -> dict:
   c.model.update(width=32, depth=1, heads=2)  # small, so CI trains it in about a minute
   c.optim.update(lr=3e-3, schedule="cosine")
   result = distill.quick_distill(c, 1200)
-  s = result.setup
-
-  probs = exact.make_family("dirichlet", 3, 3, 0)
-  fn_t = denoisers.exact_view(s.teacher.denoise, s.teacher.frozen)
-  fn_s = denoisers.exact_view(denoisers.from_network(s.model), result.params)
-  tv = exact_report.tv_table(
-    s.process,
-    probs,
-    3,
-    {"teacher": (fn_t, False), "student": (fn_s, True)},
-    [1, 2],
-    num_latent_nodes=32,
-  )
+  tv = exact_report.distilled_tv_table(result, exact.make_family("dirichlet", 3, 3, 0), [1, 2])
   return {
     "finite": float(np.isfinite(result.losses).all()),
     **{f"{k}_{n}": float(v) for k, vs in tv.items() for n, v in zip((1, 2), vs)},
