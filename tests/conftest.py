@@ -63,17 +63,18 @@ def assert_chi2(counts, probs, alpha=1e-3):
   assert stat < thr, f"chi2 {stat:.1f} >= threshold {thr:.1f} ({cells} cells)"
 
 
-# The longest files first (measured on 2 idle cores, 2026-11-29: student start 200 s, demo 193 s,
-# accelerator benchmark 143 s, multiprocess 143 s, notebooks 114 s, distill e2e 54 s). Under
-# `--dist loadfile` a free worker takes the next file in collection order, so a long file
-# collected last (test_student_start.py, alphabetically late) ran alone at the end.
+# The longest files first (longest-processing-time order; per-file seconds from a 2-worker run
+# on the dev machine, 2026-11-29, after the cuts of issue 17 and with the compilation cache:
+# multiprocess ~165, notebooks ~125, demo ~105, student start ~55, distill e2e ~50, accelerator
+# benchmark ~45). Under `--dist loadfile` a free worker takes the next file in collection order,
+# so a long file collected last ran alone at the end.
 SLOW_FIRST = (
-  "test_student_start.py",
-  "test_demo.py",
-  "test_benchmark_accelerator.py",
   "test_multiprocess.py",
   "test_notebooks.py",
+  "test_demo.py",
+  "test_student_start.py",
   "test_distill_e2e.py",
+  "test_benchmark_accelerator.py",
 )
 
 

@@ -138,8 +138,8 @@ def test_no_gradient_reaches_teacher_or_the_targets(mode):
     "labels": jnp.zeros(16, jnp.int32),
   }
   full = {"net": params, "probe": jnp.ones(())}
-  g_params, g_frozen = jax.grad(
-    lambda p, f: loss_fn(p, batch, jax.random.key(0), f)[0], argnums=(0, 1)
+  g_params, g_frozen = jax.jit(
+    jax.grad(lambda p, f: loss_fn(p, batch, jax.random.key(0), f)[0], argnums=(0, 1))
   )(full, teacher.frozen)
   assert float(g_params["probe"]) == 0.0
   assert float(jnp.abs(g_frozen).max()) == 0.0
@@ -180,7 +180,7 @@ def test_presets_time_sampling_and_gates(name):
     assert abs(rest.mean() - 0.015) < 4 * (0.01 / np.sqrt(12)) / np.sqrt(rest.size)
   elif name in ("maskgit", "cpu_small"):  # both: t per example, Delta = 0.05, threshold 0.05
     np.testing.assert_allclose(delta[t > 0.05], 0.05, atol=1e-6)
-    np.testing.assert_array_equal(np.asarray(tm["w_distil"]), (t < 0.05).astype(np.float32))
+    np.testing.assert_array_equal(np.asarray(tm["w_distill"]), (t < 0.05).astype(np.float32))
     # t (MaskGIT: r = 1 - t) ~ U[0, 1]: about 5 % of examples distil.
     assert abs(np.mean(t < 0.05) - 0.05) < 4 * np.sqrt(0.05 * 0.95 / len(t))
   else:
