@@ -21,6 +21,8 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
+import time
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -41,15 +43,30 @@ _PARAMS_DIR = "params"
 
 
 def _save(directory: str, params: Params, meta: dict) -> None:
+  """Writes params and meta into `directory` at once: into a private folder beside it, then
+  renamed into place, so a process that finds `directory/params` finds a whole model. When two
+  processes train the same reference model at once (two evaluations, or two test workers), the
+  first rename wins and the other copy is dropped. A cache is written once: a model already in
+  `directory` is kept (delete the folder to retrain)."""
   directory = os.path.abspath(directory)
-  os.makedirs(directory, exist_ok=True)
+  os.makedirs(os.path.dirname(directory), exist_ok=True)
+  tmp = f"{directory}.tmp-{os.getpid()}-{time.time_ns()}"
   with ocp.StandardCheckpointer() as ckptr:
-    # Orbax refuses to overwrite silently; re-saving a reference model into
-    # the same directory is the intended use, hence force.
-    ckptr.save(os.path.join(directory, _PARAMS_DIR), jax.device_get(params), force=True)
+    ckptr.save(os.path.join(tmp, _PARAMS_DIR), jax.device_get(params))
     ckptr.wait_until_finished()
-  with open(os.path.join(directory, _META_FILE), "w") as f:
+  with open(os.path.join(tmp, _META_FILE), "w") as f:
     json.dump(meta, f, indent=2, sort_keys=True)
+  try:
+    os.rename(tmp, directory)  # replaces `directory` only if it is an empty folder
+    return
+  except OSError:
+    if os.path.isdir(os.path.join(directory, _PARAMS_DIR)):
+      shutil.rmtree(tmp, ignore_errors=True)  # another process saved it first
+      return
+  # `directory` holds other files but no model: move our model's two entries in.
+  for name in (_PARAMS_DIR, _META_FILE):
+    os.replace(os.path.join(tmp, name), os.path.join(directory, name))
+  shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _load(directory: str) -> tuple[Params, dict]:

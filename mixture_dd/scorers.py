@@ -31,7 +31,8 @@ the number of samples shrinks, so a data row is scored on as many samples
 as every sampler row (`num_samples`).
 
 The reference models (digits classifier, char LM) are trained on first use
-and cached under DEFAULT_REFERENCE_ROOT. The generic metric primitives live
+and cached under `reference_root()` ($MDD_REFERENCE_ROOT, else
+DEFAULT_REFERENCE_ROOT). The generic metric primitives live
 in `metrics`; here they are bound to each data set's reference.
 """
 
@@ -50,6 +51,15 @@ from mixture_dd.data import builders, markov, pipeline
 log = logging.getLogger("mixture_dd")
 
 DEFAULT_REFERENCE_ROOT = os.path.join("~", ".cache", "mixture_dd", "reference")
+REFERENCE_ROOT_ENV = "MDD_REFERENCE_ROOT"
+
+
+def reference_root() -> str:
+  """Where reference models are cached: $MDD_REFERENCE_ROOT if set (the test suite points it at
+  one folder per run), else DEFAULT_REFERENCE_ROOT."""
+  return os.path.expanduser(os.environ.get(REFERENCE_ROOT_ENV) or DEFAULT_REFERENCE_ROOT)
+
+
 SELF_BLEU_SUBSET = 100
 
 
@@ -278,7 +288,7 @@ def _default_reference_dir(spec, data_config) -> str:
     name = f"pydoc_text_D{spec.length}_src{builders.pydoc_fingerprint()}"
   else:  # A data set added later: its name, length and vocabulary.
     name = f"{spec.name}_D{spec.length}_V{spec.vocab_size}"
-  return os.path.expanduser(os.path.join(DEFAULT_REFERENCE_ROOT, name))
+  return os.path.join(reference_root(), name)
 
 
 def digits_classifier(reference_dir: str, train, test, levels: int):

@@ -23,6 +23,11 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="mixture_dd-jax-cache-")
   os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
   atexit.register(shutil.rmtree, os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
+# Likewise one reference-model cache per run (the digits classifier, the char LM: trained once,
+# by whichever test needs one first), never the user's ~/.cache.
+if "MDD_REFERENCE_ROOT" not in os.environ:
+  os.environ["MDD_REFERENCE_ROOT"] = tempfile.mkdtemp(prefix="mixture_dd-reference-")
+  atexit.register(shutil.rmtree, os.environ["MDD_REFERENCE_ROOT"], ignore_errors=True)
 
 import numpy as np
 import pytest

@@ -298,12 +298,15 @@ def test_markov_scorer_scores_against_the_true_chain(tmp_path):
   assert abs(big["pair_tv"] - ref["pair_tv"]) < 0.1 and big["pair_tv"] < ref["pair_tv"]
 
 
-def test_default_reference_dir_keeps_its_cache_names():
+def test_default_reference_dir_keeps_its_cache_names(monkeypatch, tmp_path):
   digits = pipeline.DataSpec("digits", 17, 64, 10, (8, 8), "image")
+  monkeypatch.delenv("MDD_REFERENCE_ROOT", raising=False)
   # v2: the classifier with a reject class; a cached 10-way one is not reused.
-  assert scorers._default_reference_dir(digits, None).endswith(
-    os.path.join("reference", "digits_L17_v2")
+  assert scorers._default_reference_dir(digits, None) == os.path.expanduser(
+    os.path.join("~", ".cache", "mixture_dd", "reference", "digits_L17_v2")
   )
+  monkeypatch.setenv("MDD_REFERENCE_ROOT", str(tmp_path))  # the test suite's one cache per run
+  assert scorers._default_reference_dir(digits, None) == str(tmp_path / "digits_L17_v2")
   text = pipeline.DataSpec("pydoc_text", 96, 64, 0, None, "text")
   assert os.path.basename(scorers._default_reference_dir(text, None)).startswith(
     "pydoc_text_D64_src"

@@ -7,6 +7,7 @@ arrays and on device arrays, as the samplers return them.
 """
 
 import chex
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -425,3 +426,21 @@ def test_recognition_needs_the_reject_class():
   assert not rm.has_reject_class(plain) and "noise_recognised" not in meta
   with pytest.raises(ValueError, match="no reject class"):
     rm.classifier_recognised(plain, images, 17)
+
+
+def test_a_reference_model_is_saved_whole_and_once(tmp_path):
+  """Saved into a private folder and renamed into place: the first copy of a model wins (two
+  evaluations training the same reference at once), a folder holding other files gets the
+  model beside them, and nothing temporary is left behind."""
+  first, second = {"w": jnp.ones(3)}, {"w": jnp.zeros(3)}
+  rm.save_classifier(tmp_path / "m", first, {"copy": 1})
+  rm.save_classifier(tmp_path / "m", second, {"copy": 2})
+  params, meta = rm.load_classifier(tmp_path / "m")
+  assert meta == {"copy": 1}
+  chex.assert_trees_all_equal(params, first)
+  (tmp_path / "busy").mkdir()
+  (tmp_path / "busy" / "notes.txt").write_text("kept")
+  rm.save_char_lm(tmp_path / "busy", second, {"copy": 3})
+  assert rm.load_char_lm(tmp_path / "busy")[1] == {"copy": 3}
+  assert (tmp_path / "busy" / "notes.txt").read_text() == "kept"
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "m"]
