@@ -148,6 +148,17 @@ def _read_meta(mngr, step: int) -> dict:
   return meta
 
 
+def _skip(step: int, where: str, what: str, e: Exception) -> None:
+  log.warning(
+    "checkpoint step %d in %s is %s (%s: %s); trying an earlier one",
+    step,
+    where,
+    what,
+    type(e).__name__,
+    str(e)[:200],
+  )
+
+
 def _newest_good(mngr, where: str, restore: Callable, signature: dict | None):
   """(step, meta, restored, bad steps) of the newest checkpoint that reads
   and passes `restore`, trying older ones after a warning; None if none."""
@@ -156,13 +167,7 @@ def _newest_good(mngr, where: str, restore: Callable, signature: dict | None):
     try:
       meta = _read_meta(mngr, step)
     except Exception as e:  # noqa: BLE001 - any read failure means "unusable"
-      log.warning(
-        "checkpoint step %d in %s is unreadable (%s: %s); trying an earlier one",
-        step,
-        where,
-        type(e).__name__,
-        str(e)[:200],
-      )
+      _skip(step, where, "unreadable", e)
       bad.append(step)
       continue
     if signature is not None:
@@ -170,13 +175,7 @@ def _newest_good(mngr, where: str, restore: Callable, signature: dict | None):
     try:
       restored = restore(step, meta)
     except Exception as e:  # noqa: BLE001
-      log.warning(
-        "checkpoint step %d in %s is corrupted (%s: %s); trying an earlier one",
-        step,
-        where,
-        type(e).__name__,
-        str(e)[:200],
-      )
+      _skip(step, where, "corrupted", e)
       bad.append(step)
       continue
     return step, dict(meta, step=step), restored, bad
