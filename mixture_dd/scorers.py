@@ -292,40 +292,58 @@ def _default_reference_dir(spec, data_config) -> str:
 
 
 def digits_classifier(reference_dir: str, train, test, levels: int):
-  """(params, meta): loaded from reference_dir, or trained on train and saved."""
-  if os.path.isdir(os.path.join(reference_dir, "params")):
-    log.info("loading the digits classifier from %s", reference_dir)
-    params, meta = reference_models.load_classifier(reference_dir)
-    if not reference_models.has_reject_class(params):
-      raise ValueError(
-        f"the digits classifier in {reference_dir} has no reject class (it predates the "
-        "repaired 'recognised'); delete that directory to retrain it there, or pass another "
-        "reference_dir."
-      )
-    return params, meta
-  log.info("training the digits classifier (cached in %s)", reference_dir)
-  params, meta = reference_models.train_digits_classifier(
-    train.tokens, train.labels, levels, eval_images=test.tokens, eval_labels=test.labels
+  """(params, meta): the classifier cached in reference_dir, trained on train and saved there
+  first if it is missing. Always the copy on disk, see `_cached`."""
+
+  def train_and_save():
+    params, meta = reference_models.train_digits_classifier(
+      train.tokens, train.labels, levels, eval_images=test.tokens, eval_labels=test.labels
+    )
+    reference_models.save_classifier(reference_dir, params, meta)
+
+  params, meta = _cached(
+    reference_dir, "digits classifier", train_and_save, reference_models.load_classifier
   )
-  reference_models.save_classifier(reference_dir, params, meta)
+  if not reference_models.has_reject_class(params):
+    raise ValueError(
+      f"the digits classifier in {reference_dir} has no reject class (it predates the "
+      "repaired 'recognised'); delete that directory to retrain it there, or pass another "
+      "reference_dir."
+    )
   return params, meta
 
 
 def char_lm(reference_dir: str, train, test, vocab_size: int, steps: int = 1000):
-  """(params, meta): the reference CharLM, loaded or trained on the train split."""
+  """(params, meta): the reference CharLM cached in reference_dir, trained on the train split
+  and saved there first if it is missing. Always the copy on disk, see `_cached`."""
+
+  def train_and_save():
+    params = reference_models.train_char_lm(train.tokens, vocab_size, steps=steps)
+    meta = {
+      "steps": steps,
+      "vocab_size": vocab_size,
+      "length": int(train.tokens.shape[1]),
+      "test_ppl": reference_models.generative_perplexity(params, test.tokens),
+    }
+    reference_models.save_char_lm(reference_dir, params, meta)
+
+  return _cached(reference_dir, "reference char LM", train_and_save, reference_models.load_char_lm)
+
+
+def _cached(reference_dir: str, what: str, train_and_save, load):
+  """load(reference_dir), after train_and_save() when nothing is cached there yet.
+
+  The model a process scores with is the one on disk, never its own fresh copy: when two
+  processes train the same reference at once, the first save wins (reference_models._save)
+  and both must then use it, since a second training can differ in the last bits (other
+  compiled programs, other machines' threads) and so would the scores of a rerun that loads
+  the winner (seen on CI: a resumed demo's FD off by 1e-6 from the straight run's)."""
   if os.path.isdir(os.path.join(reference_dir, "params")):
-    log.info("loading the reference char LM from %s", reference_dir)
-    return reference_models.load_char_lm(reference_dir)
-  log.info("training the reference char LM (%d steps, cached in %s)", steps, reference_dir)
-  params = reference_models.train_char_lm(train.tokens, vocab_size, steps=steps)
-  meta = {
-    "steps": steps,
-    "vocab_size": vocab_size,
-    "length": int(train.tokens.shape[1]),
-    "test_ppl": reference_models.generative_perplexity(params, test.tokens),
-  }
-  reference_models.save_char_lm(reference_dir, params, meta)
-  return params, meta
+    log.info("loading the %s from %s", what, reference_dir)
+  else:
+    log.info("training the %s (cached in %s)", what, reference_dir)
+    train_and_save()
+  return load(reference_dir)
 
 
 # ---------------------------------------------------------------------------

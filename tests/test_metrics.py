@@ -444,3 +444,26 @@ def test_a_reference_model_is_saved_whole_and_once(tmp_path):
   assert rm.load_char_lm(tmp_path / "busy")[1] == {"copy": 3}
   assert (tmp_path / "busy" / "notes.txt").read_text() == "kept"
   assert sorted(p.name for p in tmp_path.iterdir()) == ["busy", "m"]
+
+
+def test_a_process_scores_with_the_cached_reference_not_its_own_copy(tmp_path, monkeypatch):
+  """Two processes train the same reference model at once: the first save wins, and the one
+  that lost must score with the winner too (its own copy can differ in the last bits, and a
+  rerun that loads the winner would then not reproduce its numbers)."""
+  from types import SimpleNamespace
+
+  from mixture_dd import scorers
+
+  winner, loser = {"w": jnp.ones(3)}, {"w": jnp.zeros(3)}
+  rdir = str(tmp_path / "lm")
+
+  def train_while_another_process_saves_first(tokens, vocab_size, steps):
+    rm.save_char_lm(rdir, winner, {"copy": "winner"})
+    return loser
+
+  monkeypatch.setattr(rm, "train_char_lm", train_while_another_process_saves_first)
+  monkeypatch.setattr(rm, "generative_perplexity", lambda params, tokens: 1.0)
+  split = SimpleNamespace(tokens=np.zeros((2, 4), np.int64))
+  params, meta = scorers.char_lm(rdir, split, split, vocab_size=5)
+  chex.assert_trees_all_equal(params, winner)
+  assert meta == {"copy": "winner"}
