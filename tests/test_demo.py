@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mixture_dd import trainer
-from tests.conftest import run_and_signal
+from tests.conftest import run_and_signal, subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT_FILES = (
@@ -38,7 +38,7 @@ def _demo_cmd(workdir, out, data_dir):
 
 
 def _env():
-  return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
+  return subprocess_env()
 
 
 def _numbers(out):

@@ -9,8 +9,6 @@ import dataclasses
 import logging
 import os
 import shutil
-import subprocess
-import sys
 
 import jax
 import ml_collections
@@ -314,18 +312,6 @@ def test_loop_fields_are_validated_once_at_the_config(data_dir):
 # ---------------------------------------------------------------------------
 # Launcher flags.
 # ---------------------------------------------------------------------------
-
-
-def _launch(module, *args, env=None, timeout=120):
-  e = dict(os.environ, JAX_PLATFORMS="cpu", **(env or {}))
-  return subprocess.run(
-    [sys.executable, "-m", module, *args],
-    cwd=REPO,
-    env=e,
-    capture_output=True,
-    text=True,
-    timeout=timeout,
-  )
 
 
 @pytest.mark.parametrize(

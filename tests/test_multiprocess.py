@@ -1,9 +1,10 @@
-"""Two real processes (2 CPU devices each) against one process with 4 devices.
+"""Two real processes against one process with as many devices.
 
 The launchers run under jax.distributed over localhost (gloo collectives),
 each process reads its own slice of every global batch and Orbax writes one
-checkpoint into the shared workdir. Teacher training and a Di4C
-distillation must end with the parameters of the single-process run.
+checkpoint into the shared workdir. Teacher training (2 x 1 devices, in the
+preemption test) and a Di4C distillation (2 x 2 devices) must end with the
+parameters of the single-process run.
 """
 
 import os
@@ -19,6 +20,7 @@ import numpy as np
 from mixture_dd import checkpoints, configuration, runs, teacher_training, train_step, trainer
 from mixture_dd.configs import tiny as tiny_cfg
 from mixture_dd.data import pipeline
+from tests.conftest import subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = ["--config.data.num_train=2000", "--config.data.num_test=200"]
@@ -31,10 +33,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start(module, args, workdir, devices, num_processes=1, process_id=0, port=None):
-  env = dict(
-    os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}"
-  )
+def _start(module, args, workdir, devices, num_processes=1, process_id=0, port=None, stderr=None):
   cmd = [sys.executable, "-m", module, *args, f"--workdir={workdir}"]
   if num_processes > 1:
     cmd += [
@@ -43,7 +42,12 @@ def _start(module, args, workdir, devices, num_processes=1, process_id=0, port=N
       f"--coordinator_address=localhost:{port}",
     ]
   return subprocess.Popen(
-    cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    cmd,
+    cwd=REPO,
+    env=subprocess_env(devices),
+    stdout=subprocess.DEVNULL,
+    stderr=stderr or subprocess.PIPE,
+    text=True,
   )
 
 
@@ -64,15 +68,17 @@ def _run_both(module, args, tmp_path, name):
   return str(multi), str(single), outs
 
 
-def _assert_same_params(multi, single, model, sig):
+def _assert_same_params(multi, single, model, sig=None, exact=False):
   abstract = jax.eval_shape(lambda: train_step.init_params(model, 0))
   for ema in (False, True):
     a, meta_a = checkpoints.load_params(multi, abstract, sig, ema=ema)
     b, meta_b = checkpoints.load_params(single, abstract, sig, ema=ema)
     assert meta_a["seed"] == meta_b["seed"]
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-      # float32 all-reduce order differs between 2x2 and 1x4 devices.
-      np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+      if exact:
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+      else:  # float32 all-reduce order differs between 2 x 2 and 1 x 4 devices.
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
 
 
 def test_batches_are_split_between_processes_exactly():
@@ -89,43 +95,29 @@ def test_batches_are_split_between_processes_exactly():
       assert len(set(got.tolist())) == 64  # nothing duplicated or dropped
 
 
-def test_two_processes_match_one(tmp_path):
+def test_a_two_process_distillation_matches_one_process(tmp_path):
+  """2 processes x 2 devices against 1 process x 4 devices, a Di4C student of the exact
+  teacher (teacher training across processes: the preemption test below)."""
   t0 = time.time()
   data_dir = tmp_path / "tfds"
   c = tiny_cfg.get_config()
   c.data.data_dir, c.data.num_train, c.data.num_test = str(data_dir), 2000, 200
-  c.model.update(width=32, depth=1, heads=2)
   spec, _ = pipeline.load(c.data, "train")  # built once, before the processes race for it
-  common = [
+  student = [
+    f"--config={REPO}/configs/tiny_distill.py",
     f"--config.data.data_dir={data_dir}",
     *DATA,
     *MODEL,
     "--config.train.batch_size=32",
     "--config.train.log_every=2",
     "--config.train.sample_every=0",
-  ]
-
-  teacher = [
-    f"--config={REPO}/configs/tiny.py",
-    *common,
+    "--config.distill.num_latents=4",
     "--config.train.num_steps=4",
     "--config.train.ckpt_every=2",
   ]
-  multi, single, outs = _run_both("launch.train", teacher, tmp_path, "teacher")
-  assert "teacher step 4/4" in outs[0]
-  assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["2", "4"]
-  model = teacher_training.setup_teacher(c).model
-  _assert_same_params(multi, single, model, configuration.model_signature(c, spec))
-
-  student = [
-    f"--config={REPO}/configs/tiny_distill.py",
-    *common,
-    "--config.distill.num_latents=4",
-    "--config.train.num_steps=3",
-    "--config.train.ckpt_every=3",
-  ]
   multi, single, outs = _run_both("launch.distill", student, tmp_path, "student")
-  assert "distill step 3/3" in outs[0]
+  assert "distill step 4/4" in outs[0]
+  assert sorted(os.listdir(os.path.join(multi, "checkpoints"))) == ["2", "4"]
   run = runs.load_run(single)
   _assert_same_params(multi, single, run.model, configuration.model_signature(run.config, spec))
   print(f"two-process test wall time: {time.time() - t0:.1f}s")
@@ -135,7 +127,8 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_resume_is_ex
   """A preemption notice to ONE process of a 2-process run (as a pod slice
   gets): Orbax's reached_preemption agrees on one step, both processes save
   it and exit with the preemption status; rerunning both resumes to the same
-  parameters, bit for bit, as an uninterrupted 2-process run."""
+  parameters, bit for bit, as an uninterrupted 2-process run, which in turn
+  ends where one process with both devices ends."""
   data_dir = tmp_path / "tfds"
   c = tiny_cfg.get_config()
   c.data.data_dir, c.data.num_train, c.data.num_test = str(data_dir), 2000, 200
@@ -152,33 +145,14 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_resume_is_ex
     "--config.train.sample_every=0",
   ]
 
-  def both(workdir, num_steps, watch=None):
+  def both(workdir, num_steps, watch=None, single=None):
+    """2 processes x 1 device into workdir (and 1 process x 2 devices into single)."""
     port = _free_port()
-    logs = [open(tmp_path / f"{workdir.name}_{i}_{time.time()}.log", "w+") for i in range(2)]
-    env = dict(
-      os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1"
-    )
-    procs = [
-      subprocess.Popen(
-        [
-          sys.executable,
-          "-m",
-          "launch.train",
-          *args,
-          f"--config.train.num_steps={num_steps}",
-          f"--workdir={workdir}",
-          "--num_processes=2",
-          f"--process_id={i}",
-          f"--coordinator_address=localhost:{port}",
-        ],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=logs[i],
-        text=True,
-      )
-      for i in range(2)
-    ]
+    logs = [open(tmp_path / f"{workdir.name}_{i}_{time.time()}.log", "w+") for i in range(3)]
+    a = [*args, f"--config.train.num_steps={num_steps}"]
+    procs = [_start("launch.train", a, workdir, 1, 2, i, port, logs[i]) for i in range(2)]
+    if single:
+      procs.append(_start("launch.train", a, single, 2, stderr=logs[2]))
     try:
       if watch:
         deadline = time.time() + 300
@@ -198,17 +172,14 @@ def test_sigterm_to_one_of_two_processes_stops_both_at_one_step_and_resume_is_ex
   assert rcs == [trainer.EXIT_PREEMPTED] * 2, [log[-2000:] for log in logs]
   saved = [int(s) for s in os.listdir(tmp_path / "p" / "checkpoints") if s.isdigit()]
   assert len(saved) == 1 and 5 <= saved[0] < n, saved
-  for log in logs:
+  for log in logs[:2]:
     assert f"saved step {saved[0]}" in log, log[-2000:]
   k = saved[0] + 3
   rcs, logs = both(tmp_path / "p", k)
   assert rcs == [0, 0] and f"resumed from step {saved[0]}" in logs[0], logs[0][-2000:]
-  rcs, logs = both(tmp_path / "straight", k)
-  assert rcs == [0, 0], logs[0][-2000:]
+  rcs, logs = both(tmp_path / "straight", k, single=tmp_path / "single")
+  assert rcs == [0, 0, 0], [log[-2000:] for log in logs]
   model = teacher_training.setup_teacher(c).model
-  abstract = jax.eval_shape(lambda: train_step.init_params(model, 0))
-  for ema in (False, True):
-    a, _ = checkpoints.load_params(str(tmp_path / "p"), abstract, ema=ema)
-    b, _ = checkpoints.load_params(str(tmp_path / "straight"), abstract, ema=ema)
-    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-      np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+  _assert_same_params(str(tmp_path / "p"), str(tmp_path / "straight"), model, exact=True)
+  sig = configuration.model_signature(c, spec)
+  _assert_same_params(str(tmp_path / "straight"), str(tmp_path / "single"), model, sig)

@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from tests.conftest import FAST_COMPILE_XLA_FLAGS
+
 nbformat = pytest.importorskip("nbformat")
 nbclient = pytest.importorskip("nbclient")
 
@@ -50,7 +52,7 @@ def _kernel_env(tmp_path):
   # sees what a Colab CPU runtime sees: one device. In SMALL mode the time is
   # almost all XLA compilation (a Di4C step is a large program), so compile
   # with fewer optimisations: about 3x faster to compile, slower to run.
-  env["XLA_FLAGS"] = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+  env["XLA_FLAGS"] = FAST_COMPILE_XLA_FLAGS
   # The kernel imports the package under test, wherever pytest found it.
   root = str(COLABS.parent)
   env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in [env.get("PYTHONPATH")] if p])
