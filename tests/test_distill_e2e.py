@@ -20,6 +20,7 @@ import numpy as np
 
 from mixture_dd import distill, exact, exact_report
 from mixture_dd.configs import tiny_distill
+from tests.conftest import measure_with_default_codegen
 
 
 def measure(seed: int, data_dir: str | None = None) -> dict:
@@ -38,7 +39,7 @@ def measure(seed: int, data_dir: str | None = None) -> dict:
 
 
 def test_student_beats_the_teachers_tv_at_one_and_two_steps(tmp_path):
-  m = measure(0, str(tmp_path / "tfds"))
+  m = measure_with_default_codegen("tests.test_distill_e2e", 0, str(tmp_path / "tfds"))
   assert m["finite"] == 1.0
   tv = {k: [m[f"{k}_1"], m[f"{k}_2"]] for k in ("teacher", "student")}
   np.testing.assert_allclose(tv["teacher"], [0.42214, 0.24910], atol=1e-4)

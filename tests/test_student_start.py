@@ -29,6 +29,7 @@ import jax
 import pytest
 
 from mixture_dd import configuration, denoisers, di4c, exact_report
+from tests.conftest import measure_with_default_codegen
 
 # The family (and its training sample) is fixed; the seed is the training seed of the
 # teacher and of the student.
@@ -69,7 +70,7 @@ _FULL_ONLY = pytest.mark.skipif(
 
 @pytest.mark.parametrize("seed", [0, pytest.param(1, marks=_FULL_ONLY)])
 def test_default_start_cuts_the_one_step_tv_of_a_trained_teacher_by_a_quarter(seed):
-  m = measure(seed)
+  m = measure_with_default_codegen("tests.test_student_start", seed)
   assert m["tv_teacher"] > 0.3, ("pick families whose one-step product error is large", m)
   # The start is close to the teacher: its marginals barely move.
   assert m["kl0"] < 2e-3, m
