@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -74,27 +73,6 @@ def product_tv_report(steps, out_path=None, cases=DEFAULT_CASES):
     with open(out_path, "w") as f:
       f.write(text + "\n")
   return text
-
-
-def network_log_marginals_fn(model, params, latent: bool):
-  """Adapter: a network -> `fn(x [n, D], t, lam)` for `exact.sampler_distribution`
-  (lam a float, or a `[k]` point for a student with latent_dim k > 1; the
-  adapter's `latent_dim` attribute is the model's)."""
-
-  @jax.jit
-  def f(params, x, t, lam):
-    n = x.shape[0]
-    kw = {"lam": jnp.broadcast_to(lam, (n,) + lam.shape)} if latent else {}
-    return jax.nn.log_softmax(
-      model.apply({"params": params}, x, jnp.full((n,), t, jnp.float32), **kw)
-    )
-
-  def fn(x, t, lam):
-    lam = np.asarray(0.0 if lam is None else lam, np.float32)
-    return f(params, jnp.asarray(x), t, lam)
-
-  fn.latent_dim = model.latent_dim if latent else 1
-  return fn
 
 
 def tv_table(process, probs, length, denoisers: dict, steps, num_latent_nodes=32):
