@@ -122,8 +122,9 @@ def assert_chi2(counts, probs, alpha=1e-3):
 
 # The longest files first (longest-processing-time order; per-file seconds from a 2-worker run
 # on the dev machine, 2026-11-30, with the fast-compile flags: notebooks ~130, multiprocess
-# ~100, demo ~70, accelerator benchmark ~45, student start ~30, distill e2e ~30). Under `--dist loadfile` a free worker takes the next file in collection order,
-# so a long file collected last ran alone at the end.
+# ~100, demo ~70, accelerator benchmark ~45, student start ~30, distill e2e ~30). Under
+# `--dist loadfile` a free worker takes the next file in collection order, so a long file
+# collected last ran alone at the end.
 SLOW_FIRST = (
   "test_notebooks.py",
   "test_multiprocess.py",

@@ -9,9 +9,8 @@ import sys
 import pytest
 
 from mixture_dd import trainer
-from tests.conftest import run_and_signal, subprocess_env
+from tests.conftest import REPO, run_and_signal, subprocess_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPORT_FILES = (
   "results.json",
   "results.md",

@@ -20,8 +20,6 @@ from mixture_dd.configs import tiny as tiny_cfg
 from mixture_dd.configs import tiny_distill as tiny_distill_cfg
 from mixture_dd.data import pipeline
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def small_config(data_dir, **train_overrides):
   c = tiny_cfg.get_config()

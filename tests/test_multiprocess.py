@@ -20,9 +20,8 @@ import numpy as np
 from mixture_dd import checkpoints, configuration, runs, teacher_training, train_step, trainer
 from mixture_dd.configs import tiny as tiny_cfg
 from mixture_dd.data import pipeline
-from tests.conftest import subprocess_env
+from tests.conftest import REPO, subprocess_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = ["--config.data.num_train=2000", "--config.data.num_test=200"]
 MODEL = ["--config.model.width=32", "--config.model.depth=1", "--config.model.heads=2"]
 
