@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -490,6 +491,24 @@ def start_student(params, key, start: str, scale: float = 0.0):
     key, kernel.shape, kernel.dtype
   )
   return params
+
+
+def mixture_total_correlation(key, lp, num_draws: int = 64):
+  """Total correlation of the uniform mixture of L products lp `[B, L, D, S]`, nats `[B]`.
+
+  TC = E_{x ~ mixture} [log mixture(x) - sum_d log pbar_d(x^d)], the mean of
+  the correlation functional C over `num_draws` draws of the mixture (a
+  component uniformly, then its product): unbiased for these L components
+  (exact TC needs a sum over S^D states). 0 when every component is the same
+  product; what a student's mixture expresses beyond its marginals, to set
+  against the exact posterior's (`markov_exact.posterior_total_correlation`).
+  """
+  chex.assert_rank(lp, 4)
+  b, num_l = lp.shape[:2]
+  k_j, k_x = jax.random.split(key)
+  j = jax.random.randint(k_j, (b, num_draws), 0, num_l)
+  x = jax.random.categorical(k_x, jnp.take_along_axis(lp, j[:, :, None, None], axis=1))
+  return jnp.mean(losses.correlation(lp, x), axis=-1)
 
 
 def marginal_kl(

@@ -107,6 +107,45 @@ def forward_backward(log_init, log_trans, log_emission):
   return jnp.maximum(jnp.moveaxis(post, 0, 1), NEG_INF)
 
 
+def chain_log_evidence(log_init, log_trans, log_emission):
+  """log sum_x p(x) prod_d e_d(x^d) `[batch]`: the forward algorithm's normaliser.
+
+  Arguments as `forward_backward`'s; unnormalised, so per-position constants
+  of log_emission add to it (they cancel in `posterior_total_correlation`).
+  """
+  e = jnp.moveaxis(log_emission, 1, 0)  # [D, B, S]
+
+  def forward(f, e_d):
+    return jax.nn.logsumexp(f[:, :, None] + log_trans, axis=1) + e_d, None
+
+  f, _ = jax.lax.scan(forward, log_init + e[0], e[1:])
+  return jax.nn.logsumexp(f, axis=-1)
+
+
+def posterior_total_correlation(process: Process, params: dict, x_t, t, x0):
+  """Total correlation of the chain's exact posterior p(x0 | x_t), nats per sequence `[batch]`.
+
+  TC = sum_d H(p(x0^d | x_t)) - H(p(x0 | x_t)): what the exact joint denoiser
+  has and any product denoiser (the exact ideal teacher included) lacks. One
+  unbiased draw per row: sum_d H(post_d) + log p(x0 | x_t) at x0, a draw of
+  the posterior; x0 from the data with x_t ~ q_t(. | x0) is one, so the mean
+  over such rows estimates E_{x_t} TC. x_t, x0 `[batch, D]` int, t scalar or
+  `[batch]`; params `chain_params(init, trans)`.
+  """
+  num_values = params["log_init"].shape[-1]
+  x0 = jnp.asarray(x0, jnp.int32)
+  emit = emission_log_likelihood(process, x_t, t, num_values)
+  post = forward_backward(params["log_init"], params["log_trans"], emit)
+  entropy = -jnp.sum(jnp.exp(post) * post, axis=(1, 2))
+  log_joint = (
+    params["log_init"][x0[:, 0]]
+    + jnp.sum(params["log_trans"][x0[:, :-1], x0[:, 1:]], axis=-1)
+    + jnp.sum(jnp.take_along_axis(emit, x0[..., None], axis=-1)[..., 0], axis=-1)
+  )
+  log_evidence = chain_log_evidence(params["log_init"], params["log_trans"], emit)
+  return entropy + log_joint - log_evidence
+
+
 def ideal_log_marginals(process: Process, params: dict, x_t, t):
   """Exact log q^d_{0|t}(a | x_t) of the chain in `params` (`chain_params`).
 

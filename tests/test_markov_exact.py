@@ -122,6 +122,42 @@ def test_uniform_posterior_is_brute_force_bayes():
 
 
 @pytest.mark.parametrize("name", ["masked", "uniform"])
+def test_posterior_total_correlation_is_brute_force(name):
+  """Averaged over the exact posterior (every x0 in S^D, weighted), the one-draw estimator is the
+  posterior's total correlation sum_d H(marginal_d) - H(joint), enumerated in float64; 0 for a
+  fully observed row."""
+  s, length = 3, 5
+  rng = np.random.default_rng(6)
+  init, trans = markov.make_chain(s, 6)
+  proc = processes.Masked(s, "linear") if name == "masked" else _uniform(s)
+  t = 0.6
+  if name == "masked":
+    x_t = _masked_inputs(rng, init, trans, 6, length)
+  else:
+    x_t = rng.integers(0, s, (6, length)).astype(np.int32)
+  states = exact.enumerate_states(s, length)  # [M, D]
+  prior = init[states[:, 0]] * np.prod(trans[states[:, :-1], states[:, 1:]], axis=-1)
+  emission = _emission64(proc, x_t, t, s)
+  params = markov_exact.chain_params(init, trans)
+  fn = jax.jit(lambda x, x0: markov_exact.posterior_total_correlation(proc, params, x, t, x0))
+  tcs = []
+  for b in range(len(x_t)):
+    w = prior * np.prod(emission[b, np.arange(length), states], axis=-1)
+    w = w / w.sum()
+    marg = np.stack([np.bincount(states[:, d], weights=w, minlength=s) for d in range(length)])
+    h = lambda p: -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0))
+    tc = h(marg) - h(w)
+    est = np.asarray(fn(jnp.asarray(np.tile(x_t[b], (len(states), 1))), jnp.asarray(states)))
+    keep = w > 0  # a draw of the posterior is never an impossible sequence
+    got = np.sum(w[keep] * est[keep].astype(np.float64))
+    np.testing.assert_allclose(got, tc, atol=2e-4)
+    tcs.append(tc)
+  if name == "masked":  # row 1 has nothing masked: one sequence, no correlation
+    assert abs(tcs[1]) < 1e-12
+  assert max(tcs) > 0.1  # the reference is not trivially 0
+
+
+@pytest.mark.parametrize("name", ["masked", "uniform"])
 def test_agrees_with_the_enumerating_ideal_denoiser(name):
   """Same law, two algorithms: forward-backward and exact.ideal_log_marginals."""
   s, length = 3, 4
@@ -293,3 +329,30 @@ def test_teacher_kind_errors_name_the_fix(data_dir, tmp_path):
   c.teacher.init_workdir = str(tmp_path / "other")
   with pytest.raises(ValueError, match="init_workdir is for an ideal teacher"):
     runs.resolve(c)
+
+
+def test_mixture_correlation_benchmark_measures_student_and_posterior(data_dir):
+  """benchmarks.mixture_correlation on a fresh (untrained) student: finite rows with standard
+  errors; the exact posterior is strongly correlated at t = 1 (a 32-long chain), the student's
+  mixture far less, and a student whose components agree (lambda ignored) expresses none."""
+  from benchmarks import mixture_correlation
+
+  setup = distill.setup_student(_config(data_dir))
+  run = runs.Run(setup.config, setup.spec, setup.process, setup.model, setup.params, True)
+  rows = mixture_correlation.measure(run, [1.0, 0.5], 32, 4, 16, 0)
+  assert [r["t"] for r in rows] == [1.0, 0.5]
+  for r in rows:
+    assert all(np.isfinite(v) for v in r.values()), r
+  assert rows[0]["posterior_tc"] > 5.0 and rows[0]["posterior_tc"] > 10 * rows[0]["student_tc"]
+  assert rows[0]["posterior_tc"] > rows[1]["posterior_tc"] > 0.5  # less left to correlate
+
+  class Flat:  # every latent gets the same lambda: one product
+    def __getattr__(self, name):
+      return getattr(setup.model, name)
+
+    def apply(self, params, *args, lam=None, **kw):
+      return setup.model.apply(params, *args, lam=jnp.zeros_like(lam), **kw)
+
+  flat = runs.Run(setup.config, setup.spec, setup.process, Flat(), setup.params, True)
+  rows = mixture_correlation.measure(flat, [1.0], 32, 4, 16, 0)
+  assert abs(rows[0]["student_tc"]) < 1e-4 and abs(rows[0]["data_c"]) < 1e-4
