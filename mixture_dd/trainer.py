@@ -390,7 +390,9 @@ class _Preemption:
       self._old[signal.SIGTERM] = signal.signal(
         signal.SIGTERM, lambda *a: self._flag.append(Preempted)
       )
-      self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
+      # A process started with Ctrl-C ignored (`nohup cmd &` from a script) stays deaf to it.
+      if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        self._old[signal.SIGINT] = signal.signal(signal.SIGINT, self._on_sigint)
 
   def _on_sigint(self, *args):
     self._flag.append(Interrupted)

@@ -150,7 +150,15 @@ def run_and_signal(cmd, marker: str, env: dict, cwd: str, sig=signal.SIGTERM, ti
   Ctrl-C) once a line of its stderr contains `marker`, and waits. Returns
   (exit status, stderr)."""
   proc = subprocess.Popen(
-    cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
+    cmd,
+    cwd=cwd,
+    env=env,
+    stderr=subprocess.PIPE,
+    stdout=subprocess.DEVNULL,
+    text=True,
+    # As from a terminal: a test worker may run with Ctrl-C ignored, which its children inherit
+    # (and a run started so stays deaf to Ctrl-C).
+    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
   )
   lines = []
   try:

@@ -515,14 +515,23 @@ try:
 finally:
   p.close()
 assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+# Started with Ctrl-C ignored (`nohup cmd &` from a script): the run stays deaf to it.
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+p = trainer._Preemption(None)
+os.kill(os.getpid(), signal.SIGINT)
+time.sleep(0.05)
+assert p.reached(1) is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+p.close()
+assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 print("ok")
 """
 
 
 def test_a_second_ctrl_c_stops_at_once():
   """The first Ctrl-C asks for a save at the end of the step; the second
-  raises KeyboardInterrupt where the loop is. In a fresh process: a signal
-  reaches Python's main thread, which under pytest-xdist is not the test's."""
+  raises KeyboardInterrupt where the loop is; a run started with Ctrl-C ignored
+  stays deaf to it. In a fresh process: a signal reaches Python's main thread,
+  which under pytest-xdist is not the test's."""
   proc = subprocess.run(
     [sys.executable, "-c", _SECOND_CTRL_C],
     env=_env(),
