@@ -145,20 +145,24 @@ def rng():
   return np.random.default_rng(0)
 
 
+# A test worker may run with Ctrl-C ignored, which its children inherit (and a run started so
+# stays deaf to Ctrl-C); a child that is sent Ctrl-C first puts Python's handler back, as from a
+# terminal. (Not Popen's preexec_fn: that forks the multithreaded worker before exec.)
+_AS_FROM_A_TERMINAL = (
+  "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+  "sys.argv = sys.argv[1:]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+)
+
+
 def run_and_signal(cmd, marker: str, env: dict, cwd: str, sig=signal.SIGTERM, timeout=300):
   """Starts `cmd`, sends it `sig` (SIGTERM: a preemption notice; SIGINT: a
   Ctrl-C) once a line of its stderr contains `marker`, and waits. Returns
   (exit status, stderr)."""
+  if sig == signal.SIGINT:  # `python -m module args` with Python's Ctrl-C handler put back
+    assert cmd[1] == "-m", cmd
+    cmd = [cmd[0], "-c", _AS_FROM_A_TERMINAL, *cmd[2:]]
   proc = subprocess.Popen(
-    cmd,
-    cwd=cwd,
-    env=env,
-    stderr=subprocess.PIPE,
-    stdout=subprocess.DEVNULL,
-    text=True,
-    # As from a terminal: a test worker may run with Ctrl-C ignored, which its children inherit
-    # (and a run started so stays deaf to Ctrl-C).
-    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    cmd, cwd=cwd, env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True
   )
   lines = []
   try:
