@@ -78,6 +78,11 @@ def emission_log_likelihood(process: Process, x_t, t, num_values: int):
   return log_lik - jnp.max(log_lik, axis=-1, keepdims=True)
 
 
+def _forward_message(f, log_trans, e_d):
+  """log sum_a exp(f[:, a]) trans[a, b] + e_d[:, b] `[batch, S]`: one step of the forward pass."""
+  return jax.nn.logsumexp(f[:, :, None] + log_trans, axis=1) + e_d
+
+
 def forward_backward(log_init, log_trans, log_emission):
   """Posterior marginals of a hidden Markov chain, in log space.
 
@@ -91,7 +96,7 @@ def forward_backward(log_init, log_trans, log_emission):
   f0 = norm(log_init + e[0])
 
   def forward(f, e_d):  # f_d(b) ∝ sum_a f_{d-1}(a) trans[a, b] e_d(b)
-    f = norm(jax.nn.logsumexp(f[:, :, None] + log_trans, axis=1) + e_d)
+    f = norm(_forward_message(f, log_trans, e_d))
     return f, f
 
   def backward(g, e_next):  # g_d(a) ∝ sum_b trans[a, b] e_{d+1}(b) g_{d+1}(b)
@@ -114,11 +119,9 @@ def chain_log_evidence(log_init, log_trans, log_emission):
   of log_emission add to it (they cancel in `posterior_total_correlation`).
   """
   e = jnp.moveaxis(log_emission, 1, 0)  # [D, B, S]
-
-  def forward(f, e_d):
-    return jax.nn.logsumexp(f[:, :, None] + log_trans, axis=1) + e_d, None
-
-  f, _ = jax.lax.scan(forward, log_init + e[0], e[1:])
+  f, _ = jax.lax.scan(
+    lambda f, e_d: (_forward_message(f, log_trans, e_d), None), log_init + e[0], e[1:]
+  )
   return jax.nn.logsumexp(f, axis=-1)
 
 
