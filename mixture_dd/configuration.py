@@ -65,6 +65,11 @@ def base_config() -> ml_collections.ConfigDict:
       # uniforms, each embedded (an int >= 1; 1 is the paper's scalar latent).
       # A product teacher has no latent path and ignores it.
       latent_dim=1,
+      # Where the latent enters: "global" (the paper: every position, every
+      # block) or "blocks" (local latents: latent_dim contiguous blocks of
+      # positions, coordinate g conditioning block g only, after the trunk;
+      # latent_dim must divide the data's length). A product teacher ignores it.
+      latent_scope="global",
     )
   )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
@@ -138,7 +143,13 @@ def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
   # Filled from the teacher's run by `runs.resolve`, as data is; latent_dim (see
   # base_config) may be set here, e.g. --config.model.latent_dim=4 (None:
   # the teacher run's, 1 for a product teacher's).
-  c.model = ml_collections.ConfigDict(dict(latent_dim=ml_collections.config_dict.placeholder(int)))
+  # latent_scope likewise (e.g. --config.model.latent_scope=blocks).
+  c.model = ml_collections.ConfigDict(
+    dict(
+      latent_dim=ml_collections.config_dict.placeholder(int),
+      latent_scope=ml_collections.config_dict.placeholder(str),
+    )
+  )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
   c.optim = ml_collections.ConfigDict(
     dict(
@@ -470,6 +481,20 @@ def validate(config, spec) -> None:
     "model.latent_dim",
     f"must be an integer >= 1 (1: the paper's scalar latent), got {m.get('latent_dim')!r}",
   )
+  scope = model_latent_scope(config)
+  _require(
+    scope in networks.LATENT_SCOPES,
+    "model.latent_scope",
+    f"{scope!r}; choose one of {networks.LATENT_SCOPES}",
+  )
+  if scope == "blocks" and _is_int(model_latent_dim(config)):
+    _require(
+      spec.length % model_latent_dim(config) == 0,
+      "model.latent_scope",
+      f"'blocks' splits the data's {spec.length} positions into model.latent_dim="
+      f"{model_latent_dim(config)} equal blocks; set model.latent_dim to a divisor of "
+      f"{spec.length}",
+    )
   _require(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r}; choose one of {DTYPES}")
   _require(
     0.0 <= m.label_dropout < 1.0, "model.label_dropout", f"must be in [0, 1), got {m.label_dropout}"
@@ -549,6 +574,7 @@ def make_model(config, spec, process, latent: bool = False) -> networks.Transfor
     mask_id=process.mask_id,
     dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
     latent_dim=model_latent_dim(config) if latent else 1,
+    latent_scope=model_latent_scope(config) if latent else "global",
   )
 
 
@@ -557,6 +583,12 @@ def model_latent_dim(config):
   written before the field existed)."""
   k = config.model.get("latent_dim")
   return 1 if k is None else k
+
+
+def model_latent_scope(config) -> str:
+  """config.model.latent_scope; "global" where it is unset (None, or a run
+  config written before the field existed)."""
+  return config.model.get("latent_scope") or "global"
 
 
 def entry_for_start(student_start: str | None) -> str:
@@ -578,13 +610,15 @@ def model_signature(config, spec) -> dict:
   latent_dim (as "latent": checkpoints from before latent_dim existed saved
   True there, and True == 1, so they still load as latent_dim 1; a k > 1
   student also signs "model.latent_dim", which names the config field when
-  it is refused)."""
+  it is refused; "model.latent_scope" is "blocks" for local latents and
+  None for the global one, which is what checkpoints from before the field
+  existed read as)."""
   # Parameters are float32 at any activation dtype, so model.dtype is free
   # to change between a checkpoint and its use (as dropout is).
   sig = {
     f"model.{k}": v
     for k, v in config.model.to_dict().items()
-    if k not in ("dropout", "label_dropout", "dtype", "latent_dim")
+    if k not in ("dropout", "label_dropout", "dtype", "latent_dim", "latent_scope")
   }
   sig.update({f"process.{k}": v for k, v in config.process.to_dict().items()})
   sig["process.vocab_size"] = config.process.vocab_size or spec.vocab_size
@@ -595,4 +629,7 @@ def model_signature(config, spec) -> dict:
     sig.update(latent=k, latent_entry=latent_entry(config))
     if k != 1:
       sig["model.latent_dim"] = k
+    # None for global: what checkpoints from before the field read as.
+    scope = model_latent_scope(config)
+    sig["model.latent_scope"] = None if scope == "global" else scope
   return sig

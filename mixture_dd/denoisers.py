@@ -21,7 +21,10 @@ A denoiser made by `from_network` carries its network's latent_dim as the
 attribute `latent_dim` (`latent_dim(denoiser)`, 1 when absent), and the
 wrappers here that keep a latent-taking denoiser pass it on, so that every
 place that draws latents for it (`mixture`, `mixture_marginals`, the Di4C
-loss, the exact toolkit's nodes) draws the right number.
+loss, the exact toolkit's nodes) draws the right number. A student with
+local latents (`networks.BlockLatentPath`) also carries `latent_blocks`
+(k: its law is a product of k block mixtures, which the Di4C loss scores
+block by block; 1 for every other denoiser).
 """
 
 from __future__ import annotations
@@ -54,8 +57,15 @@ def latent_dim(denoiser) -> int:
   return int(getattr(denoiser, "latent_dim", 1))
 
 
-def _with_latent_dim(fn, k: int):
+def latent_blocks(denoiser) -> int:
+  """The number of position blocks with a latent coordinate each (a student
+  with local latents: its latent_dim; 1 for a global latent or a product)."""
+  return int(getattr(denoiser, "latent_blocks", 1))
+
+
+def _with_latent_dim(fn, k: int, blocks: int = 1):
   fn.latent_dim = k
+  fn.latent_blocks = blocks
   return fn
 
 
@@ -90,7 +100,10 @@ def from_network(model, train: bool = False) -> Denoiser:
     rngs = {"dropout": key} if train else {}
     return model.apply({"params": params}, x_t, t, train=train, rngs=rngs, **kw)
 
-  return _with_latent_dim(denoise, model.latent_dim if model.latent else 1)
+  local = model.latent and model.latent_scope == "blocks"
+  return _with_latent_dim(
+    denoise, model.latent_dim if model.latent else 1, model.latent_dim if local else 1
+  )
 
 
 def from_function(fn: Callable) -> Denoiser:
@@ -104,7 +117,8 @@ def from_function(fn: Callable) -> Denoiser:
 
 def mixture(component: Denoiser) -> Denoiser:
   """A mixture's samples: a fresh lambda ~ U[0, 1)^k per sequence per call
-  (shared by all D positions), drawn from the key; k = latent_dim(component)."""
+  (shared by all D positions, or one coordinate per block for local
+  latents), drawn from the key; k = latent_dim(component)."""
   k = latent_dim(component)
 
   def denoise(params, x_t, t, key, lam=None, labels=None):
@@ -152,7 +166,9 @@ def with_labels(denoiser: Denoiser, labels) -> Denoiser:
   """The denoiser with its labels fixed (for samplers, which pass none)."""
   if labels is None:
     return denoiser
-  return _with_latent_dim(functools.partial(denoiser, labels=labels), latent_dim(denoiser))
+  return _with_latent_dim(
+    functools.partial(denoiser, labels=labels), latent_dim(denoiser), latent_blocks(denoiser)
+  )
 
 
 def ideal(process, length: int) -> Denoiser:

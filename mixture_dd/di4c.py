@@ -322,12 +322,15 @@ def di4c_loss(
 
   Latents are `[B, L]` uniforms, or `[B, L, k]` for a student with
   latent_dim k > 1 (`denoisers.latent_dim(student)`; a mixture teacher's
-  own latents have its own k), each drawn from its own key.
+  own latents have its own k), each drawn from its own key. A student with
+  local latents (`denoisers.latent_blocks(student)` = k > 1) has its
+  likelihood, and so C, scored block by block (`losses.mixture_log_likelihood`).
   """
   num_l = distill_cfg.num_latents
   chunks = distill_cfg.latent_chunks
   target = student if target is None else target
   k_student = denoisers.latent_dim(student)
+  blocks = denoisers.latent_blocks(student)
 
   def rep(a):
     return None if a is None else jnp.repeat(a, num_l, axis=0)
@@ -396,7 +399,7 @@ def di4c_loss(
       )
     )
     x0_i = categorical.sample(keys["draw"], q)  # [B, L, D]: x0^(i) ~ q_i
-    consis = losses.consistency_term(lp, q, x0_i)
+    consis = losses.consistency_term(lp, q, x0_i, blocks)
 
     if distill_cfg.distill_mode == "same":
       distill = losses.distillation_term(teacher_lp, lp)
@@ -415,7 +418,7 @@ def di4c_loss(
       )
       distill = losses.distillation_term(t_lp.reshape(lp_d.shape), lp_d)
     marginal = losses.marginal_term(lp, teacher_lp)
-    data_corr = losses.data_correlation_term(lp, x0, tm["alpha"])
+    data_corr = losses.data_correlation_term(lp, x0, tm["alpha"], blocks)
 
     per_example = (
       distill_cfg.distill_weight * tm["w_distill"] * distill
@@ -493,7 +496,7 @@ def start_student(params, key, start: str, scale: float = 0.0):
   return params
 
 
-def mixture_total_correlation(key, lp, num_draws: int = 64):
+def mixture_total_correlation(key, lp, num_draws: int = 64, blocks: int = 1):
   """Total correlation of the uniform mixture of L products lp `[B, L, D, S]`, nats `[B]`.
 
   TC = E_{x ~ mixture} [log mixture(x) - sum_d log pbar_d(x^d)], the mean of
@@ -502,13 +505,17 @@ def mixture_total_correlation(key, lp, num_draws: int = 64):
   (exact TC needs a sum over S^D states). 0 when every component is the same
   product; what a student's mixture expresses beyond its marginals, to set
   against the exact posterior's (`markov_exact.posterior_total_correlation`).
+  blocks = k > 1 (local latents): the law is a product of k block mixtures,
+  so each block draws its own component and C is scored block by block.
   """
   chex.assert_rank(lp, 4)
-  b, num_l = lp.shape[:2]
+  b, num_l, length, _ = lp.shape
   k_j, k_x = jax.random.split(key)
-  j = jax.random.randint(k_j, (b, num_draws), 0, num_l)
-  x = jax.random.categorical(k_x, jnp.take_along_axis(lp, j[:, :, None, None], axis=1))
-  return jnp.mean(losses.correlation(lp, x), axis=-1)
+  j = jax.random.randint(k_j, (b, num_draws, blocks), 0, num_l)
+  j = jnp.repeat(j, length // blocks, axis=-1)  # [B, M, D]: each position's component
+  picked = jnp.take_along_axis(lp, j[..., None], axis=1)  # [B, M, D, S]
+  x = jax.random.categorical(k_x, picked)
+  return jnp.mean(losses.correlation(lp, x, blocks=blocks), axis=-1)
 
 
 def marginal_kl(

@@ -86,15 +86,19 @@ def teacher_loss(denoiser, params, process: Process, x0, key, t_min: float = 0.0
 # ---------------------------------------------------------------------------
 
 
-def component_log_likelihood(lp, x0):
+def component_log_likelihood(lp, x0, blocks: int = 1):
   """sum_d lp[b, j, d, x0[b, m, d]] for every target m and latent j: `[B, M, L]`.
 
-  lp `[B, L, D, S]`, x0 `[B, M, D]` int.
+  lp `[B, L, D, S]`, x0 `[B, M, D]` int. With blocks = k > 1 the sum runs
+  within each of k contiguous blocks of D / k positions: `[B, M, L, k]`.
   """
   chex.assert_rank(lp, 4)
   chex.assert_rank(x0, 3)
   picked = jnp.take_along_axis(lp[:, None], x0[:, :, None, :, None], axis=-1)[..., 0]
-  return jnp.sum(picked, axis=-1)  # [B, M, L, D] -> [B, M, L]
+  if blocks == 1:
+    return jnp.sum(picked, axis=-1)  # [B, M, L, D] -> [B, M, L]
+  b, m, num_l, length = picked.shape
+  return jnp.sum(picked.reshape(b, m, num_l, blocks, length // blocks), axis=-1)
 
 
 def mixture_log_marginals(lp):
@@ -102,21 +106,31 @@ def mixture_log_marginals(lp):
   return jax.nn.logsumexp(lp, axis=1) - jnp.log(lp.shape[1])
 
 
-def mixture_log_likelihood(lp, x0):
-  """log p^theta(x0 | x_t) ~= logsumexp_j sum_d lp_j[d, x0^d] - log L: `[B, M]`."""
-  return jax.nn.logsumexp(component_log_likelihood(lp, x0), axis=-1) - jnp.log(lp.shape[1])
+def mixture_log_likelihood(lp, x0, blocks: int = 1):
+  """log p^theta(x0 | x_t) ~= logsumexp_j sum_d lp_j[d, x0^d] - log L: `[B, M]`.
+
+  blocks = k > 1 (a student with local latents, `networks.BlockLatentPath`:
+  block g of the components depends on lambda_g alone, so the law is a
+  product of k block mixtures): the sum over blocks of each block's own
+  L-sample estimate, sum_g (logsumexp_j sum_{d in g} lp_j[d, x0^d] - log L).
+  """
+  ll = component_log_likelihood(lp, x0, blocks)
+  if blocks == 1:
+    return jax.nn.logsumexp(ll, axis=-1) - jnp.log(lp.shape[1])
+  return jnp.sum(jax.nn.logsumexp(ll, axis=-2) - jnp.log(lp.shape[1]), axis=-1)
 
 
-def correlation(lp, x0, lpbar=None):
+def correlation(lp, x0, lpbar=None, blocks: int = 1):
   """C(x0) = mixture log-likelihood - sum_d lpbar[d, x0^d]: `[B, M]`.
 
   Zero when every component is the same product; it is the part of the
-  likelihood that a product of marginals cannot express.
+  likelihood that a product of marginals cannot express. blocks: as in
+  `mixture_log_likelihood`.
   """
   if lpbar is None:
     lpbar = mixture_log_marginals(lp)
   marg = jnp.take_along_axis(lpbar[:, None], x0[..., None], axis=-1)[..., 0].sum(-1)
-  return mixture_log_likelihood(lp, x0) - marg
+  return mixture_log_likelihood(lp, x0, blocks) - marg
 
 
 def kl_categorical(logp, logq):
@@ -141,15 +155,16 @@ def distillation_term(teacher_logp, lp):
   return jnp.mean(kl_categorical(teacher_logp, lp), axis=1)
 
 
-def consistency_term(lp, target_logq, x0_targets):
+def consistency_term(lp, target_logq, x0_targets, blocks: int = 1):
   """-(1/L) sum_i C(x0^(i)) + sum_d KL(pbar_u[d] || exp lpbar[d]): `[B]`.
 
   lp `[B, L, D, S]` (the student at t, with gradient), target_logq
   `[B, L, D, S]` the student's stop-gradient component log-probs at
-  (x_u^(i), u, lambda'_i), x0_targets `[B, L, D]` draws x0^(i) ~ q_i.
+  (x_u^(i), u, lambda'_i), x0_targets `[B, L, D]` draws x0^(i) ~ q_i;
+  blocks as in `mixture_log_likelihood`.
   """
   lpbar = mixture_log_marginals(lp)
-  corr = correlation(lp, x0_targets, lpbar)  # [B, L]
+  corr = correlation(lp, x0_targets, lpbar, blocks)  # [B, L]
   log_pbar_u = mixture_log_marginals(target_logq)
   return -jnp.mean(corr, axis=1) + kl_categorical(log_pbar_u, lpbar)
 
@@ -164,6 +179,6 @@ def marginal_term(lp, teacher_logp):
   return kl_categorical(teacher_logp, mixture_log_marginals(lp))
 
 
-def data_correlation_term(lp, x0, alpha):
+def data_correlation_term(lp, x0, alpha, blocks: int = 1):
   """alpha_t * (-C(x0)) on real data x0 `[B, D]`: `[B]` ("di4c-d")."""
-  return -alpha * correlation(lp, x0[:, None])[:, 0]
+  return -alpha * correlation(lp, x0[:, None], blocks=blocks)[:, 0]

@@ -34,6 +34,10 @@ LATENT_MODULE = "latent_embed"
 TIME_EMBED_DIM = 128
 POSITIONS = ("rope", "learned")
 LATENT_ENTRIES = ("add", "gate", "centred")
+# "global": lambda conditions every position through every block (the paper);
+# "blocks": coordinate g of lambda conditions only block g of the positions
+# (`BlockLatentPath`).
+LATENT_SCOPES = ("global", "blocks")
 CENTRING_NODES = 32  # latents on a midpoint grid of [0, 1] whose mean embedding is removed
 
 # Mixed precision keeps parameters (and so optimiser state and checkpoints)
@@ -145,8 +149,11 @@ def apply_rope(x: jax.Array, base: float = 10000.0) -> jax.Array:
 
 
 def _modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
-  """`x * (1 + scale) + shift` with per-example `[batch, width]` shift/scale."""
-  return x * (1.0 + scale[:, None, :]) + shift[:, None, :]
+  """`x * (1 + scale) + shift` with per-example `[batch, width]` or
+  per-position `[batch, length, width]` shift/scale."""
+  if shift.ndim == 2:
+    shift, scale = shift[:, None, :], scale[:, None, :]
+  return x * (1.0 + scale) + shift
 
 
 class LatentEmbed(nn.Module):
@@ -180,6 +187,10 @@ class LatentEmbed(nn.Module):
 
   @nn.compact
   def __call__(self, lam: jax.Array) -> jax.Array:
+    return self.embed(lam)
+
+  def embed(self, lam: jax.Array) -> jax.Array:
+    """lam `[batch]` or `[batch, latent_dim]` -> `[batch, width]`."""
     if self.entry == "centred":
       if self.latent_dim == 1:
         grid = (jnp.arange(CENTRING_NODES, dtype=jnp.float32) + 0.5) / CENTRING_NODES
@@ -203,6 +214,49 @@ class LatentEmbed(nn.Module):
     return _Dense(
       self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="dense_out"
     )(h)
+
+
+class BlockLatentPath(LatentEmbed):
+  """Local latents: coordinate g of lambda `[batch, k]` conditions only block g.
+
+  The D positions are k contiguous blocks of D / k. The trunk (every
+  attention block) sees no latent; after it, each position d gets the
+  embedding of its own block's coordinate lambda_{g(d)} (`LatentEmbed`'s
+  path, shared by the blocks, with `latent_dim` 1), which enters a
+  position-wise adaLN-zero MLP (`head_*`) and the final layer's modulation.
+  Nothing after the latent mixes positions, so the logits of block g depend
+  on lambda_g alone: the student's law is a product over blocks of one
+  mixture per block, p(x) = prod_g E_{lambda_g} prod_{d in g} p_d(x^d |
+  lambda_g), whose likelihood the L-sample estimate scores block by block
+  (`losses.mixture_log_likelihood(..., blocks=k)`): L^k joint patterns from
+  L passes, where one shared latent gives L.
+
+  Shapes: h `[batch, D, width]`, c `[batch, width]`, lam `[batch, k]` ->
+  (h `[batch, D, width]`, per-position conditioning `[batch, D, width]`).
+  With the embedding's last projection zero (entry "add", "gate") the path
+  adds exactly 0, as the global one does. Its parameters live under
+  `LATENT_MODULE`, so a teacher copies in as for a global student.
+  """
+
+  num_blocks: int = 1
+  mlp_ratio: int = 4
+
+  @nn.compact
+  def __call__(self, h: jax.Array, c: jax.Array, lam: jax.Array):
+    batch, length, width = h.shape
+    lam = lam.reshape(batch, self.num_blocks)
+    e = self.embed(lam.reshape(-1)).reshape(batch, self.num_blocks, width)
+    c_pos = c[:, None, :] + jnp.repeat(e, length // self.num_blocks, axis=1)
+    mod = _Dense(3 * width, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="head_adaln")(
+      nn.silu(c_pos)
+    )
+    shift, scale, gate = jnp.split(mod, 3, -1)
+    y = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="head_ln")(h)
+    y = _Dense(self.mlp_ratio * width, dtype=self.dtype, name="head_mlp_in")(
+      _modulate(y, shift, scale)
+    )
+    y = _Dense(width, dtype=self.dtype, name="head_mlp_out")(nn.gelu(y, approximate=True))
+    return h + gate * y, c_pos
 
 
 class Attention(nn.Module):
@@ -306,6 +360,11 @@ class Transformer(nn.Module):
       [0, 1]^k, lam `[batch]` for k = 1 (the paper's scalar latent),
       `[batch, k]` otherwise. Only the latent path's first Dense depends
       on k (its input is 128 k wide).
+    latent_scope: "global" (the paper: lambda enters every block's
+      conditioning, for every position) or "blocks" (local latents: the
+      positions are latent_dim contiguous blocks, coordinate g conditions
+      block g only, after the trunk; see `BlockLatentPath`). "blocks" needs
+      latent_dim to divide length.
     mask_id: if set, masked-diffusion carry-over: unmasked inputs are copied
       to the output. Must be a non-data id, vocab_size <= mask_id < num_states.
     dtype: activation dtype (float32 or bfloat16). Parameters are always
@@ -328,6 +387,7 @@ class Transformer(nn.Module):
   mask_id: int | None = None
   dtype: Dtype = jnp.float32
   latent_dim: int = 1
+  latent_scope: str = "global"
 
   def validate_config(self) -> None:
     """Raises ValueError naming the offending field if the config is invalid."""
@@ -355,6 +415,13 @@ class Transformer(nn.Module):
       raise ValueError(f"latent_entry must be one of {LATENT_ENTRIES}, got {self.latent_entry!r}")
     if self.latent_dim < 1:
       raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
+    if self.latent_scope not in LATENT_SCOPES:
+      raise ValueError(f"latent_scope must be one of {LATENT_SCOPES}, got {self.latent_scope!r}")
+    if self.latent_scope == "blocks" and self.length % self.latent_dim:
+      raise ValueError(
+        f"latent_scope='blocks' splits the {self.length} positions into latent_dim="
+        f"{self.latent_dim} equal blocks; choose a latent_dim that divides {self.length}"
+      )
     if self.num_classes < 0:
       raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
     if self.mask_id is not None and not (self.vocab_size <= self.mask_id < self.num_states):
@@ -435,6 +502,7 @@ class Transformer(nn.Module):
       c = c + _Embed(self.num_classes + 1, self.width, dtype=self.dtype, name="class_embed")(labels)
     if self.latent:
       lam = self._check_lam(jnp.asarray(lam), batch)
+    if self.latent and self.latent_scope == "global":
       # Di4C's transformer forks append lambda as an extra token. We add it to
       # c instead: with the last projection zero-initialised the added term is
       # exactly 0, so a student built from a teacher reproduces the teacher
@@ -459,6 +527,15 @@ class Transformer(nn.Module):
         self.dtype,
         name=f"block_{i}",
       )(h, c, train)
+    if self.latent and self.latent_scope == "blocks":
+      h, c = BlockLatentPath(
+        self.width,
+        self.latent_entry,
+        self.dtype,
+        num_blocks=self.latent_dim,
+        mlp_ratio=self.mlp_ratio,
+        name=LATENT_MODULE,
+      )(h, c, lam)
 
     # Final layer: adaLN-modulated LayerNorm, projection in float32.
     mod = _Dense(
