@@ -47,6 +47,7 @@ def measure(run: runs.Run, times, num: int, num_latents: int, draws: int, seed: 
   labels = jnp.asarray(test.labels[:num], jnp.int32) if run.spec.num_classes else None
   b = x0.shape[0]
   component = denoisers.from_network(run.model)
+  blocks = denoisers.latent_blocks(component)  # local latents: a product of block mixtures
   mask_id = run.process.mask_id
   chain = None
   if run.config.data.name == "markov":  # the chain the data set samples from
@@ -71,8 +72,8 @@ def measure(run: runs.Run, times, num: int, num_latents: int, draws: int, seed: 
       own = jnp.arange(lp.shape[-1]) == x_t[:, None, :, None]
       lp = jnp.where(kept, jnp.where(own, 0.0, categorical.NEG_INF), lp)
     out = {
-      "student_tc": di4c.mixture_total_correlation(k_tc, lp, draws),
-      "data_c": losses.correlation(lp, x0[:, None])[:, 0],
+      "student_tc": di4c.mixture_total_correlation(k_tc, lp, draws, blocks),
+      "data_c": losses.correlation(lp, x0[:, None], blocks=blocks)[:, 0],
     }
     if chain is not None:
       out["posterior_tc"] = markov_exact.posterior_total_correlation(run.process, chain, x_t, t, x0)

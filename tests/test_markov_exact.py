@@ -356,3 +356,12 @@ def test_mixture_correlation_benchmark_measures_student_and_posterior(data_dir):
   flat = runs.Run(setup.config, setup.spec, setup.process, Flat(), setup.params, True)
   rows = mixture_correlation.measure(flat, [1.0], 32, 4, 16, 0)
   assert abs(rows[0]["student_tc"]) < 1e-4 and abs(rows[0]["data_c"]) < 1e-4
+
+  # Local latents (8 blocks of 4) go through the same measurement (scored block by block; a
+  # fresh network's zero-initialised modulations leave lambda without effect, so TC ~ 0).
+  c = _config(data_dir)
+  c.model.update(latent_dim=8, latent_scope="blocks")
+  setup = distill.setup_student(c)
+  run = runs.Run(setup.config, setup.spec, setup.process, setup.model, setup.params, True)
+  (row,) = mixture_correlation.measure(run, [1.0], 32, 4, 16, 0)
+  assert all(np.isfinite(v) for v in row.values()) and abs(row["student_tc"]) < 1e-3, row
