@@ -619,8 +619,8 @@ def flops_per_example(model: Transformer) -> float:
 
   Counts the matmuls that scale with the sequence: qkv, attention scores,
   attention-weighted values, attention output projection, the MLP and the
-  final projection. Per-example conditioning MLPs, embeddings, norms and
-  softmax are left out (O(width^2) vs O(length * width^2)). A training step
+  final projection (and a local-latent student's per-position head).
+  Per-example conditioning MLPs, embeddings, norms and softmax are left out (O(width^2) vs O(length * width^2)). A training step
   costs about 3x this.
 
   Args:
@@ -637,7 +637,11 @@ def flops_per_example(model: Transformer) -> float:
     + 2 * l * w * w  # output projection
     + 2 * 2 * l * w * model.mlp_ratio * w
   )  # MLP in + out
-  return float(model.depth * per_block + 2 * l * w * v)
+  head = 0
+  if model.latent and model.latent_scope == "blocks":
+    # Local latents condition every position: its adaLN and MLP scale with the sequence.
+    head = 2 * l * w * 3 * w + 2 * 2 * l * w * model.mlp_ratio * w
+  return float(model.depth * per_block + head + 2 * l * w * v)
 
 
 def count_params(params) -> int:

@@ -475,13 +475,19 @@ def test_flops_per_example_hand_count():
   assert networks.flops_per_example(model) == 2 * per_block + final
 
 
-def test_flops_match_xla_cost_analysis_roughly():
-  model = networks.Transformer(num_states=9, vocab_size=8, length=32, width=64, depth=2, heads=4)
+@pytest.mark.parametrize("scope", [None, "blocks"])
+def test_flops_match_xla_cost_analysis_roughly(scope):
+  """Also for a local-latent student (latent_scope "blocks"), whose head runs per position."""
+  kw = dict(latent=True, latent_dim=4, latent_scope=scope) if scope else {}
+  model = networks.Transformer(
+    num_states=9, vocab_size=8, length=32, width=64, depth=2, heads=4, **kw
+  )
   x = jnp.zeros((1, 32), jnp.int32)
   t = jnp.zeros((1,))
-  params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, t)
+  lam = jnp.zeros((1, 4)) if scope else None
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, t, lam=lam))
   # HLO cost analysis before compilation: cheap, and enough for a count.
-  cost = jax.jit(model.apply).lower(params, x, t).cost_analysis()
+  cost = jax.jit(lambda p: model.apply(p, x, t, lam=lam)).lower(params).cost_analysis()
   if isinstance(cost, (list, tuple)):
     cost = cost[0]
   if not cost or "flops" not in cost:
