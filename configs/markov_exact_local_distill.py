@@ -8,10 +8,11 @@ CPU cores, seed 0; README "Markov chain", docs/results/markov_exact/cpu1500_*.md
     positions expressed a few per cent of it;
   * Delta = t / 2 (distill.delta "min_frac" with delta_frac 0.5 under a 0.99 cap): the
     consistency target is a two-step sampler's law instead of a 0.05 step back.
-Student pair_tv at N = 1 / 2 / 4 / 8: 0.2467 / 0.1480 / 0.0942 / 0.0725, against the exact
-teacher's 0.2556 / 0.1547 / 0.0972 / 0.0725 at the same N (and the global-latent student's
-0.2684 / 0.1679 / 0.1082 / 0.0833): better than its teacher by 4-5 standard errors at N = 1
-and 3 at N = 2, equal at N = 8; never the teacher at 2N.
+Student pair_tv at N = 1 / 2 / 4 / 8: 0.2467 / 0.1480 / 0.0942 / 0.0725 (training seed 0) and
+0.2517 / 0.1527 / 0.0985 / 0.0763 (seed 1), against the exact teacher's 0.2556 / 0.1547 /
+0.0972 / 0.0725 at the same N (and the global-latent student's 0.2684 / 0.1679 / 0.1082 /
+0.0833): better than its teacher at N = 1 on both seeds (by 4.6 and 2.1 standard errors), the
+teacher within 1.5 at N = 4 and 8; never the teacher at 2N.
 
   python -m launch.distill --config=configs/markov_exact_local_distill.py \
       --workdir=workdirs/markov_exact_local_student
