@@ -135,6 +135,22 @@ SLOW_FIRST = (
 )
 
 
+def random_log_probs(key, b, l, d, s):
+  """Sharp random component log-probabilities `[b, l, d, s]` (a mixture's lp)."""
+  import jax  # here, not at the top: the xdist controller never needs jax
+
+  return jax.nn.log_softmax(2.0 * jax.random.normal(key, (b, l, d, s)), -1)
+
+
+def perturbed_params(params, seed):
+  """Every weight moved off its init (zero kernels too), so no path is trivially 0."""
+  import jax
+  import jax.numpy as jnp
+
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda a: jnp.asarray(a + 0.3 * rng.normal(size=a.shape), a.dtype), params)
+
+
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(SLOW_FIRST)}
   items.sort(key=lambda item: rank.get(os.path.basename(str(item.path)), len(rank)))

@@ -7,15 +7,12 @@ import numpy as np
 import pytest
 
 from mixture_dd import configuration, denoisers, di4c, exact, losses, networks, processes
-
-
-def _rand_lp(key, b, l, d, s):
-  return jax.nn.log_softmax(2.0 * jax.random.normal(key, (b, l, d, s)), -1)
+from tests.conftest import random_log_probs
 
 
 def test_mixture_likelihood_and_correlation_against_brute_force():
   b, l, d, s = 2, 4, 3, 3
-  lp = np.asarray(_rand_lp(jax.random.key(0), b, l, d, s), np.float64)
+  lp = np.asarray(random_log_probs(jax.random.key(0), b, l, d, s), np.float64)
   states = exact.enumerate_states(s, d)
   x0 = jnp.asarray(np.stack([states, states]))  # every x0 for each example: [B, 27, D]
   got_ll = np.asarray(losses.mixture_log_likelihood(jnp.asarray(lp, jnp.float32), x0))
@@ -33,7 +30,7 @@ def test_mixture_likelihood_and_correlation_against_brute_force():
 
 
 def test_correlation_is_zero_when_components_agree():
-  lp = jnp.repeat(_rand_lp(jax.random.key(1), 3, 1, 4, 5), 6, axis=1)
+  lp = jnp.repeat(random_log_probs(jax.random.key(1), 3, 1, 4, 5), 6, axis=1)
   x0 = jax.random.randint(jax.random.key(2), (3, 7, 4), 0, 5)
   np.testing.assert_allclose(losses.correlation(lp, x0), 0.0, atol=1e-5)
 
@@ -43,7 +40,7 @@ def test_mixture_total_correlation_is_the_enumerated_one():
   states, within 5 standard errors of the estimator (its variance, enumerated too); exactly 0
   when the components agree."""
   b, l, d, s, draws = 2, 4, 3, 3, 20000
-  lp = np.asarray(_rand_lp(jax.random.key(4), b, l, d, s), np.float64)
+  lp = np.asarray(random_log_probs(jax.random.key(4), b, l, d, s), np.float64)
   states = exact.enumerate_states(s, d)
   p = np.exp(lp)
   got = np.asarray(
@@ -56,7 +53,7 @@ def test_mixture_total_correlation_is_the_enumerated_one():
     tc = np.sum(mix * c)
     se = np.sqrt((np.sum(mix * c**2) - tc**2) / draws)
     assert tc > 0.1 and abs(got[bi] - tc) < 5 * se, (bi, got[bi], tc, se)
-  same = jnp.repeat(_rand_lp(jax.random.key(6), 3, 1, 4, 5), 6, axis=1)
+  same = jnp.repeat(random_log_probs(jax.random.key(6), 3, 1, 4, 5), 6, axis=1)
   np.testing.assert_allclose(
     di4c.mixture_total_correlation(jax.random.key(7), same, 50), 0.0, atol=1e-5
   )
@@ -70,8 +67,8 @@ def _kl(p_log, q_log):
 def test_loss_terms_against_slow_reference():
   b, l, d, s = 3, 5, 4, 3
   k = jax.random.split(jax.random.key(3), 5)
-  lp = _rand_lp(k[0], b, l, d, s)
-  q = _rand_lp(k[1], b, l, d, s)
+  lp = random_log_probs(k[0], b, l, d, s)
+  q = random_log_probs(k[1], b, l, d, s)
   teacher = jax.nn.log_softmax(jax.random.normal(k[2], (b, d, s)), -1)
   x0_i = jax.random.randint(k[3], (b, l, d), 0, s)
   x0 = jax.random.randint(k[4], (b, d), 0, s)
@@ -81,7 +78,7 @@ def test_loss_terms_against_slow_reference():
   got_data = np.asarray(
     losses.data_correlation_term(lp, x0, alpha) + losses.marginal_term(lp, teacher)
   )
-  teacher_per_latent = _rand_lp(k[2], b, l, d, s)
+  teacher_per_latent = random_log_probs(k[2], b, l, d, s)
   got_d_per_latent = np.asarray(losses.distillation_term(teacher_per_latent, lp))
   lp64, q64, t64 = (np.asarray(a, np.float64) for a in (lp, q, teacher))
   for bi in range(b):

@@ -28,6 +28,7 @@ from mixture_dd import (
   runs,
   train_step,
 )
+from tests.conftest import perturbed_params, random_log_probs
 
 B, D, K = 3, 6, 3  # 3 blocks of 2 positions
 
@@ -54,16 +55,11 @@ def _inputs():
   return x, jnp.array([0.9, 0.5, 0.2])
 
 
-def _perturbed(params, seed):
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda a: jnp.asarray(a + 0.3 * rng.normal(size=a.shape), a.dtype), params)
-
-
 @pytest.mark.parametrize("entry", ["add", "centred", "gate"])
 def test_block_g_depends_on_its_own_coordinate_only(entry):
   """Moving lambda_g changes block g's logits and no other position's, bit for bit."""
   model = _model(entry=entry)
-  params = _perturbed(train_step.init_params(model, 0), 1)
+  params = perturbed_params(train_step.init_params(model, 0), 1)
   x, t = _inputs()
   apply = jax.jit(lambda lam: model.apply({"params": params}, x, t, lam=lam))
   lam = jax.random.uniform(jax.random.key(2), (B, K))
@@ -101,7 +97,7 @@ def lam_zero():
 @pytest.mark.parametrize("start", ["exact", "gate"])
 def test_exact_starts_are_the_teacher_at_step_0(start):
   teacher = _model(latent=False)
-  t_params = _perturbed(train_step.init_params(teacher, 0), 2)
+  t_params = perturbed_params(train_step.init_params(teacher, 0), 2)
   x, t = _inputs()
   want = np.asarray(jax.jit(teacher.apply)({"params": t_params}, x, t))
   student = _model(entry=configuration.entry_for_start(start))
@@ -110,10 +106,6 @@ def test_exact_starts_are_the_teacher_at_step_0(start):
   apply = jax.jit(student.apply)
   for lam in denoisers.draw_latents(jax.random.key(4), (3, B), K):
     np.testing.assert_array_equal(np.asarray(apply({"params": s_params}, x, t, lam=lam)), want)
-
-
-def _rand_lp(key, b, l, d, s):
-  return jax.nn.log_softmax(2.0 * jax.random.normal(key, (b, l, d, s)), -1)
 
 
 def _block_law(lp_b, states, k):
@@ -134,7 +126,7 @@ def test_block_likelihood_is_the_enumerated_product_of_block_mixtures():
   S^D), equals the product of block mixtures, and its marginals are the
   mixture's marginals; blocks = 1 is the unblocked estimate."""
   b, l, d, s, k = 2, 4, 4, 3, 2
-  lp = _rand_lp(jax.random.key(1), b, l, d, s)
+  lp = random_log_probs(jax.random.key(1), b, l, d, s)
   states = exact.enumerate_states(s, d)
   x = jnp.broadcast_to(jnp.asarray(states)[None], (b,) + states.shape)
   got = np.exp(np.asarray(losses.mixture_log_likelihood(lp, x, blocks=k), np.float64))
@@ -163,7 +155,7 @@ def test_blocked_total_correlation_is_the_enumerated_one():
   with blocks = 2 it is the sum of the blocks' TCs, which the unblocked
   estimate of the same components does not see."""
   b, l, d, s, k, draws = 2, 4, 4, 3, 2, 20000
-  lp = _rand_lp(jax.random.key(4), b, l, d, s)
+  lp = random_log_probs(jax.random.key(4), b, l, d, s)
   states = exact.enumerate_states(s, d)
   lp64 = np.asarray(lp, np.float64)
   got = np.asarray(di4c.mixture_total_correlation(jax.random.key(5), lp, draws, blocks=k))

@@ -24,6 +24,7 @@ from mixture_dd import (
   runs,
   train_step,
 )
+from tests.conftest import perturbed_params
 
 B = 5
 
@@ -47,12 +48,6 @@ def _model(latent=True, k=1, entry="add"):
 def _inputs():
   x = jnp.array([[3, 3, 3], [0, 3, 1], [3, 2, 3], [1, 1, 3], [2, 3, 0]], jnp.int32)
   return x, jnp.array([0.9, 0.5, 0.2, 0.7, 0.4])
-
-
-def _perturbed(params, seed):
-  """Every weight moved off its init (zero kernels too), so no path is trivially 0."""
-  rng = np.random.default_rng(seed)
-  return jax.tree.map(lambda a: jnp.asarray(a + 0.3 * rng.normal(size=a.shape), a.dtype), params)
 
 
 @pytest.mark.parametrize(
@@ -94,7 +89,7 @@ def test_k_latent_network_contains_the_scalar_network(entry):
   the first coordinate's embedding is the scalar path's, bit for bit."""
   x, t = _inputs()
   one, two = _model(k=1, entry=entry), _model(k=2, entry=entry)
-  p1 = _perturbed(train_step.init_params(one, 0), 1)
+  p1 = perturbed_params(train_step.init_params(one, 0), 1)
   p2 = jax.tree.map(lambda a: a, p1)
   kern = p1["latent_embed"]["dense_in"]["kernel"]
   p2["latent_embed"]["dense_in"]["kernel"] = jnp.concatenate([kern, jnp.zeros_like(kern)])
@@ -113,7 +108,7 @@ def test_exact_starts_are_the_teacher_at_step_0_for_k_2():
   """The "exact" and "gate" starts (zero last projection / zero gate) give,
   for every lambda in [0, 1]^2, the teacher's logits bit for bit."""
   teacher = _model(latent=False)
-  t_params = _perturbed(train_step.init_params(teacher, 0), 2)
+  t_params = perturbed_params(train_step.init_params(teacher, 0), 2)
   x, t = _inputs()
   want = np.asarray(jax.jit(teacher.apply)({"params": t_params}, x, t))
   for start in ("exact", "gate"):
@@ -134,7 +129,7 @@ def test_centred_embedding_averages_to_zero_over_its_lattice():
     np.testing.assert_allclose(np.sort(grid[:, i]), (np.arange(n) + 0.5) / n)
   embed = networks.LatentEmbed(8, "centred", latent_dim=k)
   lam = jnp.asarray(grid, jnp.float32)
-  params = _perturbed(embed.init(jax.random.key(0), lam), 1)
+  params = perturbed_params(embed.init(jax.random.key(0), lam), 1)
   out = np.asarray(embed.apply(params, lam))
   assert np.abs(out).max() > 0.1
   np.testing.assert_allclose(out.mean(0), 0.0, atol=1e-5)
