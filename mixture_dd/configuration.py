@@ -287,6 +287,9 @@ TEACHER_STEPS = ("analytic", "confidence")
 T_SAMPLINGS = ("uniform", "per_batch")
 DELTAS = ("loguniform", "const", "min_frac")
 DISTILL_MODES = ("separate", "same")
+# How the loss draws each example's L latents (`denoisers.draw_latents`): "iid" (the paper)
+# or "stratified" (one per stratum [j / L, (j + 1) / L) of each coordinate).
+LATENT_SAMPLINGS = ("iid", "stratified")
 
 
 def distill_preset(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -298,6 +301,7 @@ def distill_preset(name: str, **overrides) -> ml_collections.ConfigDict:
       PRESETS[name],
       preset=name,
       latent_chunks=1,
+      latent_sampling="iid",
       student_start=DEFAULT_START,
       latent_init_scale=1.0,
     )
@@ -322,6 +326,11 @@ def validate_distill(distill_cfg) -> None:
     f"{distill_cfg.preset!r} is unknown; choose one of {sorted(PRESETS)}",
   )
   req(distill_cfg.num_latents >= 1, "num_latents", f"must be >= 1, got {distill_cfg.num_latents}")
+  req(
+    distill_cfg.get("latent_sampling", "iid") in LATENT_SAMPLINGS,
+    "latent_sampling",
+    f"{distill_cfg.get('latent_sampling')!r}; choose one of {LATENT_SAMPLINGS}",
+  )
   req(
     distill_cfg.latent_chunks >= 1 and distill_cfg.num_latents % distill_cfg.latent_chunks == 0,
     "latent_chunks",

@@ -69,12 +69,32 @@ def _with_latent_dim(fn, k: int, blocks: int = 1):
   return fn
 
 
-def draw_latents(key, shape: tuple[int, ...], latent_dim: int = 1) -> jax.Array:
-  """Independent U[0, 1) latents: `[*shape]` for latent_dim 1 (the scalar
-  latent: the same draw, bit for bit, as `jax.random.uniform(key, shape)`),
-  `[*shape, latent_dim]` otherwise."""
+def draw_latents(
+  key, shape: tuple[int, ...], latent_dim: int = 1, stratified: bool = False
+) -> jax.Array:
+  """U[0, 1) latents: `[*shape]` for latent_dim 1, `[*shape, latent_dim]` otherwise.
+
+  Independent draws by default (the scalar latent: the same draw, bit for
+  bit, as `jax.random.uniform(key, shape)`). stratified=True, for the loss's
+  `[B, L]` latents: along axis 1 each coordinate has exactly one latent in
+  every stratum [j / L, (j + 1) / L), uniform within it, and the strata are
+  matched to the L slots by an independent random permutation per example and
+  coordinate (a Latin hypercube for latent_dim > 1). Each latent is still
+  U[0, 1), so the L-sample averages stay unbiased; what changes is their
+  variance: the L components always cover the whole latent range, so the
+  log-mean-exp likelihood estimate (biased low by its variance) is tighter and
+  every region of the latent gets a gradient from every example.
+  """
   full = tuple(shape) if latent_dim == 1 else tuple(shape) + (latent_dim,)
-  return jax.random.uniform(key, full, jnp.float32)
+  if not stratified:
+    return jax.random.uniform(key, full, jnp.float32)
+  if len(shape) < 2:
+    raise ValueError(f"stratified latents need a [batch, L, ...] shape, got {tuple(shape)}")
+  k_perm, k_jitter = jax.random.split(key)
+  num_l = shape[1]
+  # argsort of iid uniforms along the L axis: a uniformly random permutation of the strata.
+  strata = jnp.argsort(jax.random.uniform(k_perm, full), axis=1).astype(jnp.float32)
+  return (strata + jax.random.uniform(k_jitter, full, jnp.float32)) / num_l
 
 
 def from_network(model, train: bool = False) -> Denoiser:

@@ -322,7 +322,9 @@ def di4c_loss(
 
   Latents are `[B, L]` uniforms, or `[B, L, k]` for a student with
   latent_dim k > 1 (`denoisers.latent_dim(student)`; a mixture teacher's
-  own latents have its own k), each drawn from its own key. A student with
+  own latents have its own k), each set drawn from its own key: iid, or
+  stratified along L (`distill.latent_sampling`, `denoisers.draw_latents`:
+  the same law per latent, a tighter likelihood estimate). A student with
   local latents (`denoisers.latent_blocks(student)` = k > 1) has its
   likelihood, and so C, scored block by block (`losses.mixture_log_likelihood`).
   """
@@ -331,6 +333,10 @@ def di4c_loss(
   target = student if target is None else target
   k_student = denoisers.latent_dim(student)
   blocks = denoisers.latent_blocks(student)
+  stratified = distill_cfg.get("latent_sampling", "iid") == "stratified"
+
+  def latents(key, b, k):  # each example's L latents: [B, L] or [B, L, k]
+    return denoisers.draw_latents(key, (b, num_l), k, stratified)
 
   def rep(a):
     return None if a is None else jnp.repeat(a, num_l, axis=0)
@@ -359,7 +365,7 @@ def di4c_loss(
       teacher.denoise(frozen, x_t, t, keys["teacher"], labels=labels)
     )
     teacher_lp = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), -1)
-    lam = denoisers.draw_latents(keys["lam_t"], (b, num_l), k_student)
+    lam = latents(keys["lam_t"], b, k_student)
     lp = student_lp(params, per_latent(x_t), per_latent(t), lam, labels, keys["drop_t"], True)
 
     # Consistency: one teacher step t -> u from every latent copy of x_t,
@@ -368,7 +374,12 @@ def di4c_loss(
     if teacher.component is None:
       step_logits = rep(teacher_logits)
     else:  # a mixture teacher: each copy steps with its own teacher latent
-      mu = denoisers.draw_latents(keys["mu"], (b * num_l,), denoisers.latent_dim(teacher.component))
+      k_teacher = denoisers.latent_dim(teacher.component)
+      if stratified:
+        mu = latents(keys["mu"], b, k_teacher)
+        mu = mu.reshape((b * num_l,) + mu.shape[2:])
+      else:
+        mu = denoisers.draw_latents(keys["mu"], (b * num_l,), k_teacher)
       step_logits = jax.lax.stop_gradient(
         teacher.component(frozen, x_rep, t_rep, keys["mu"], lam=mu, labels=rep(labels))
       )
@@ -385,7 +396,7 @@ def di4c_loss(
     else:
       x_u = samplers.analytic_step(keys["step"], process, x_rep, t_rep, u_rep, step_logits)
     x_u = jax.lax.stop_gradient(x_u.reshape(b, num_l, length))
-    lam_u = denoisers.draw_latents(keys["lam_u"], (b, num_l), k_student)
+    lam_u = latents(keys["lam_u"], b, k_student)
     q = jax.lax.stop_gradient(
       student_lp(
         jax.lax.stop_gradient(params),
@@ -412,7 +423,7 @@ def di4c_loss(
         ).astype(jnp.float32),
         -1,
       )
-      lam_d = denoisers.draw_latents(keys["lam_d"], (b, num_l), k_student)
+      lam_d = latents(keys["lam_d"], b, k_student)
       lp_d = student_lp(
         params, x_d.reshape(b, num_l, length), dt, lam_d, labels, keys["drop_d"], True
       )
