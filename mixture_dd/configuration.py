@@ -301,7 +301,7 @@ def distill_preset(name: str, **overrides) -> ml_collections.ConfigDict:
       PRESETS[name],
       preset=name,
       latent_chunks=1,
-      latent_sampling="iid",
+      latent_sampling="iid",  # "iid" (the paper) | "stratified" (LATENT_SAMPLINGS)
       student_start=DEFAULT_START,
       latent_init_scale=1.0,
     )

@@ -112,3 +112,27 @@ def test_config_names_the_field_and_the_choices():
   old = configuration.distill_preset("sdtt")
   del old["latent_sampling"]
   configuration.validate_distill(old)
+
+
+def test_the_benchmarks_window_law_and_total_correlation_are_the_closed_forms():
+  """benchmarks.latent_sampling's exact window law: from the stationary law pi its
+  marginals are pi and its entropy H(pi) + (W - 1) sum_a pi_a H(trans[a]), so its total
+  correlation is (W - 1) (H(pi) - sum_a pi_a H(trans[a])); a product law's is 0."""
+  from benchmarks import latent_sampling
+  from mixture_dd.data import markov
+
+  init, trans = markov.make_chain(5, 1)
+  states, p = latent_sampling.window_joint(init, trans, 3)
+  assert states.shape == (125, 3)
+  np.testing.assert_allclose(p.sum(), 1.0, rtol=1e-12)
+  pi = np.bincount(states[:, 0], p, 5)
+  np.testing.assert_allclose(pi @ trans, pi, atol=1e-12)
+  for k in range(3):
+    np.testing.assert_allclose(np.bincount(states[:, k], p, 5), pi, atol=1e-12)
+  h = lambda q: -np.sum(q * np.log(q))
+  rate = float(np.sum(pi * np.array([h(r) for r in trans])))
+  np.testing.assert_allclose(
+    latent_sampling.total_correlation(states, p, 5), 2 * (h(pi) - rate), rtol=1e-9
+  )
+  product = pi[states[:, 0]] * pi[states[:, 1]] * pi[states[:, 2]]
+  assert abs(latent_sampling.total_correlation(states, product, 5)) < 1e-9
