@@ -17,7 +17,6 @@ the chain's own in the header) and its excess NLL on the true joint (0 = exact).
 from __future__ import annotations
 
 import datetime
-import itertools
 import os
 import platform
 import time
@@ -29,7 +28,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from mixture_dd import denoisers, losses, networks
+from mixture_dd import denoisers, exact, losses, networks, scorers
 from mixture_dd.data import markov
 
 _WINDOW = flags.DEFINE_integer("window", 4, "W: consecutive chain states (S^W joint values).")
@@ -61,17 +60,12 @@ class Decoder(nn.Module):
     )
 
 
-def _entropy(p):
-  p = p[p > 0]
-  return float(-(p * np.log(p)).sum())
-
-
 def window_joint(init, trans, window):
   """The exact law of `window` consecutive states from the stationary law: (states, p)."""
   pi = np.asarray(init, np.float64)
   for _ in range(1000):
     pi = pi @ trans
-  states = np.array(list(itertools.product(range(len(pi)), repeat=window)))
+  states = exact.enumerate_states(len(pi), window)
   p = pi[states[:, 0]].copy()
   for k in range(1, window):
     p *= trans[states[:, k - 1], states[:, k]]
@@ -79,8 +73,10 @@ def window_joint(init, trans, window):
 
 
 def total_correlation(states, q, vocab):
-  marg = sum(_entropy(np.bincount(states[:, k], q, vocab)) for k in range(states.shape[1]))
-  return marg - _entropy(q)
+  marg = sum(
+    scorers.law_entropy(np.bincount(states[:, k], q, vocab)) for k in range(states.shape[1])
+  )
+  return marg - scorers.law_entropy(q)
 
 
 def fit(states, p, num_l, stratified, seed):
@@ -112,7 +108,7 @@ def fit(states, p, num_l, stratified, seed):
   comp = np.exp(sum(lp[:, k, states[:, k]] for k in range(window)))  # [G, S^W]
   q = comp.mean(0)
   q /= q.sum()
-  return total_correlation(states, q, vocab), float(-(p * np.log(q)).sum()) - _entropy(p)
+  return total_correlation(states, q, vocab), float(-(p * np.log(q)).sum()) - scorers.law_entropy(p)
 
 
 def main(argv):

@@ -374,12 +374,9 @@ def di4c_loss(
     if teacher.component is None:
       step_logits = rep(teacher_logits)
     else:  # a mixture teacher: each copy steps with its own teacher latent
-      k_teacher = denoisers.latent_dim(teacher.component)
-      if stratified:
-        mu = latents(keys["mu"], b, k_teacher)
-        mu = mu.reshape((b * num_l,) + mu.shape[2:])
-      else:
-        mu = denoisers.draw_latents(keys["mu"], (b * num_l,), k_teacher)
+      # [B, L] reshaped to [B L]: iid, the same bits as a [B L] draw.
+      mu = latents(keys["mu"], b, denoisers.latent_dim(teacher.component))
+      mu = mu.reshape((b * num_l,) + mu.shape[2:])
       step_logits = jax.lax.stop_gradient(
         teacher.component(frozen, x_rep, t_rep, keys["mu"], lam=mu, labels=rep(labels))
       )

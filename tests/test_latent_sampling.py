@@ -16,6 +16,13 @@ def _strata(lam):
   return np.floor(np.asarray(lam) * lam.shape[1]).astype(int)
 
 
+def _assert_one_per_stratum(lam):
+  """Each example's L latents, per coordinate, fill the strata 0 .. L - 1 once each."""
+  strata = np.sort(_strata(lam), axis=1)
+  want = np.arange(lam.shape[1]).reshape((1, -1) + (1,) * (strata.ndim - 2))
+  np.testing.assert_array_equal(strata, np.broadcast_to(want, strata.shape))
+
+
 def test_iid_is_jax_uniform_bit_for_bit():
   key = jax.random.key(3)
   np.testing.assert_array_equal(
@@ -29,9 +36,7 @@ def test_stratified_puts_one_latent_in_each_stratum_of_each_coordinate(k):
   lam = denoisers.draw_latents(jax.random.key(0), (64, L), k, stratified=True)
   assert lam.shape == ((64, L) if k == 1 else (64, L, k))
   assert float(lam.min()) >= 0.0 and float(lam.max()) < 1.0
-  strata = np.sort(_strata(lam), axis=1)
-  want = np.arange(L).reshape((1, L) + (1,) * (strata.ndim - 2))
-  np.testing.assert_array_equal(strata, np.broadcast_to(want, strata.shape))
+  _assert_one_per_stratum(lam)
   if k > 1:  # a Latin hypercube: each coordinate its own permutation
     s = _strata(lam)
     assert np.mean(s[..., 0] == s[..., 1]) < 0.3
@@ -99,9 +104,7 @@ def test_the_loss_draws_stratified_latents_for_every_student_pass(k, mode):
   assert len(calls) == (2 if mode == "same" else 3)  # at t, at u (, at the distillation times)
   for lam in calls:
     lam = np.asarray(lam).reshape((B, L) + (() if k == 1 else (k,)))
-    strata = np.sort(_strata(lam), axis=1)  # each example's, per coordinate: 0 .. L - 1
-    want = np.arange(L).reshape((1, L) + (1,) * (strata.ndim - 2))
-    np.testing.assert_array_equal(strata, np.broadcast_to(want, strata.shape))
+    _assert_one_per_stratum(lam)
 
 
 def test_config_names_the_field_and_the_choices():
