@@ -31,16 +31,20 @@ from absl import app, flags
 from mixture_dd import denoisers, exact, losses, networks, scorers
 from mixture_dd.data import markov
 
-_WINDOW = flags.DEFINE_integer("window", 4, "W: consecutive chain states (S^W joint values).")
-_VOCAB = flags.DEFINE_integer("vocab", 8, "S, the chain's states (the markov data set: 8).")
-_CHAIN_SEED = flags.DEFINE_integer("chain_seed", 0, "The chain's seed (the markov data set: 0).")
-_LATENTS = flags.DEFINE_list("latents", ["16", "64"], "Values of L.")
-_SAMPLINGS = flags.DEFINE_list("samplings", ["iid", "stratified"], "Latent samplings.")
-_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
-_STEPS = flags.DEFINE_integer("steps", 2000, "Adam steps.")
-_BATCH = flags.DEFINE_integer("batch", 64, "Windows per step.")
-_GRID = flags.DEFINE_integer("grid", 8192, "Midpoint-grid latents for the exact mixture law.")
-_OUT = flags.DEFINE_string("out", "reports/latent_sampling.md", "Markdown report path.")
+
+def _define_flags():
+  """Only when run as a script: the tests import this module beside other benchmarks, whose
+  flags (`--out`, `--seed` ...) would clash in one process."""
+  flags.DEFINE_integer("window", 4, "W: consecutive chain states (S^W joint values).")
+  flags.DEFINE_integer("vocab", 8, "S, the chain's states (the markov data set: 8).")
+  flags.DEFINE_integer("chain_seed", 0, "The chain's seed (the markov data set: 0).")
+  flags.DEFINE_list("latents", ["16", "64"], "Values of L.")
+  flags.DEFINE_list("samplings", ["iid", "stratified"], "Latent samplings.")
+  flags.DEFINE_list("seeds", ["0", "1", "2"], "Training seeds.")
+  flags.DEFINE_integer("steps", 2000, "Adam steps.")
+  flags.DEFINE_integer("batch", 64, "Windows per step.")
+  flags.DEFINE_integer("grid", 8192, "Midpoint-grid latents for the exact mixture law.")
+  flags.DEFINE_string("out", "reports/latent_sampling.md", "Markdown report path.")
 
 
 class Decoder(nn.Module):
@@ -79,8 +83,9 @@ def total_correlation(states, q, vocab):
   return marg - scorers.law_entropy(q)
 
 
-def fit(states, p, num_l, stratified, seed):
-  window, vocab = states.shape[1], _VOCAB.value
+def fit(states, p, vocab, num_l, stratified, seed, steps, batch, grid):
+  """Fits the decoder by the L-sample likelihood: (its total correlation, its excess NLL)."""
+  window = states.shape[1]
   dec = Decoder(window, vocab)
   params = dec.init(jax.random.key(seed), jnp.zeros(2))
   opt = optax.adam(1e-3)
@@ -99,11 +104,11 @@ def fit(states, p, num_l, stratified, seed):
 
   rng = np.random.default_rng(seed)
   key = jax.random.key(seed + 1000)
-  for _ in range(_STEPS.value):
+  for _ in range(steps):
     key, k = jax.random.split(key)
-    x = jnp.asarray(states[rng.choice(len(p), _BATCH.value, p=p)], jnp.int32)
+    x = jnp.asarray(states[rng.choice(len(p), batch, p=p)], jnp.int32)
     params, opt_state, _ = step(params, opt_state, x, k)
-  grid = (jnp.arange(_GRID.value, dtype=jnp.float32) + 0.5) / _GRID.value
+  grid = (jnp.arange(grid, dtype=jnp.float32) + 0.5) / grid
   lp = np.asarray(dec.apply(params, grid), np.float64)  # [G, W, S]
   comp = np.exp(sum(lp[:, k, states[:, k]] for k in range(window)))  # [G, S^W]
   q = comp.mean(0)
@@ -113,22 +118,25 @@ def fit(states, p, num_l, stratified, seed):
 
 def main(argv):
   del argv
-  init, trans = markov.make_chain(_VOCAB.value, _CHAIN_SEED.value)
-  states, p = window_joint(init, trans, _WINDOW.value)
-  tc_exact = total_correlation(states, p, _VOCAB.value)
-  print(f"window {_WINDOW.value}: exact total correlation {tc_exact:.3f} nats", flush=True)
+  fl = flags.FLAGS
+  init, trans = markov.make_chain(fl.vocab, fl.chain_seed)
+  states, p = window_joint(init, trans, fl.window)
+  tc_exact = total_correlation(states, p, fl.vocab)
+  print(f"window {fl.window}: exact total correlation {tc_exact:.3f} nats", flush=True)
   rows = []
-  configs = [(s, int(n)) for n in _LATENTS.value for s in _SAMPLINGS.value]
+  configs = [(s, int(n)) for n in fl.latents for s in fl.samplings]
   t_start = time.time()
   for i, (sampling, num_l) in enumerate(configs):
     tcs, excess = [], []
-    for seed in _SEEDS.value:
+    for seed in fl.seeds:
       t0 = time.time()
-      tc, ex = fit(states, p, num_l, sampling == "stratified", int(seed))
+      tc, ex = fit(
+        states, p, fl.vocab, num_l, sampling == "stratified", int(seed), fl.steps, fl.batch, fl.grid
+      )
       tcs.append(tc)
       excess.append(ex)
-      done = i * len(_SEEDS.value) + len(tcs)
-      total = len(configs) * len(_SEEDS.value)
+      done = i * len(fl.seeds) + len(tcs)
+      total = len(configs) * len(fl.seeds)
       eta = (time.time() - t_start) / done * (total - done)
       print(
         f"[{done}/{total}] {sampling} L={num_l} seed {seed}: TC {tc:.3f}, excess NLL {ex:.3f} "
@@ -137,11 +145,11 @@ def main(argv):
       )
     rows.append((sampling, num_l, np.array(tcs), np.array(excess)))
   lines = [
-    f"# Latent sampling: a scalar latent fitted to a {_WINDOW.value}-window of the chain",
+    f"# Latent sampling: a scalar latent fitted to a {fl.window}-window of the chain",
     "",
     f"{datetime.date.today()}, {platform.machine()}, JAX {jax.__version__}; chain S = "
-    f"{_VOCAB.value}, seed {_CHAIN_SEED.value}; {_STEPS.value} Adam steps of {_BATCH.value} "
-    f"windows; seeds {','.join(_SEEDS.value)} (mean ± sd). Exact total correlation "
+    f"{fl.vocab}, seed {fl.chain_seed}; {fl.steps} Adam steps of {fl.batch} "
+    f"windows; seeds {','.join(fl.seeds)} (mean ± sd). Exact total correlation "
     f"{tc_exact:.3f} nats; a product scores 0 and an excess NLL of {tc_exact:.3f}.",
     "",
     "| latents | L | total correlation (nats) | of the exact | excess NLL (nats) |",
@@ -154,10 +162,11 @@ def main(argv):
     )
   text = "\n".join(lines) + "\n"
   print(text)
-  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-  with open(_OUT.value, "w") as f:
+  os.makedirs(os.path.dirname(fl.out) or ".", exist_ok=True)
+  with open(fl.out, "w") as f:
     f.write(text)
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

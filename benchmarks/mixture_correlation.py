@@ -25,13 +25,17 @@ from absl import app, flags
 from mixture_dd import categorical, denoisers, di4c, losses, markov_exact, reports, runs
 from mixture_dd.data import markov, pipeline
 
-_STUDENT = flags.DEFINE_string("student_workdir", None, "A Di4C student run.", required=True)
-_OUT = flags.DEFINE_string("out", "reports/mixture_correlation.md", "Table (.md; .json beside).")
-_TIMES = flags.DEFINE_list("times", ["1.0", "0.75", "0.5", "0.25", "0.1"], "Times t.")
-_NUM = flags.DEFINE_integer("num_examples", 512, "Test rows x0 (one x_t each) per t.")
-_LATENTS = flags.DEFINE_integer("num_latents", 0, "Components L per x_t (0: the run's own L).")
-_DRAWS = flags.DEFINE_integer("num_draws", 64, "Draws of each mixture for its TC.")
-_SEED = flags.DEFINE_integer("seed", 0, "Seed of x_t, latents and draws.")
+
+def _define_flags():
+  """Only when run as a script: the tests import this module beside other benchmarks, whose
+  flags (`--out`, `--seed` ...) would clash in one process."""
+  flags.DEFINE_string("student_workdir", None, "A Di4C student run.", required=True)
+  flags.DEFINE_string("out", "reports/mixture_correlation.md", "Table (.md; .json beside).")
+  flags.DEFINE_list("times", ["1.0", "0.75", "0.5", "0.25", "0.1"], "Times t.")
+  flags.DEFINE_integer("num_examples", 512, "Test rows x0 (one x_t each) per t.")
+  flags.DEFINE_integer("num_latents", 0, "Components L per x_t (0: the run's own L).")
+  flags.DEFINE_integer("num_draws", 64, "Draws of each mixture for its TC.")
+  flags.DEFINE_integer("seed", 0, "Seed of x_t, latents and draws.")
 
 
 def _mean_se(v) -> tuple[float, float]:
@@ -93,12 +97,15 @@ def measure(run: runs.Run, times, num: int, num_latents: int, draws: int, seed: 
 
 def main(argv):
   del argv
-  run = runs.load_run(_STUDENT.value)
+  fl = flags.FLAGS
+  run = runs.load_run(fl.student_workdir)
   if not run.is_student:
-    raise ValueError(f"{_STUDENT.value} is not a Di4C student run (a product has no correlation)")
-  num_latents = _LATENTS.value or run.config.distill.num_latents
-  times = [float(t) for t in _TIMES.value]
-  rows = measure(run, times, _NUM.value, num_latents, _DRAWS.value, _SEED.value)
+    raise ValueError(
+      f"{fl.student_workdir} is not a Di4C student run (a product has no correlation)"
+    )
+  num_latents = fl.num_latents or run.config.distill.num_latents
+  times = [float(t) for t in fl.times]
+  rows = measure(run, times, fl.num_examples, num_latents, fl.num_draws, fl.seed)
   exact = "posterior_tc" in rows[0]
   fmt = lambda r, k: f"{r[k]:.3f} ± {r[k + '_se']:.3f}"
   head = ["t", "student mixture TC", "C of the data x0"] + (
@@ -112,18 +119,21 @@ def main(argv):
     body.append(cells)
   lines = [
     f"Total correlation (nats per sequence, ± SE over {rows[0]['num_examples']} test rows, one "
-    f"x_t each) of `{_STUDENT.value}` (step {run.step}), L = {num_latents}:",
+    f"x_t each) of `{fl.student_workdir}` (step {run.step}), L = {num_latents}:",
     "",
     *reports.markdown_table(head, body),
   ]
   text = "\n".join(lines)
   print(text)
-  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-  with open(_OUT.value, "w") as f:
+  os.makedirs(os.path.dirname(fl.out) or ".", exist_ok=True)
+  with open(fl.out, "w") as f:
     f.write(text + "\n")
-  with open(os.path.splitext(_OUT.value)[0] + ".json", "w") as f:
-    json.dump(dict(student=_STUDENT.value, step=run.step, num_latents=num_latents, rows=rows), f)
+  with open(os.path.splitext(fl.out)[0] + ".json", "w") as f:
+    json.dump(
+      dict(student=fl.student_workdir, step=run.step, num_latents=num_latents, rows=rows), f
+    )
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
