@@ -290,6 +290,13 @@ DISTILL_MODES = ("separate", "same")
 # How the loss draws each example's L latents (`denoisers.draw_latents`): "iid" (the paper)
 # or "stratified" (one per stratum [j / L, (j + 1) / L) of each coordinate).
 LATENT_SAMPLINGS = ("iid", "stratified")
+# The data term's weight alpha_t: "sigmoid" (every official setup: alpha_scale * sigmoid(20 (t -
+# 0.5)), on at high noise only) or "const" (alpha_scale at every t). With alpha_t = 1 and a
+# teacher whose marginals are the posterior's, data term + teacher-marginal term is in
+# expectation the mixture's negative log-likelihood of real x0 up to a constant (a proper
+# score: its minimiser is the posterior joint), so "const" with alpha_scale 1 fits the joint
+# at every t, not only where the sigmoid is on (docs/method.md section 4).
+ALPHA_SCHEDULES = ("sigmoid", "const")
 
 
 def distill_preset(name: str, **overrides) -> ml_collections.ConfigDict:
@@ -302,6 +309,7 @@ def distill_preset(name: str, **overrides) -> ml_collections.ConfigDict:
       preset=name,
       latent_chunks=1,
       latent_sampling="iid",  # "iid" (the paper) | "stratified" (LATENT_SAMPLINGS)
+      alpha_schedule="sigmoid",  # "sigmoid" (the paper) | "const" (ALPHA_SCHEDULES)
       student_start=DEFAULT_START,
       latent_init_scale=1.0,
     )
@@ -326,6 +334,11 @@ def validate_distill(distill_cfg) -> None:
     f"{distill_cfg.preset!r} is unknown; choose one of {sorted(PRESETS)}",
   )
   req(distill_cfg.num_latents >= 1, "num_latents", f"must be >= 1, got {distill_cfg.num_latents}")
+  req(
+    distill_cfg.get("alpha_schedule", "sigmoid") in ALPHA_SCHEDULES,
+    "alpha_schedule",
+    f"{distill_cfg.get('alpha_schedule')!r}; choose one of {ALPHA_SCHEDULES}",
+  )
   req(
     distill_cfg.get("latent_sampling", "iid") in LATENT_SAMPLINGS,
     "latent_sampling",

@@ -92,7 +92,10 @@ def sample_times(key, batch: int, distill_cfg):
     distill_t = t
     w_distill = (t < distill_cfg.distill_threshold).astype(jnp.float32)
     w_consis = 1.0 - w_distill
-  alpha = distill_cfg.alpha_scale * jax.nn.sigmoid(20.0 * (t - 0.5))
+  if distill_cfg.get("alpha_schedule", "sigmoid") == "const":  # saved configs predate the field
+    alpha = jnp.full_like(t, distill_cfg.alpha_scale)
+  else:
+    alpha = distill_cfg.alpha_scale * jax.nn.sigmoid(20.0 * (t - 0.5))
   return dict(t=t, u=u, distill_t=distill_t, w_distill=w_distill, w_consis=w_consis, alpha=alpha)
 
 
