@@ -213,6 +213,54 @@ def test_presets_time_sampling_and_gates(name):
   np.testing.assert_allclose(tm["alpha"], d.alpha_scale / (1 + np.exp(-20 * (t - 0.5))), rtol=1e-5)
 
 
+def test_const_alpha_schedule_weighs_the_data_term_alike_at_every_t():
+  """distill.alpha_schedule 'const': alpha_t = alpha_scale at every t, the times unchanged; a
+  config saved before the field (no alpha_schedule) keeps the sigmoid; a wrong value names it."""
+  d = configuration.distill_preset("cpu_small", alpha_schedule="const", alpha_scale=0.7)
+  tm = di4c.sample_times(jax.random.key(0), 512, d)
+  np.testing.assert_array_equal(np.asarray(tm["alpha"]), np.float32(0.7))
+  old = configuration.distill_preset("cpu_small")
+  ref = di4c.sample_times(jax.random.key(0), 512, old)
+  np.testing.assert_array_equal(np.asarray(tm["t"]), np.asarray(ref["t"]))
+  del old["alpha_schedule"]
+  configuration.validate_distill(old)
+  np.testing.assert_array_equal(
+    np.asarray(di4c.sample_times(jax.random.key(0), 512, old)["alpha"]), np.asarray(ref["alpha"])
+  )
+  with pytest.raises(ValueError, match=r"config.distill.alpha_schedule.*sigmoid.*const"):
+    configuration.validate_distill(configuration.distill_preset("cpu_small", alpha_schedule="flat"))
+
+
+@pytest.mark.parametrize("alpha", [0.5, 1.0, 4.0])
+def test_data_term_is_a_mix_of_joint_and_marginal_cross_entropies(alpha):
+  """Why alpha_schedule 'const' at alpha 1: with the posterior's own marginals as the teacher,
+  E_{x0 ~ p}[alpha (-C(x0))] + sum_d KL(p_d || mbar_d), enumerated over all S^D states, is
+  alpha CE(p, m) + (1 - alpha) sum_d CE(p_d, mbar_d) - sum_d H(p_d) for every mixture m (CE: the
+  cross-entropy). For 0 <= alpha <= 1 both weights are >= 0, a proper score, and alpha = 1 is the
+  joint's own; alpha > 1 rewards marginals away from the data's (the collapsed alpha_scale = 4
+  student of the README)."""
+  l, d, s = 4, 3, 3
+  states = exact.enumerate_states(s, d)  # [M, D]
+  m_count = len(states)
+  p = np.asarray(jax.random.dirichlet(jax.random.key(8), jnp.ones(m_count)), np.float64)
+  marg = np.stack([np.bincount(states[:, k], p, s) for k in range(d)])  # [D, S]
+  teacher = jnp.asarray(np.log(np.repeat(marg[None], m_count, 0)), jnp.float32)
+  entropies = -float(np.sum(marg * np.log(marg)))
+  for seed in range(3):
+    lp = random_log_probs(jax.random.key(20 + seed), 1, l, d, s)  # one mixture
+    lp_rep = jnp.repeat(lp, m_count, 0)
+    per_x = losses.data_correlation_term(
+      lp_rep, jnp.asarray(states), jnp.full((m_count,), alpha)
+    ) + losses.marginal_term(lp_rep, teacher)
+    expected = float(np.sum(p * np.asarray(per_x, np.float64)))
+    log_mix = np.asarray(losses.mixture_log_likelihood(lp, jnp.asarray(states)[None]), np.float64)
+    joint_ce = -float(np.sum(p * log_mix[0]))
+    mbar = np.asarray(losses.mixture_log_marginals(lp)[0], np.float64)  # [D, S]
+    marg_ce = -float(np.sum(marg * mbar))
+    want = alpha * joint_ce + (1 - alpha) * marg_ce - entropies
+    np.testing.assert_allclose(expected, want, rtol=1e-5, atol=1e-4)
+
+
 def test_sdtt_small_t_fraction():
   d = configuration.distill_preset("sdtt")
   ts = np.array([float(di4c.sample_times(jax.random.key(i), 2, d)["t"][0]) for i in range(2000)])
