@@ -115,9 +115,11 @@ def run_pipeline(name: str) -> None:
     0,
     os.path.join(_OUT.value, name),
     student_steps=[int(s) for s in _STUDENT_STEPS.value],
-    # Its own reference model (classifier, char LM): pipelines running at once would
-    # otherwise train the same cached one into the same folder together.
-    reference_dir=os.path.join(root, "reference"),
+    # One reference model (classifier, char LM) per data set, in the base pipeline's folder:
+    # a lever's variant reuses it (a text one saves the char LM's training, minutes on a CPU).
+    # Variants running at once may each train it; the first whole copy renamed into place
+    # wins (reference_models._save), the same model, trained from the same seed.
+    reference_dir=os.path.join(_WORKDIR.value, base, "reference"),
     **eval_kw,
   )
   print(f"[{name}] evaluated ({time.time() - t0:.0f} s)", flush=True)
