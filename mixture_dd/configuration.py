@@ -310,6 +310,9 @@ def distill_preset(name: str, **overrides) -> ml_collections.ConfigDict:
       latent_chunks=1,
       latent_sampling="iid",  # "iid" (the paper) | "stratified" (LATENT_SAMPLINGS)
       alpha_schedule="sigmoid",  # "sigmoid" (the paper) | "const" (ALPHA_SCHEDULES)
+      # Probability in [0, 1) that an example's t is exactly 1, the time of every sampler's
+      # first step (0: the paper's time law; not in the paper).
+      top_t_prob=0.0,
       student_start=DEFAULT_START,
       latent_init_scale=1.0,
     )
@@ -334,6 +337,11 @@ def validate_distill(distill_cfg) -> None:
     f"{distill_cfg.preset!r} is unknown; choose one of {sorted(PRESETS)}",
   )
   req(distill_cfg.num_latents >= 1, "num_latents", f"must be >= 1, got {distill_cfg.num_latents}")
+  req(
+    0.0 <= distill_cfg.get("top_t_prob", 0.0) < 1.0,
+    "top_t_prob",
+    f"must be in [0, 1), got {distill_cfg.get('top_t_prob')}",
+  )
   req(
     distill_cfg.get("alpha_schedule", "sigmoid") in ALPHA_SCHEDULES,
     "alpha_schedule",

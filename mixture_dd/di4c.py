@@ -46,7 +46,8 @@ from mixture_dd.denoisers import Denoiser
 def sample_times(key, batch: int, distill_cfg):
   """Per-example times and gates of a preset: a dict of `[batch]` arrays.
 
-  t: the consistency / data time; u = t - Delta; distill_t: the time of the
+  t: the consistency / data time (with probability distill.top_t_prob exactly 1, where
+  every sampler's first step calls the student); u = t - Delta; distill_t: the time of the
   distillation term ("same" mode: t itself, `[batch]`; "separate" mode: one
   time per (example, latent), `[batch, num_latents]`: distill_lo with
   probability distill_p_lo, else U[distill_lo, distill_hi]); w_distill,
@@ -74,6 +75,10 @@ def sample_times(key, batch: int, distill_cfg):
       distill_cfg.small_t_max + (1.0 - distill_cfg.small_t_max) * u01,
     )
     t = jnp.full((batch,), t_one)
+  top_prob = distill_cfg.get("top_t_prob", 0.0)  # saved configs predate the field
+  if top_prob > 0:  # its own key (fold_in), so that the other draws keep their bits
+    shape = (batch,) if distill_cfg.t_sampling == "uniform" else ()
+    t = jnp.where(jax.random.bernoulli(jax.random.fold_in(key, 1), top_prob, shape), 1.0, t)
   t = jnp.clip(t, 1e-5, 1.0)
   if distill_cfg.delta == "min_frac":
     delta = jnp.minimum(delta, distill_cfg.delta_frac * t)

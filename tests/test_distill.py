@@ -231,6 +231,37 @@ def test_const_alpha_schedule_weighs_the_data_term_alike_at_every_t():
     configuration.validate_distill(configuration.distill_preset("cpu_small", alpha_schedule="flat"))
 
 
+@pytest.mark.parametrize("mode", ["uniform", "per_batch"])
+def test_top_t_prob_puts_that_share_of_times_at_one_and_keeps_the_rest(mode):
+  """distill.top_t_prob p: each example's t (per_batch: the batch's) is exactly 1 with
+  probability p (within 4 binomial SEs), every other t is the time law's own draw, bit for bit;
+  p = 0 (the default, and configs saved before the field) changes nothing."""
+  p = 0.25
+  base = configuration.distill_preset("cpu_small", t_sampling=mode)
+  base_ref = configuration.distill_preset("cpu_small", t_sampling=mode)
+  top = configuration.distill_preset("cpu_small", t_sampling=mode, top_t_prob=p)
+  n_keys, batch = 400, 64
+  ones, total = 0, 0
+  for i in range(n_keys):
+    ref = np.asarray(di4c.sample_times(jax.random.key(i), batch, base)["t"])
+    got = np.asarray(di4c.sample_times(jax.random.key(i), batch, top)["t"])
+    moved = got != ref
+    assert (got[moved] == 1.0).all()
+    ones += int(moved.sum()) if mode == "uniform" else int(moved.any())
+    total += batch if mode == "uniform" else 1
+  assert abs(ones / total - p) < 4 * np.sqrt(p * (1 - p) / total), ones / total
+  del base["top_t_prob"]
+  configuration.validate_distill(base)
+  fresh = configuration.distill_preset("cpu_small", t_sampling=mode)  # top_t_prob 0
+  for cfg in (base, fresh):
+    np.testing.assert_array_equal(
+      np.asarray(di4c.sample_times(jax.random.key(0), batch, cfg)["t"]),
+      np.asarray(di4c.sample_times(jax.random.key(0), batch, base_ref)["t"]),
+    )
+  with pytest.raises(ValueError, match=r"config.distill.top_t_prob"):
+    configuration.validate_distill(configuration.distill_preset("cpu_small", top_t_prob=1.0))
+
+
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 4.0])
 def test_data_term_is_a_mix_of_joint_and_marginal_cross_entropies(alpha):
   """Why alpha_schedule 'const' at alpha 1: with the posterior's own marginals as the teacher,
