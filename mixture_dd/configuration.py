@@ -70,6 +70,9 @@ def base_config() -> ml_collections.ConfigDict:
       # positions, coordinate g conditioning block g only, after the trunk;
       # latent_dim must divide the data's length). A product teacher ignores it.
       latent_scope="global",
+      # Hidden SiLU layers of the latent's embedding MLP (an int >= 1; 1 is the
+      # paper's). A product teacher ignores it.
+      latent_depth=1,
     )
   )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
@@ -148,6 +151,7 @@ def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
     dict(
       latent_dim=ml_collections.config_dict.placeholder(int),
       latent_scope=ml_collections.config_dict.placeholder(str),
+      latent_depth=ml_collections.config_dict.placeholder(int),
     )
   )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
@@ -511,6 +515,11 @@ def validate(config, spec) -> None:
     "model.latent_dim",
     f"must be an integer >= 1 (1: the paper's scalar latent), got {m.get('latent_dim')!r}",
   )
+  _require(
+    _is_int(model_latent_depth(config)) and model_latent_depth(config) >= 1,
+    "model.latent_depth",
+    f"must be an integer >= 1 (1: the paper's one hidden layer), got {m.get('latent_depth')!r}",
+  )
   scope = model_latent_scope(config)
   _require(
     scope in networks.LATENT_SCOPES,
@@ -605,6 +614,7 @@ def make_model(config, spec, process, latent: bool = False) -> networks.Transfor
     dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
     latent_dim=model_latent_dim(config) if latent else 1,
     latent_scope=model_latent_scope(config) if latent else "global",
+    latent_depth=model_latent_depth(config) if latent else 1,
   )
 
 
@@ -619,6 +629,13 @@ def model_latent_scope(config) -> str:
   """config.model.latent_scope; "global" where it is unset (None, or a run
   config written before the field existed)."""
   return config.model.get("latent_scope") or "global"
+
+
+def model_latent_depth(config) -> int:
+  """config.model.latent_depth; 1 where it is unset (None, or a run config written
+  before the field existed)."""
+  depth = config.model.get("latent_depth")
+  return 1 if depth is None else depth
 
 
 def entry_for_start(student_start: str | None) -> str:
@@ -648,7 +665,7 @@ def model_signature(config, spec) -> dict:
   sig = {
     f"model.{k}": v
     for k, v in config.model.to_dict().items()
-    if k not in ("dropout", "label_dropout", "dtype", "latent_dim", "latent_scope")
+    if k not in ("dropout", "label_dropout", "dtype", "latent_dim", "latent_scope", "latent_depth")
   }
   sig.update({f"process.{k}": v for k, v in config.process.to_dict().items()})
   sig["process.vocab_size"] = config.process.vocab_size or spec.vocab_size
@@ -662,4 +679,6 @@ def model_signature(config, spec) -> dict:
     # None for global: what checkpoints from before the field read as.
     scope = model_latent_scope(config)
     sig["model.latent_scope"] = None if scope == "global" else scope
+    if model_latent_depth(config) != 1:  # unsigned at 1: what earlier checkpoints read as
+      sig["model.latent_depth"] = model_latent_depth(config)
   return sig

@@ -184,6 +184,7 @@ class LatentEmbed(nn.Module):
   entry: str = "add"
   dtype: Dtype = jnp.float32
   latent_dim: int = 1
+  depth: int = 1  # hidden SiLU layers before the last projection (1: the paper's)
 
   @nn.compact
   def __call__(self, lam: jax.Array) -> jax.Array:
@@ -201,6 +202,8 @@ class LatentEmbed(nn.Module):
     h = latent_embedding(lam).astype(self.dtype)
     h = _Dense(self.width, dtype=self.dtype, name="dense_in")(h)
     h = nn.silu(h)
+    for i in range(1, self.depth):  # depth 1 keeps the parameter names of earlier checkpoints
+      h = nn.silu(_Dense(self.width, dtype=self.dtype, name=f"dense_hidden_{i}")(h))
     if self.entry == "centred":
       e = _Dense(self.width, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="dense_out")(
         h
@@ -365,6 +368,8 @@ class Transformer(nn.Module):
       positions are latent_dim contiguous blocks, coordinate g conditions
       block g only, after the trunk; see `BlockLatentPath`). "blocks" needs
       latent_dim to divide length.
+    latent_depth: hidden SiLU layers of the latent embedding MLP
+      (`LatentEmbed.depth`; 1, the paper's: one) before its last projection.
     mask_id: if set, masked-diffusion carry-over: unmasked inputs are copied
       to the output. Must be a non-data id, vocab_size <= mask_id < num_states.
     dtype: activation dtype (float32 or bfloat16). Parameters are always
@@ -388,6 +393,7 @@ class Transformer(nn.Module):
   dtype: Dtype = jnp.float32
   latent_dim: int = 1
   latent_scope: str = "global"
+  latent_depth: int = 1
 
   def validate_config(self) -> None:
     """Raises ValueError naming the offending field if the config is invalid."""
@@ -417,6 +423,8 @@ class Transformer(nn.Module):
       raise ValueError(f"latent_dim must be >= 1, got {self.latent_dim}")
     if self.latent_scope not in LATENT_SCOPES:
       raise ValueError(f"latent_scope must be one of {LATENT_SCOPES}, got {self.latent_scope!r}")
+    if self.latent_depth < 1:
+      raise ValueError(f"latent_depth must be >= 1, got {self.latent_depth}")
     if self.latent_scope == "blocks" and self.length % self.latent_dim:
       raise ValueError(
         f"latent_scope='blocks' splits the {self.length} positions into latent_dim="
@@ -509,7 +517,12 @@ class Transformer(nn.Module):
       # bit-for-bit at step 0 (an extra token would perturb attention even
       # with a zero embedding), and the sequence does not grow.
       c = c + LatentEmbed(
-        self.width, self.latent_entry, self.dtype, self.latent_dim, name=LATENT_MODULE
+        self.width,
+        self.latent_entry,
+        self.dtype,
+        self.latent_dim,
+        self.latent_depth,
+        name=LATENT_MODULE,
       )(lam)
 
     h = _Embed(self.num_states, self.width, dtype=self.dtype, name="token_embed")(x)
@@ -532,6 +545,7 @@ class Transformer(nn.Module):
         self.width,
         self.latent_entry,
         self.dtype,
+        depth=self.latent_depth,
         num_blocks=self.latent_dim,
         mlp_ratio=self.mlp_ratio,
         name=LATENT_MODULE,
