@@ -7,7 +7,6 @@ signature (unsigned at 1, so earlier checkpoints load; refused when it differs).
 """
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -22,32 +21,13 @@ from mixture_dd import (
   runs,
   train_step,
 )
+from tests import test_local_latents as local_latents
 from tests.conftest import perturbed_params
-
-B, D = 3, 6
+from tests.test_local_latents import B, D, _inputs
 
 
 def _model(depth=1, latent=True, scope="global", k=1, entry="add"):
-  return networks.Transformer(
-    num_states=4,
-    vocab_size=3,
-    length=D,
-    width=32,
-    depth=1,
-    heads=2,
-    positions="learned",
-    latent=latent,
-    latent_entry=entry,
-    mask_id=3,
-    latent_dim=k,
-    latent_scope=scope,
-    latent_depth=depth,
-  )
-
-
-def _inputs():
-  x = jnp.array([[3] * D, [0, 3, 1, 3, 3, 2], [3, 2, 3, 1, 0, 3]], jnp.int32)
-  return x, jnp.array([0.9, 0.5, 0.2])
+  return local_latents._model(latent, entry, scope, k, depth)
 
 
 def _shapes(tree):

@@ -33,7 +33,7 @@ from tests.conftest import perturbed_params, random_log_probs
 B, D, K = 3, 6, 3  # 3 blocks of 2 positions
 
 
-def _model(latent=True, entry="add", scope="blocks", k=K):
+def _model(latent=True, entry="add", scope="blocks", k=K, depth=1):
   return networks.Transformer(
     num_states=4,
     vocab_size=3,
@@ -47,6 +47,7 @@ def _model(latent=True, entry="add", scope="blocks", k=K):
     mask_id=3,
     latent_dim=k if latent else 1,
     latent_scope=scope if latent else "global",
+    latent_depth=depth,
   )
 
 
