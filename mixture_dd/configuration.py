@@ -73,6 +73,11 @@ def base_config() -> ml_collections.ConfigDict:
       # Hidden SiLU layers of the latent's embedding MLP (an int >= 1; 1 is the
       # paper's). A product teacher ignores it.
       latent_depth=1,
+      # "none" (the paper) | "learned": a student-only, zero-initialised absolute
+      # position embedding, so that with rope its mixture components can differ
+      # between positions the input does not tell apart (all masked at t = 1).
+      # A product teacher ignores it.
+      latent_positions="none",
     )
   )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
@@ -152,6 +157,7 @@ def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
       latent_dim=ml_collections.config_dict.placeholder(int),
       latent_scope=ml_collections.config_dict.placeholder(str),
       latent_depth=ml_collections.config_dict.placeholder(int),
+      latent_positions=ml_collections.config_dict.placeholder(str),
     )
   )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
@@ -520,6 +526,11 @@ def validate(config, spec) -> None:
     "model.latent_depth",
     f"must be an integer >= 1 (1: the paper's one hidden layer), got {m.get('latent_depth')!r}",
   )
+  _require(
+    model_latent_positions(config) in networks.LATENT_POSITIONS,
+    "model.latent_positions",
+    f"{m.get('latent_positions')!r}; choose one of {networks.LATENT_POSITIONS}",
+  )
   scope = model_latent_scope(config)
   _require(
     scope in networks.LATENT_SCOPES,
@@ -615,6 +626,7 @@ def make_model(config, spec, process, latent: bool = False) -> networks.Transfor
     latent_dim=model_latent_dim(config) if latent else 1,
     latent_scope=model_latent_scope(config) if latent else "global",
     latent_depth=model_latent_depth(config) if latent else 1,
+    latent_positions=model_latent_positions(config) if latent else "none",
   )
 
 
@@ -638,6 +650,12 @@ def model_latent_depth(config) -> int:
   return 1 if depth is None else depth
 
 
+def model_latent_positions(config) -> str:
+  """config.model.latent_positions; "none" where it is unset (None, or a run config
+  written before the field existed)."""
+  return config.model.get("latent_positions") or "none"
+
+
 def entry_for_start(student_start: str | None) -> str:
   """The latent entry (networks.LatentEmbed) a distill.student_start needs."""
   return {"gate": "gate", "centred": "centred"}.get(student_start, "add")
@@ -648,6 +666,15 @@ def latent_entry(config) -> str:
   distill_cfg = config.get("distill")
   start = distill_cfg.get("student_start") if distill_cfg is not None else None
   return entry_for_start(start)
+
+
+# Model fields a checkpoint does not sign as they are: the parameters do not
+# depend on the first three; the student's latent fields are signed below, in
+# forms that checkpoints from before each field existed still match.
+_UNSIGNED_MODEL_FIELDS = (
+  "dropout", "label_dropout", "dtype",
+  "latent_dim", "latent_scope", "latent_depth", "latent_positions",
+)  # fmt: skip
 
 
 def model_signature(config, spec) -> dict:
@@ -663,9 +690,7 @@ def model_signature(config, spec) -> dict:
   # Parameters are float32 at any activation dtype, so model.dtype is free
   # to change between a checkpoint and its use (as dropout is).
   sig = {
-    f"model.{k}": v
-    for k, v in config.model.to_dict().items()
-    if k not in ("dropout", "label_dropout", "dtype", "latent_dim", "latent_scope", "latent_depth")
+    f"model.{k}": v for k, v in config.model.to_dict().items() if k not in _UNSIGNED_MODEL_FIELDS
   }
   sig.update({f"process.{k}": v for k, v in config.process.to_dict().items()})
   sig["process.vocab_size"] = config.process.vocab_size or spec.vocab_size
@@ -681,4 +706,6 @@ def model_signature(config, spec) -> dict:
     sig["model.latent_scope"] = None if scope == "global" else scope
     if model_latent_depth(config) != 1:  # unsigned at 1: what earlier checkpoints read as
       sig["model.latent_depth"] = model_latent_depth(config)
+    if model_latent_positions(config) != "none":  # likewise
+      sig["model.latent_positions"] = model_latent_positions(config)
   return sig

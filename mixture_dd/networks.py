@@ -2,9 +2,10 @@
 
 The same module serves as the product-denoiser teacher (`latent=False`) and the
 mixture student (`latent=True`, docs/method.md section 3). The student's only extra
-parameters live in the `latent_embed` sub-module, so a teacher's parameter tree
-is exactly the student's tree minus that sub-module and
-`student_params_from_teacher` can copy a trained teacher into a fresh student.
+parameters live in the `latent_embed` sub-module (and, with latent_positions
+"learned", the `latent_pos_embed` embedding), so a teacher's parameter tree is
+exactly the student's tree minus those and `student_params_from_teacher` can copy
+a trained teacher into a fresh student.
 
 Shapes: x `[batch, length]` int tokens, t `[batch]`, lam `[batch]`
 (latent_dim 1, the paper's scalar latent) or `[batch, latent_dim]`,
@@ -30,6 +31,10 @@ from mixture_dd.categorical import NEG_INF
 # Name of the student's latent-path sub-module; everything under it is
 # student-only and kept by `student_params_from_teacher`.
 LATENT_MODULE = "latent_embed"
+# The student-only position embedding (`Transformer.latent_positions`); a
+# top-level parameter because it enters before the trunk, where the latent
+# module has not been called yet.
+LATENT_POSITIONS_PARAM = "latent_pos_embed"
 
 TIME_EMBED_DIM = 128
 POSITIONS = ("rope", "learned")
@@ -38,7 +43,17 @@ LATENT_ENTRIES = ("add", "gate", "centred")
 # "blocks": coordinate g of lambda conditions only block g of the positions
 # (`BlockLatentPath`).
 LATENT_SCOPES = ("global", "blocks")
+# "none": the paper's network; "learned": a student-only absolute position
+# embedding (`Transformer.latent_positions`).
+LATENT_POSITIONS = ("none", "learned")
 CENTRING_NODES = 32  # latents on a midpoint grid of [0, 1] whose mean embedding is removed
+
+
+def is_latent_param(path: tuple[str, ...]) -> bool:
+  """Whether a flattened parameter path belongs to the student only (new at
+  distillation: kept by `student_params_from_teacher`, `latent_lr_mult`)."""
+  return LATENT_MODULE in path or LATENT_POSITIONS_PARAM in path
+
 
 # Mixed precision keeps parameters (and so optimiser state and checkpoints)
 # in float32 whatever the activation dtype: a bfloat16 run restores a float32
@@ -370,6 +385,16 @@ class Transformer(nn.Module):
       latent_dim to divide length.
     latent_depth: hidden SiLU layers of the latent embedding MLP
       (`LatentEmbed.depth`; 1, the paper's: one) before its last projection.
+    latent_positions: "none" (the paper) or "learned": the student adds a
+      zero-initialised absolute position embedding (`[length, width]`,
+      `LATENT_POSITIONS_PARAM`) to its token embeddings, so it starts as its
+      teacher. Why: with rope and no such embedding, positions whose inputs
+      agree (every position at t = 1, all masked) get the same logits for
+      every lambda, so each mixture component is the same law at all of them
+      and the mixture can only express exchangeable correlation (x^d and
+      x^{d+1} as related as x^d and x^{d+30}). The teacher has the same blind
+      spot, but a product of marginals loses nothing by it when the data's
+      marginals do not depend on position; a mixture does.
     mask_id: if set, masked-diffusion carry-over: unmasked inputs are copied
       to the output. Must be a non-data id, vocab_size <= mask_id < num_states.
     dtype: activation dtype (float32 or bfloat16). Parameters are always
@@ -394,6 +419,7 @@ class Transformer(nn.Module):
   latent_dim: int = 1
   latent_scope: str = "global"
   latent_depth: int = 1
+  latent_positions: str = "none"
 
   def validate_config(self) -> None:
     """Raises ValueError naming the offending field if the config is invalid."""
@@ -425,6 +451,10 @@ class Transformer(nn.Module):
       raise ValueError(f"latent_scope must be one of {LATENT_SCOPES}, got {self.latent_scope!r}")
     if self.latent_depth < 1:
       raise ValueError(f"latent_depth must be >= 1, got {self.latent_depth}")
+    if self.latent_positions not in LATENT_POSITIONS:
+      raise ValueError(
+        f"latent_positions must be one of {LATENT_POSITIONS}, got {self.latent_positions!r}"
+      )
     if self.latent_scope == "blocks" and self.length % self.latent_dim:
       raise ValueError(
         f"latent_scope='blocks' splits the {self.length} positions into latent_dim="
@@ -531,6 +561,11 @@ class Transformer(nn.Module):
         "pos_embed", nn.initializers.normal(0.02), (self.length, self.width), PARAM_DTYPE
       )
       h = h + pos[None].astype(self.dtype)
+    if self.latent and self.latent_positions == "learned":
+      pos = self.param(
+        LATENT_POSITIONS_PARAM, nn.initializers.zeros, (self.length, self.width), PARAM_DTYPE
+      )
+      h = h + pos[None].astype(self.dtype)
     for i in range(self.depth):
       h = DiTBlock(
         self.heads,
@@ -588,8 +623,9 @@ def _signature(leaf) -> tuple[tuple[int, ...], Any]:
 def student_params_from_teacher(teacher_params, student_params):
   """Copies a teacher's parameters into a mixture student's tree.
 
-  Every teacher leaf replaces the student leaf at the same path; leaves under
-  the student's `latent_embed` sub-module are kept. Works on either the
+  Every teacher leaf replaces the student leaf at the same path; the
+  student-only leaves (`is_latent_param`: under the `latent_embed` sub-module,
+  and the `latent_pos_embed` position embedding) are kept. Works on either the
   `{"params": ...}` variables dict or the bare params tree, as long as both
   arguments use the same form. Abstract trees (from `jax.eval_shape`) are
   accepted too, e.g. to check compatibility before loading a checkpoint.
@@ -606,7 +642,7 @@ def student_params_from_teacher(teacher_params, student_params):
   """
   teacher = _flatten(teacher_params)
   student = _flatten(student_params)
-  is_latent = lambda path: LATENT_MODULE in path
+  is_latent = is_latent_param
   problems = []
   for path, leaf in teacher.items():
     name = "/".join(path)

@@ -29,7 +29,8 @@ def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
   """AdamW with linear warm-up, then constant or cosine decay; global-norm clip.
 
   optim.latent_lr_mult (default 1) scales the learning rate of the
-  student's latent path (the `networks.LATENT_MODULE` sub-tree): it is new
+  student's latent path (`networks.is_latent_param`: the `LATENT_MODULE` sub-tree
+  and the student-only position embedding): it is new
   at the start of distillation while the rest is a trained teacher.
   """
   warm = max(int(optim.warmup_steps), 0)
@@ -55,7 +56,7 @@ def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
     def labels(params):
       flat = flax.traverse_util.flatten_dict(flax.core.unfreeze(params))
       return flax.traverse_util.unflatten_dict(
-        {k: ("latent" if networks.LATENT_MODULE in k else "rest") for k in flat}
+        {k: ("latent" if networks.is_latent_param(k) else "rest") for k in flat}
       )
 
     opt = optax.multi_transform({"latent": adamw(optim.lr * mult), "rest": adamw(optim.lr)}, labels)
