@@ -33,7 +33,15 @@ from tests.conftest import perturbed_params, random_log_probs
 B, D, K = 3, 6, 3  # 3 blocks of 2 positions
 
 
-def _model(latent=True, entry="add", scope="blocks", k=K, depth=1):
+def _model(
+  latent=True,
+  entry="add",
+  scope="blocks",
+  k=K,
+  depth=1,
+  positions="learned",
+  latent_positions="none",
+):
   return networks.Transformer(
     num_states=4,
     vocab_size=3,
@@ -41,13 +49,14 @@ def _model(latent=True, entry="add", scope="blocks", k=K, depth=1):
     width=32,
     depth=1,
     heads=2,
-    positions="learned",
+    positions=positions,
     latent=latent,
     latent_entry=entry,
     mask_id=3,
     latent_dim=k if latent else 1,
     latent_scope=scope if latent else "global",
     latent_depth=depth,
+    latent_positions=latent_positions,
   )
 
 
