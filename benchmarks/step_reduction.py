@@ -37,6 +37,7 @@ PIPELINES = {
   "markov_exact": (None, "markov_exact_distill", {}),
   "markov_exact_local": (None, "markov_exact_local_distill", {}),
   "markov": ("markov", "markov_distill", {}),
+  "markov_local": ("markov", "markov_local_distill", {}),
   "pydoc": ("pydoc_text", "pydoc_text_distill", {"teacher_temperatures": [0.8, 0.9, 1.0, 1.1]}),
   "digits_gaussian": ("digits_gaussian", "digits_gaussian_distill", {}),
   "digits": ("digits", "digits_distill", {}),

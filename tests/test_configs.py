@@ -157,6 +157,7 @@ TEACHER_OF = {
   "digits_distill": "digits",
   "digits_gaussian_distill": "digits_gaussian",
   "markov_distill": "markov",
+  "markov_local_distill": "markov",
   "pydoc_text_distill": "pydoc_text",
   "cifar10_tauldr_distill": "cifar10_gaussian",
   "text8_sdtt_distill": "text8_masked",
