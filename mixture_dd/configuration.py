@@ -78,6 +78,12 @@ def base_config() -> ml_collections.ConfigDict:
       # between positions the input does not tell apart (all masked at t = 1).
       # A product teacher ignores it.
       latent_positions="none",
+      # Local latents' blocks: "none" (the same contiguous blocks at every
+      # call) | "random" (rotated by a random offset per sequence at every
+      # sampler step and per example in the loss, so that block boundaries
+      # move between steps). Needs latent_scope "blocks"; no parameter
+      # depends on it. A product teacher ignores it.
+      latent_shift="none",
     )
   )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
@@ -158,6 +164,7 @@ def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
       latent_scope=ml_collections.config_dict.placeholder(str),
       latent_depth=ml_collections.config_dict.placeholder(int),
       latent_positions=ml_collections.config_dict.placeholder(str),
+      latent_shift=ml_collections.config_dict.placeholder(str),
     )
   )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
@@ -537,6 +544,25 @@ def validate(config, spec) -> None:
     "model.latent_scope",
     f"{scope!r}; choose one of {networks.LATENT_SCOPES}",
   )
+  _require(
+    model_latent_shift(config) in networks.LATENT_SHIFTS,
+    "model.latent_shift",
+    f"{m.get('latent_shift')!r}; choose one of {networks.LATENT_SHIFTS}",
+  )
+  _require(
+    model_latent_shift(config) == "none" or scope == "blocks",
+    "model.latent_shift",
+    f"{model_latent_shift(config)!r} rotates local latents' blocks: set "
+    "model.latent_scope=blocks (with model.latent_dim the number of blocks) or leave it 'none'",
+  )
+  if model_latent_shift(config) != "none" and _is_int(model_latent_dim(config)):
+    _require(
+      spec.length > model_latent_dim(config),
+      "model.latent_shift",
+      f"{model_latent_shift(config)!r} rotates blocks of {spec.length} / model.latent_dim="
+      f"{model_latent_dim(config)} position(s): with blocks of one position there is nothing "
+      "to rotate; use fewer blocks or leave it 'none'",
+    )
   if scope == "blocks" and _is_int(model_latent_dim(config)):
     _require(
       spec.length % model_latent_dim(config) == 0,
@@ -627,6 +653,7 @@ def make_model(config, spec, process, latent: bool = False) -> networks.Transfor
     latent_scope=model_latent_scope(config) if latent else "global",
     latent_depth=model_latent_depth(config) if latent else 1,
     latent_positions=model_latent_positions(config) if latent else "none",
+    latent_shift=model_latent_shift(config) if latent else "none",
   )
 
 
@@ -656,6 +683,12 @@ def model_latent_positions(config) -> str:
   return config.model.get("latent_positions") or "none"
 
 
+def model_latent_shift(config) -> str:
+  """config.model.latent_shift; "none" where it is unset (None, or a run config
+  written before the field existed)."""
+  return config.model.get("latent_shift") or "none"
+
+
 def entry_for_start(student_start: str | None) -> str:
   """The latent entry (networks.LatentEmbed) a distill.student_start needs."""
   return {"gate": "gate", "centred": "centred"}.get(student_start, "add")
@@ -669,11 +702,13 @@ def latent_entry(config) -> str:
 
 
 # Model fields a checkpoint does not sign as they are: the parameters do not
-# depend on the first three; the student's latent fields are signed below, in
-# forms that checkpoints from before each field existed still match.
+# depend on the first three, nor on latent_shift (how a local student's blocks
+# are drawn: a checkpoint may be sampled either way); the student's other
+# latent fields are signed below, in forms that checkpoints from before each
+# field existed still match.
 _UNSIGNED_MODEL_FIELDS = (
   "dropout", "label_dropout", "dtype",
-  "latent_dim", "latent_scope", "latent_depth", "latent_positions",
+  "latent_dim", "latent_scope", "latent_depth", "latent_positions", "latent_shift",
 )  # fmt: skip
 
 

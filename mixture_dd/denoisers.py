@@ -24,7 +24,10 @@ place that draws latents for it (`mixture`, `mixture_marginals`, the Di4C
 loss, the exact toolkit's nodes) draws the right number. A student with
 local latents (`networks.BlockLatentPath`) also carries `latent_blocks`
 (k: its law is a product of k block mixtures, which the Di4C loss scores
-block by block; 1 for every other denoiser).
+block by block; 1 for every other denoiser), and `latent_shifts`: the
+number of block partitions it draws from at every call (D / k for a network
+with latent_shift "random", whose denoiser takes a `block_offset` `[batch]`
+keyword; 1, the contiguous blocks, for every other denoiser).
 """
 
 from __future__ import annotations
@@ -63,9 +66,25 @@ def latent_blocks(denoiser) -> int:
   return int(getattr(denoiser, "latent_blocks", 1))
 
 
-def _with_latent_dim(fn, k: int, blocks: int = 1):
+def latent_shifts(denoiser) -> int:
+  """The number of rotations of a local student's block partition it draws
+  from per call (`networks.block_groups`: offsets 0 .. D / k - 1 for
+  latent_shift "random"); 1 (the contiguous blocks) for every other denoiser."""
+  return int(getattr(denoiser, "latent_shifts", 1))
+
+
+def draw_block_offsets(key, denoiser, batch: int) -> jax.Array | None:
+  """Uniform block offsets `[batch]` for a denoiser with `latent_shifts` > 1; None otherwise."""
+  shifts = latent_shifts(denoiser)
+  if shifts == 1:
+    return None
+  return jax.random.randint(key, (batch,), 0, shifts, jnp.int32)
+
+
+def _with_latent_dim(fn, k: int, blocks: int = 1, shifts: int = 1):
   fn.latent_dim = k
   fn.latent_blocks = blocks
+  fn.latent_shifts = shifts
   return fn
 
 
@@ -105,8 +124,14 @@ def from_network(model, train: bool = False) -> Denoiser:
   The denoiser's `latent_dim` attribute is the model's.
   """
 
-  def denoise(params, x_t, t, key, lam=None, labels=None):
+  local = model.latent and model.latent_scope == "blocks"
+
+  def denoise(params, x_t, t, key, lam=None, labels=None, block_offset=None):
     kw = {}
+    if block_offset is not None:
+      if not local:
+        raise ValueError("block_offset is for a student with local latents (latent_scope 'blocks')")
+      kw["block_offset"] = block_offset
     if model.num_classes and labels is not None:
       kw["labels"] = labels
     if model.latent:
@@ -120,9 +145,9 @@ def from_network(model, train: bool = False) -> Denoiser:
     rngs = {"dropout": key} if train else {}
     return model.apply({"params": params}, x_t, t, train=train, rngs=rngs, **kw)
 
-  local = model.latent and model.latent_scope == "blocks"
+  shifts = model.length // model.latent_dim if local and model.latent_shift == "random" else 1
   return _with_latent_dim(
-    denoise, model.latent_dim if model.latent else 1, model.latent_dim if local else 1
+    denoise, model.latent_dim if model.latent else 1, model.latent_dim if local else 1, shifts
   )
 
 
@@ -138,12 +163,17 @@ def from_function(fn: Callable) -> Denoiser:
 def mixture(component: Denoiser) -> Denoiser:
   """A mixture's samples: a fresh lambda ~ U[0, 1)^k per sequence per call
   (shared by all D positions, or one coordinate per block for local
-  latents), drawn from the key; k = latent_dim(component)."""
+  latents), drawn from the key; k = latent_dim(component). A component
+  with latent_shifts > 1 also gets a fresh block offset per sequence per
+  call (from a key folded off the latents', so their draws are unchanged)."""
   k = latent_dim(component)
 
   def denoise(params, x_t, t, key, lam=None, labels=None):
     lam = draw_latents(key, (x_t.shape[0],), k)
-    return component(params, x_t, t, key, lam=lam, labels=labels)
+    offsets = draw_block_offsets(jax.random.fold_in(key, 1), component, x_t.shape[0])
+    if offsets is None:
+      return component(params, x_t, t, key, lam=lam, labels=labels)
+    return component(params, x_t, t, key, lam=lam, labels=labels, block_offset=offsets)
 
   return denoise
 
@@ -187,7 +217,10 @@ def with_labels(denoiser: Denoiser, labels) -> Denoiser:
   if labels is None:
     return denoiser
   return _with_latent_dim(
-    functools.partial(denoiser, labels=labels), latent_dim(denoiser), latent_blocks(denoiser)
+    functools.partial(denoiser, labels=labels),
+    latent_dim(denoiser),
+    latent_blocks(denoiser),
+    latent_shifts(denoiser),
   )
 
 

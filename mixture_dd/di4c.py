@@ -263,7 +263,16 @@ def user_teacher(teacher: Teacher, spec, process) -> Teacher:
 
 
 def component_log_probs(
-  component: Denoiser, params, x, t, lam, labels, key, chunks: int = 1, remat: bool = True
+  component: Denoiser,
+  params,
+  x,
+  t,
+  lam,
+  labels,
+  key,
+  chunks: int = 1,
+  remat: bool = True,
+  block_offset=None,
 ):
   """Log-probabilities `[B, L, D, S]` of L mixture components, one per latent.
 
@@ -271,7 +280,9 @@ def component_log_probs(
   `[N, D, S]`); x `[B, L, D]` int and t `[B, L]`: each latent's input; lam
   `[B, L]` (scalar latents) or `[B, L, k]`; labels `[B]` int or None (each
   example's label goes to its L components); key: the component's (e.g.
-  dropout) key. The B x L inputs run as one batch; with chunks = c > 1 (c
+  dropout) key; block_offset `[B]` int or None: each example's rotation of a
+  local student's blocks (`networks.block_groups`), the same for its L
+  components. The B x L inputs run as one batch; with chunks = c > 1 (c
   divides L) as c sequential micro-batches of L / c (lax.map), each
   rematerialised in the backward pass when `remat`, so activation memory
   scales with B x L / c instead of B x L. The values, and so the gradients,
@@ -282,6 +293,7 @@ def component_log_probs(
 
   def one(x_c, t_c, lam_c, key_c):
     r = lambda a: None if a is None else jnp.repeat(a, per, axis=0)
+    kw = {} if block_offset is None else {"block_offset": r(block_offset)}
     logits = component(
       params,
       x_c.reshape((b * per,) + x_c.shape[2:]),
@@ -289,6 +301,7 @@ def component_log_probs(
       key_c,
       lam=lam_c.reshape((b * per,) + lam_c.shape[2:]),
       labels=r(labels),
+      **kw,
     )
     lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
     return lp.reshape((b, per) + lp.shape[1:])
@@ -334,13 +347,18 @@ def di4c_loss(
   stratified along L (`distill.latent_sampling`, `denoisers.draw_latents`:
   the same law per latent, a tighter likelihood estimate). A student with
   local latents (`denoisers.latent_blocks(student)` = k > 1) has its
-  likelihood, and so C, scored block by block (`losses.mixture_log_likelihood`).
+  likelihood, and so C, scored block by block (`losses.mixture_log_likelihood`);
+  one that rotates its blocks (`denoisers.latent_shifts(student)` > 1) gets
+  a uniform offset per example for its passes at t (and the target's at u,
+  its own), from keys folded off the loss key, so that every other draw is
+  the same as without it, and C is scored on the partition of its pass at t.
   """
   num_l = distill_cfg.num_latents
   chunks = distill_cfg.latent_chunks
   target = student if target is None else target
   k_student = denoisers.latent_dim(student)
   blocks = denoisers.latent_blocks(student)
+  shifting = denoisers.latent_shifts(student) > 1
   stratified = distill_cfg.get("latent_sampling", "iid") == "stratified"
 
   def latents(key, b, k):  # each example's L latents: [B, L] or [B, L, k]
@@ -349,9 +367,9 @@ def di4c_loss(
   def rep(a):
     return None if a is None else jnp.repeat(a, num_l, axis=0)
 
-  def student_lp(params, x, t, lam, labels, key, train, remat=True):
+  def student_lp(params, x, t, lam, labels, key, train, remat=True, offset=None):
     net = student if train else target
-    return component_log_probs(net, params, x, t, lam, labels, key, chunks, remat)
+    return component_log_probs(net, params, x, t, lam, labels, key, chunks, remat, offset)
 
   def per_latent(a):  # [B, ...] -> [B, L, ...]
     return jnp.broadcast_to(a[:, None], (a.shape[0], num_l) + a.shape[1:])
@@ -374,7 +392,14 @@ def di4c_loss(
     )
     teacher_lp = jax.nn.log_softmax(teacher_logits.astype(jnp.float32), -1)
     lam = latents(keys["lam_t"], b, k_student)
-    lp = student_lp(params, per_latent(x_t), per_latent(t), lam, labels, keys["drop_t"], True)
+    off_t = off_u = groups = None
+    if shifting:  # folded keys: the 15 split keys above stay those of a fixed partition
+      off_t = denoisers.draw_block_offsets(jax.random.fold_in(key, 15), student, b)
+      off_u = denoisers.draw_block_offsets(jax.random.fold_in(key, 16), student, b)
+      groups = networks.block_groups(length, blocks, off_t)
+    lp = student_lp(
+      params, per_latent(x_t), per_latent(t), lam, labels, keys["drop_t"], True, offset=off_t
+    )
 
     # Consistency: one teacher step t -> u from every latent copy of x_t,
     # then the student at u (eval mode, no gradient) as the target.
@@ -412,10 +437,11 @@ def di4c_loss(
         keys["drop_u"],
         False,
         remat=False,
+        offset=off_u,
       )
     )
     x0_i = categorical.sample(keys["draw"], q)  # [B, L, D]: x0^(i) ~ q_i
-    consis = losses.consistency_term(lp, q, x0_i, blocks)
+    consis = losses.consistency_term(lp, q, x0_i, blocks, groups)
 
     if distill_cfg.distill_mode == "same":
       distill = losses.distillation_term(teacher_lp, lp)
@@ -434,7 +460,7 @@ def di4c_loss(
       )
       distill = losses.distillation_term(t_lp.reshape(lp_d.shape), lp_d)
     marginal = losses.marginal_term(lp, teacher_lp)
-    data_corr = losses.data_correlation_term(lp, x0, tm["alpha"], blocks)
+    data_corr = losses.data_correlation_term(lp, x0, tm["alpha"], blocks, groups)
 
     per_example = (
       distill_cfg.distill_weight * tm["w_distill"] * distill

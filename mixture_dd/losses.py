@@ -86,11 +86,13 @@ def teacher_loss(denoiser, params, process: Process, x0, key, t_min: float = 0.0
 # ---------------------------------------------------------------------------
 
 
-def component_log_likelihood(lp, x0, blocks: int = 1):
+def component_log_likelihood(lp, x0, blocks: int = 1, groups=None):
   """sum_d lp[b, j, d, x0[b, m, d]] for every target m and latent j: `[B, M, L]`.
 
   lp `[B, L, D, S]`, x0 `[B, M, D]` int. With blocks = k > 1 the sum runs
-  within each of k contiguous blocks of D / k positions: `[B, M, L, k]`.
+  within each of k blocks: `[B, M, L, k]`; the contiguous blocks of D / k
+  positions, or groups `[B, D]` int in [0, k) (each example's block of each
+  position, `networks.block_groups` for a rotated partition).
   """
   chex.assert_rank(lp, 4)
   chex.assert_rank(x0, 3)
@@ -98,7 +100,11 @@ def component_log_likelihood(lp, x0, blocks: int = 1):
   if blocks == 1:
     return jnp.sum(picked, axis=-1)  # [B, M, L, D] -> [B, M, L]
   b, m, num_l, length = picked.shape
-  return jnp.sum(picked.reshape(b, m, num_l, blocks, length // blocks), axis=-1)
+  if groups is None:
+    return jnp.sum(picked.reshape(b, m, num_l, blocks, length // blocks), axis=-1)
+  chex.assert_shape(groups, (b, length))
+  member = jax.nn.one_hot(groups, blocks, dtype=picked.dtype)  # [B, D, k]
+  return jnp.einsum("bmld,bdk->bmlk", picked, member, precision=jax.lax.Precision.HIGHEST)
 
 
 def mixture_log_marginals(lp):
@@ -106,31 +112,32 @@ def mixture_log_marginals(lp):
   return jax.nn.logsumexp(lp, axis=1) - jnp.log(lp.shape[1])
 
 
-def mixture_log_likelihood(lp, x0, blocks: int = 1):
+def mixture_log_likelihood(lp, x0, blocks: int = 1, groups=None):
   """log p^theta(x0 | x_t) ~= logsumexp_j sum_d lp_j[d, x0^d] - log L: `[B, M]`.
 
   blocks = k > 1 (a student with local latents, `networks.BlockLatentPath`:
   block g of the components depends on lambda_g alone, so the law is a
   product of k block mixtures): the sum over blocks of each block's own
-  L-sample estimate, sum_g (logsumexp_j sum_{d in g} lp_j[d, x0^d] - log L).
+  L-sample estimate, sum_g (logsumexp_j sum_{d in g} lp_j[d, x0^d] - log L);
+  groups `[B, D]`: a rotated partition (`component_log_likelihood`).
   """
-  ll = component_log_likelihood(lp, x0, blocks)
+  ll = component_log_likelihood(lp, x0, blocks, groups)
   if blocks == 1:
     return jax.nn.logsumexp(ll, axis=-1) - jnp.log(lp.shape[1])
   return jnp.sum(jax.nn.logsumexp(ll, axis=-2) - jnp.log(lp.shape[1]), axis=-1)
 
 
-def correlation(lp, x0, lpbar=None, blocks: int = 1):
+def correlation(lp, x0, lpbar=None, blocks: int = 1, groups=None):
   """C(x0) = mixture log-likelihood - sum_d lpbar[d, x0^d]: `[B, M]`.
 
   Zero when every component is the same product; it is the part of the
-  likelihood that a product of marginals cannot express. blocks: as in
-  `mixture_log_likelihood`.
+  likelihood that a product of marginals cannot express. blocks, groups: as
+  in `mixture_log_likelihood`.
   """
   if lpbar is None:
     lpbar = mixture_log_marginals(lp)
   marg = jnp.take_along_axis(lpbar[:, None], x0[..., None], axis=-1)[..., 0].sum(-1)
-  return mixture_log_likelihood(lp, x0, blocks) - marg
+  return mixture_log_likelihood(lp, x0, blocks, groups) - marg
 
 
 def kl_categorical(logp, logq):
@@ -155,16 +162,16 @@ def distillation_term(teacher_logp, lp):
   return jnp.mean(kl_categorical(teacher_logp, lp), axis=1)
 
 
-def consistency_term(lp, target_logq, x0_targets, blocks: int = 1):
+def consistency_term(lp, target_logq, x0_targets, blocks: int = 1, groups=None):
   """-(1/L) sum_i C(x0^(i)) + sum_d KL(pbar_u[d] || exp lpbar[d]): `[B]`.
 
   lp `[B, L, D, S]` (the student at t, with gradient), target_logq
   `[B, L, D, S]` the student's stop-gradient component log-probs at
   (x_u^(i), u, lambda'_i), x0_targets `[B, L, D]` draws x0^(i) ~ q_i;
-  blocks as in `mixture_log_likelihood`.
+  blocks, groups as in `mixture_log_likelihood` (lp's partition).
   """
   lpbar = mixture_log_marginals(lp)
-  corr = correlation(lp, x0_targets, lpbar, blocks)  # [B, L]
+  corr = correlation(lp, x0_targets, lpbar, blocks, groups)  # [B, L]
   log_pbar_u = mixture_log_marginals(target_logq)
   return -jnp.mean(corr, axis=1) + kl_categorical(log_pbar_u, lpbar)
 
@@ -179,6 +186,6 @@ def marginal_term(lp, teacher_logp):
   return kl_categorical(teacher_logp, mixture_log_marginals(lp))
 
 
-def data_correlation_term(lp, x0, alpha, blocks: int = 1):
+def data_correlation_term(lp, x0, alpha, blocks: int = 1, groups=None):
   """alpha_t * (-C(x0)) on real data x0 `[B, D]`: `[B]` ("di4c-d")."""
-  return -alpha * correlation(lp, x0[:, None], blocks=blocks)[:, 0]
+  return -alpha * correlation(lp, x0[:, None], blocks=blocks, groups=groups)[:, 0]

@@ -46,7 +46,28 @@ LATENT_SCOPES = ("global", "blocks")
 # "none": the paper's network; "learned": a student-only absolute position
 # embedding (`Transformer.latent_positions`).
 LATENT_POSITIONS = ("none", "learned")
+# Local latents' block partition: "none", the same contiguous blocks at every
+# call; "random", rotated by a random offset per sequence per call
+# (`block_groups`), so that a sampler's steps put their boundaries in
+# different places.
+LATENT_SHIFTS = ("none", "random")
 CENTRING_NODES = 32  # latents on a midpoint grid of [0, 1] whose mean embedding is removed
+
+
+def block_groups(length: int, num_blocks: int, offset: jax.Array | None = None) -> jax.Array:
+  """The block g(d) of each position for local latents: `[batch, D]` int32 (`[1, D]` for None).
+
+  g(d) = ((d + o) mod D) // (D / k) for an example's offset o `[batch]` in
+  [0, D / k): k contiguous blocks of D / k positions rotated by o, so the
+  last block wraps round to the first positions when o > 0; o = 0 (None)
+  is the contiguous partition. The network and the loss's block-by-block
+  likelihood (`losses.component_log_likelihood`) both read the partition
+  from here, so they always agree.
+  """
+  d = jnp.arange(length, dtype=jnp.int32)[None]
+  if offset is not None:
+    d = (d + jnp.asarray(offset, jnp.int32)[:, None]) % length
+  return d // (length // num_blocks)
 
 
 def is_latent_param(path: tuple[str, ...]) -> bool:
@@ -249,8 +270,13 @@ class BlockLatentPath(LatentEmbed):
   (`losses.mixture_log_likelihood(..., blocks=k)`): L^k joint patterns from
   L passes, where one shared latent gives L.
 
-  Shapes: h `[batch, D, width]`, c `[batch, width]`, lam `[batch, k]` ->
-  (h `[batch, D, width]`, per-position conditioning `[batch, D, width]`).
+  offset `[batch]` int in [0, D / k) (None: 0) rotates the partition
+  (`block_groups`): block g is then the positions d with
+  (d + o) mod D in [g D / k, (g + 1) D / k).
+
+  Shapes: h `[batch, D, width]`, c `[batch, width]`, lam `[batch, k]`,
+  offset `[batch]` or None -> (h `[batch, D, width]`, per-position
+  conditioning `[batch, D, width]`).
   With the embedding's last projection zero (entry "add", "gate") the path
   adds exactly 0, as the global one does. Its parameters live under
   `LATENT_MODULE`, so a teacher copies in as for a global student.
@@ -260,11 +286,16 @@ class BlockLatentPath(LatentEmbed):
   mlp_ratio: int = 4
 
   @nn.compact
-  def __call__(self, h: jax.Array, c: jax.Array, lam: jax.Array):
+  def __call__(self, h: jax.Array, c: jax.Array, lam: jax.Array, offset: jax.Array | None = None):
     batch, length, width = h.shape
     lam = lam.reshape(batch, self.num_blocks)
     e = self.embed(lam.reshape(-1)).reshape(batch, self.num_blocks, width)
-    c_pos = c[:, None, :] + jnp.repeat(e, length // self.num_blocks, axis=1)
+    if offset is None:
+      e_pos = jnp.repeat(e, length // self.num_blocks, axis=1)
+    else:  # the rotated partition (`block_groups`)
+      groups = block_groups(length, self.num_blocks, offset)
+      e_pos = jnp.take_along_axis(e, groups[..., None], axis=1)
+    c_pos = c[:, None, :] + e_pos
     mod = _Dense(3 * width, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="head_adaln")(
       nn.silu(c_pos)
     )
@@ -395,6 +426,15 @@ class Transformer(nn.Module):
       x^{d+1} as related as x^d and x^{d+30}). The teacher has the same blind
       spot, but a product of marginals loses nothing by it when the data's
       marginals do not depend on position; a mixture does.
+    latent_shift: local latents' partition at sampling: "none" (the same
+      contiguous blocks at every call) or "random" (rotated by an offset
+      drawn per sequence per call, `block_groups`). The network itself only
+      takes the offset (`block_offset`); `denoisers.mixture` draws it, and
+      the Di4C loss draws one per example. Why: a local student's law is a
+      product over blocks, so pairs that straddle a fixed boundary are
+      sampled independently at every step, as the teacher samples them;
+      rotated blocks correlate them at the steps whose partition joins them.
+      No parameter depends on it. Needs latent_scope "blocks".
     mask_id: if set, masked-diffusion carry-over: unmasked inputs are copied
       to the output. Must be a non-data id, vocab_size <= mask_id < num_states.
     dtype: activation dtype (float32 or bfloat16). Parameters are always
@@ -420,6 +460,7 @@ class Transformer(nn.Module):
   latent_scope: str = "global"
   latent_depth: int = 1
   latent_positions: str = "none"
+  latent_shift: str = "none"
 
   def validate_config(self) -> None:
     """Raises ValueError naming the offending field if the config is invalid."""
@@ -454,6 +495,13 @@ class Transformer(nn.Module):
     if self.latent_positions not in LATENT_POSITIONS:
       raise ValueError(
         f"latent_positions must be one of {LATENT_POSITIONS}, got {self.latent_positions!r}"
+      )
+    if self.latent_shift not in LATENT_SHIFTS:
+      raise ValueError(f"latent_shift must be one of {LATENT_SHIFTS}, got {self.latent_shift!r}")
+    if self.latent_shift != "none" and self.latent_scope != "blocks":
+      raise ValueError(
+        f"latent_shift={self.latent_shift!r} rotates local latents' blocks: it needs "
+        f"latent_scope='blocks', got {self.latent_scope!r}"
       )
     if self.latent_scope == "blocks" and self.length % self.latent_dim:
       raise ValueError(
@@ -496,6 +544,7 @@ class Transformer(nn.Module):
     lam: jax.Array | None = None,
     labels: jax.Array | None = None,
     train: bool = False,
+    block_offset: jax.Array | None = None,
   ) -> jax.Array:
     """Computes per-position logits over the data values.
 
@@ -508,6 +557,9 @@ class Transformer(nn.Module):
       labels: `[batch]` int class ids in [0, num_classes]; None means the
         null class. Only allowed when `num_classes > 0`.
       train: enables dropout.
+      block_offset: `[batch]` int in [0, length / latent_dim), local
+        latents only: rotates the block partition (`block_groups`); None is
+        offset 0, the contiguous blocks.
 
     Returns:
       `[batch, length, vocab_size]` float32 logits.
@@ -527,6 +579,14 @@ class Transformer(nn.Module):
       raise ValueError("lam was given but the Transformer has latent=False")
     if self.num_classes == 0 and labels is not None:
       raise ValueError("labels were given but the Transformer has num_classes=0")
+    if block_offset is not None:
+      if not (self.latent and self.latent_scope == "blocks"):
+        raise ValueError(
+          "block_offset rotates local latents' blocks: it needs latent=True and "
+          f"latent_scope='blocks', got latent={self.latent}, latent_scope={self.latent_scope!r}"
+        )
+      block_offset = jnp.asarray(block_offset)
+      chex.assert_shape(block_offset, (batch,))
 
     # Conditioning vector c: time (+ class) (+ latent).
     c = timestep_embedding(t).astype(self.dtype)
@@ -584,7 +644,7 @@ class Transformer(nn.Module):
         num_blocks=self.latent_dim,
         mlp_ratio=self.mlp_ratio,
         name=LATENT_MODULE,
-      )(h, c, lam)
+      )(h, c, lam, block_offset)
 
     # Final layer: adaLN-modulated LayerNorm, projection in float32.
     mod = _Dense(
