@@ -478,15 +478,26 @@ def pair_tv(
     laws: {k: [D - k, S, S]}, e.g. from `chain_pair_laws`.
     weights: optional row multiplicities [n].
   """
+  return float(np.mean([tv.mean() for tv in pair_tvs(tokens, laws, weights).values()]))
+
+
+def pair_tvs(
+  tokens: np.ndarray, laws: dict[int, np.ndarray], weights: np.ndarray | None = None
+) -> dict[int, np.ndarray]:
+  """{k: TV(empirical law of (x_d, x_{d+k}), laws[k][d]) for each d, `[D - k]`}.
+
+  `pair_tv`'s terms, position by position: e.g. to split them between the
+  pairs inside a local student's block and those that straddle two.
+  """
   if not laws:
     raise ValueError("laws is empty: give at least one lag")
-  tvs = []
+  tvs = {}
   for lag, law in sorted(laws.items()):
     emp = pair_frequencies(tokens, lag, law.shape[-1], weights)
     if emp.shape != law.shape:
       raise ValueError(f"lag {lag}: the reference law is {law.shape}, the samples give {emp.shape}")
-    tvs.append(0.5 * np.abs(emp - law).sum((-1, -2)).mean())
-  return float(np.mean(tvs))
+    tvs[lag] = 0.5 * np.abs(emp - law).sum((-1, -2))
+  return tvs
 
 
 def pair_entropy(tokens: np.ndarray, num_values: int, weights: np.ndarray | None = None) -> float:
