@@ -41,15 +41,23 @@ def straddles(length: int, block: int, lag: int) -> np.ndarray:
 
 
 def split(tokens: np.ndarray, laws: dict, block: int, weights=None) -> tuple[float, float]:
-  """(inside, straddling): the mean pair TV over the pairs inside a block and over those
-  across a boundary, pooled over lags and positions (`metrics.pair_tvs`)."""
+  """(inside, straddling): pair_tv over the pairs inside a block and over those across a
+  boundary: for each lag the mean over its pairs on that side, then the mean over lags, as
+  `metrics.pair_tv` (so a sampler that treats every pair alike scores the same on both
+  sides, whatever share of each lag's pairs a side holds)."""
   tvs = metrics.pair_tvs(tokens, laws, weights)
   length = tokens.shape[1]
-  cross = np.concatenate([straddles(length, block, k) for k in tvs])
-  every = np.concatenate(list(tvs.values()))
-  if cross.all() or not cross.any():
-    raise ValueError(f"blocks of {block} of {length} positions leave no pair on one side")
-  return float(every[~cross].mean()), float(every[cross].mean())
+  sides = ([], [])
+  for k, tv in tvs.items():
+    cross = straddles(length, block, k)
+    if cross.all() or not cross.any():
+      raise ValueError(
+        f"blocks of {block} of {length} positions leave no lag-{k} pair on one side: choose "
+        f"a block between {max(tvs) + 1} and {length // 2}"
+      )
+    sides[0].append(tv[~cross].mean())
+    sides[1].append(tv[cross].mean())
+  return float(np.mean(sides[0])), float(np.mean(sides[1]))
 
 
 def measure(tokens: np.ndarray, laws: dict, block: int) -> dict:

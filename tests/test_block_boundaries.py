@@ -36,11 +36,11 @@ def test_independent_blocks_err_on_the_straddling_pairs_only():
   blocks = np.concatenate([d[:, g * BLOCK : (g + 1) * BLOCK] for g, d in enumerate(draws)], 1)
   inside, straddling = block_boundaries.split(data, laws, BLOCK)
   b_inside, b_straddling = block_boundaries.split(blocks, laws, BLOCK)
-  # Measured over seeds 0-3: data 0.037-0.042 inside / 0.040-0.045 straddling (differences
-  # <= 0.005), independent blocks 0.037-0.039 / 0.184-0.190 (gap 0.145-0.153).
+  # Measured over seeds 0-3: data 0.038-0.043 inside / 0.038-0.044 straddling (differences
+  # <= 0.002), independent blocks 0.039-0.042 inside (<= 0.004 from the data's) / 0.244-0.251.
   assert abs(inside - straddling) < 0.01 and abs(b_inside - inside) < 0.01
-  assert b_straddling > b_inside + 0.1
+  assert b_straddling > b_inside + 0.15
   row = block_boundaries.measure(blocks[:512], laws, BLOCK)
   assert 0 < row["straddling_se"] < 0.02 and 0 < row["inside_se"] < 0.02
-  with pytest.raises(ValueError, match="no pair on one side"):
+  with pytest.raises(ValueError, match="no lag-1 pair on one side"):
     block_boundaries.split(data, laws, D)
