@@ -81,8 +81,8 @@ def base_config() -> ml_collections.ConfigDict:
       # Local latents' blocks: "none" (the same contiguous blocks at every
       # call) | "random" (rotated by a random offset per sequence at every
       # sampler step and per example in the loss, so that block boundaries
-      # move between steps). Needs latent_scope "blocks"; no parameter
-      # depends on it. A product teacher ignores it.
+      # move between steps; the student also learns each position's place in
+      # its block). Needs latent_scope "blocks". A product teacher ignores it.
       latent_shift="none",
     )
   )
@@ -702,10 +702,8 @@ def latent_entry(config) -> str:
 
 
 # Model fields a checkpoint does not sign as they are: the parameters do not
-# depend on the first three, nor on latent_shift (how a local student's blocks
-# are drawn: a checkpoint may be sampled either way); the student's other
-# latent fields are signed below, in forms that checkpoints from before each
-# field existed still match.
+# depend on the first three; the student's latent fields are signed below, in
+# forms that checkpoints from before each field existed still match.
 _UNSIGNED_MODEL_FIELDS = (
   "dropout", "label_dropout", "dtype",
   "latent_dim", "latent_scope", "latent_depth", "latent_positions", "latent_shift",
@@ -743,4 +741,6 @@ def model_signature(config, spec) -> dict:
       sig["model.latent_depth"] = model_latent_depth(config)
     if model_latent_positions(config) != "none":  # likewise
       sig["model.latent_positions"] = model_latent_positions(config)
+    if model_latent_shift(config) != "none":  # likewise
+      sig["model.latent_shift"] = model_latent_shift(config)
   return sig

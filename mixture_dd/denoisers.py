@@ -186,9 +186,12 @@ def mixture_marginals(component: Denoiser, latent_nodes: int) -> Denoiser:
   a teacher for the next round (di4c^2), and how its marginals are scored.
   With latent_dim k > 1 the latents are a lattice stratified in every
   coordinate (`networks.latent_lattice`) shifted by one uniform offset in
-  [0, 1)^k per example, so each latent is still uniform on the cube.
+  [0, 1)^k per example, so each latent is still uniform on the cube. A
+  component with rotating blocks (latent_shifts s > 1) gives node j the
+  offset j mod s, so the marginals average over partitions as its samples do.
   """
   k = latent_dim(component)
+  shifts = latent_shifts(component)
 
   def denoise(params, x_t, t, key, lam=None, labels=None):
     b = x_t.shape[0]
@@ -201,8 +204,11 @@ def mixture_marginals(component: Denoiser, latent_nodes: int) -> Denoiser:
       lams = jnp.mod(offs + grid[None], 1.0)  # [B, L, k]
     rep = lambda a: None if a is None else jnp.repeat(a, latent_nodes, axis=0)
     lam_flat = lams.reshape((b * latent_nodes,) + lams.shape[2:])
+    kw = {}
+    if shifts > 1:  # node j at offset j mod shifts: the sampler's average over partitions
+      kw["block_offset"] = jnp.tile(jnp.arange(latent_nodes, dtype=jnp.int32) % shifts, b)
     lp = jax.nn.log_softmax(
-      component(params, rep(x_t), rep(t), key, lam=lam_flat, labels=rep(labels)).astype(
+      component(params, rep(x_t), rep(t), key, lam=lam_flat, labels=rep(labels), **kw).astype(
         jnp.float32
       ),
       -1,

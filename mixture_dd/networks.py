@@ -35,6 +35,9 @@ LATENT_MODULE = "latent_embed"
 # top-level parameter because it enters before the trunk, where the latent
 # module has not been called yet.
 LATENT_POSITIONS_PARAM = "latent_pos_embed"
+# Under LATENT_MODULE, local latents with rotating blocks only: each position's
+# place in its block (`BlockLatentPath.slots`).
+SLOT_PARAM = "slot_embed"
 
 TIME_EMBED_DIM = 128
 POSITIONS = ("rope", "learned")
@@ -272,7 +275,9 @@ class BlockLatentPath(LatentEmbed):
 
   offset `[batch]` int in [0, D / k) (None: 0) rotates the partition
   (`block_groups`): block g is then the positions d with
-  (d + o) mod D in [g D / k, (g + 1) D / k).
+  (d + o) mod D in [g D / k, (g + 1) D / k). slots=True (latent_shift
+  "random") adds a zero-initialised embedding of each position's place in
+  its block, (d + o) mod (D / k) (`SLOT_PARAM`, `[D / k, width]`).
 
   Shapes: h `[batch, D, width]`, c `[batch, width]`, lam `[batch, k]`,
   offset `[batch]` or None -> (h `[batch, D, width]`, per-position
@@ -284,18 +289,31 @@ class BlockLatentPath(LatentEmbed):
 
   num_blocks: int = 1
   mlp_ratio: int = 4
+  slots: bool = False
 
   @nn.compact
   def __call__(self, h: jax.Array, c: jax.Array, lam: jax.Array, offset: jax.Array | None = None):
     batch, length, width = h.shape
+    size = length // self.num_blocks
     lam = lam.reshape(batch, self.num_blocks)
     e = self.embed(lam.reshape(-1)).reshape(batch, self.num_blocks, width)
     if offset is None:
-      e_pos = jnp.repeat(e, length // self.num_blocks, axis=1)
+      e_pos = jnp.repeat(e, size, axis=1)
     else:  # the rotated partition (`block_groups`)
       groups = block_groups(length, self.num_blocks, offset)
       e_pos = jnp.take_along_axis(e, groups[..., None], axis=1)
     c_pos = c[:, None, :] + e_pos
+    if self.slots:
+      # Each position's place in its block, (d + o) mod (D / k): with rotating blocks a
+      # position's block-mates change from call to call, and without this the head could
+      # not tell which they are, so each block's components could only be patterns that
+      # suit every partition (measured: the first step lost what the fixed blocks gained).
+      # Zero-initialised, so the exact starts are still the teacher.
+      slot = jnp.arange(length, dtype=jnp.int32)[None] % size
+      if offset is not None:
+        slot = (slot + jnp.asarray(offset, jnp.int32)[:, None]) % size
+      table = self.param(SLOT_PARAM, nn.initializers.zeros, (size, width), PARAM_DTYPE)
+      c_pos = c_pos + table.astype(self.dtype)[slot]
     mod = _Dense(3 * width, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="head_adaln")(
       nn.silu(c_pos)
     )
@@ -434,7 +452,9 @@ class Transformer(nn.Module):
       product over blocks, so pairs that straddle a fixed boundary are
       sampled independently at every step, as the teacher samples them;
       rotated blocks correlate them at the steps whose partition joins them.
-      No parameter depends on it. Needs latent_scope "blocks".
+      "random" adds one zero-initialised parameter, the embedding of each
+      position's place in its block (`SLOT_PARAM`), so the head knows its
+      block-mates. Needs latent_scope "blocks".
     mask_id: if set, masked-diffusion carry-over: unmasked inputs are copied
       to the output. Must be a non-data id, vocab_size <= mask_id < num_states.
     dtype: activation dtype (float32 or bfloat16). Parameters are always
@@ -643,6 +663,7 @@ class Transformer(nn.Module):
         depth=self.latent_depth,
         num_blocks=self.latent_dim,
         mlp_ratio=self.mlp_ratio,
+        slots=self.latent_shift == "random",
         name=LATENT_MODULE,
       )(h, c, lam, block_offset)
 

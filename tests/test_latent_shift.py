@@ -6,7 +6,9 @@ the contiguous network bit for bit; the blocked likelihood on a rotated partitio
 enumerated product of its block mixtures; the mixture sampler draws offsets (so pairs across a
 contiguous boundary are correlated, which a fixed partition never does) and the loss draws one
 per example, shared by its L components, scoring C on the partition of its pass at t, with every
-other draw unchanged; "none" is the old path; the field reaches the config, not the signature.
+other draw unchanged; "random" adds one zero-initialised slot embedding (so exact starts stay the
+teacher) and the marginals average over partitions; "none" is the old path; the field reaches
+the config and (when not "none") the signature.
 """
 
 import jax
@@ -31,7 +33,7 @@ from tests.conftest import perturbed_params, random_log_probs
 from tests.test_local_latents import B, D, K, _inputs
 
 
-def _model(shift="random", k=K):
+def _model(shift="random", k=K, entry="centred"):
   return networks.Transformer(
     num_states=4,
     vocab_size=3,
@@ -40,7 +42,7 @@ def _model(shift="random", k=K):
     depth=1,
     heads=2,
     latent=True,
-    latent_entry="centred",
+    latent_entry=entry,
     mask_id=3,
     latent_dim=k,
     latent_scope="blocks",
@@ -219,7 +221,51 @@ def _features(lam, block_offset):
   return jnp.stack([per_pos, 1.0 - per_pos, 0.5 * per_pos], -1)
 
 
-def test_config_validates_and_does_not_sign_the_shift():
+def test_random_adds_one_zero_slot_embedding_and_exact_starts_stay_the_teacher():
+  old = train_step.init_params(_model("none"), 0)
+  new = train_step.init_params(_model("random"), 0)
+  latent_old, latent_new = old[networks.LATENT_MODULE], new[networks.LATENT_MODULE]
+  assert set(latent_new) - set(latent_old) == {networks.SLOT_PARAM}
+  assert set(new) == set(old)
+  slot = np.asarray(latent_new[networks.SLOT_PARAM])
+  assert slot.shape == (D // K, 32) and not slot.any()
+  teacher = networks.Transformer(4, 3, D, width=32, depth=1, heads=2, mask_id=3)
+  t_params = perturbed_params(train_step.init_params(teacher, 0), 2)
+  x, t = _inputs()
+  want = np.asarray(jax.jit(teacher.apply)({"params": t_params}, x, t))
+  d = configuration.distill_preset("sdtt", student_start="exact")
+  student = _model("random", entry="add")
+  s_params = di4c.initial_student(student, d, 3, t_params)
+  apply = jax.jit(student.apply)  # params as an argument: closed over, XLA would fold them
+  for i, lam in enumerate(denoisers.draw_latents(jax.random.key(4), (2, B), K)):
+    off = jnp.full((B,), i, jnp.int32)
+    got = apply({"params": s_params}, x, t, lam=lam, block_offset=off)
+    np.testing.assert_array_equal(np.asarray(got), want)
+
+
+def test_marginals_average_over_the_partitions():
+  """mixture_marginals gives node j the offset j mod (D / k): the same as averaging, by hand,
+  the marginals of each offset's half of the nodes."""
+  model = _model()
+  net = denoisers.from_network(model)
+  params = perturbed_params(train_step.init_params(model, 0), 5)
+  x, t = _inputs()
+  got = np.asarray(denoisers.mixture_marginals(net, 4)(params, x, t, jax.random.key(6)))
+  offs = jax.random.uniform(jax.random.key(6), (B, 1, K))
+  lams = jnp.mod(offs + jnp.asarray(networks.latent_lattice(4, K), jnp.float32)[None], 1.0)
+  marg = lambda offset_of: np.mean(
+    [
+      np.asarray(jax.nn.softmax(net(params, x, t, None, lam=lams[:, j], block_offset=offset_of(j))))
+      for j in range(4)
+    ],
+    0,
+  )
+  np.testing.assert_allclose(np.exp(got), marg(lambda j: jnp.full((B,), j % 2)), atol=1e-5)
+  # and the partition matters (the slot embedding is perturbed): offset 0 alone is not it.
+  assert np.abs(np.exp(got) - marg(lambda j: jnp.zeros((B,), jnp.int32))).max() > 1e-3
+
+
+def test_config_validates_and_signs_the_shift():
   from mixture_dd.configs import tiny_distill
   from mixture_dd.data import pipeline
 
@@ -245,7 +291,8 @@ def test_config_validates_and_does_not_sign_the_shift():
   teacher = configuration.make_model(with_("blocks", "random"), spec, processes.Masked(3), False)
   assert teacher.latent_shift == "none"
   sig = lambda shift: configuration.model_signature(with_("blocks", shift), spec)
-  assert sig("random") == sig("none") == sig(None)
+  assert sig("none") == sig(None)  # unset: "none", what earlier checkpoints read as
+  assert sig("random")["model.latent_shift"] == "random" and "model.latent_shift" not in sig(None)
 
 
 def test_quick_distill_with_rotating_blocks_gives_finite_losses():
