@@ -246,7 +246,17 @@ def exact_view(denoiser: Denoiser, params, size: int | None = None) -> Callable:
   With `size`, inputs are padded to `size` rows so that the jitted call
   compiles once: the exact toolkit evaluates only the reachable states,
   whose count changes from step to step.
+
+  A student with rotating blocks (latent_shifts > 1) is refused: its law at
+  a step averages over D / k partitions, which this view (one lam point per
+  call) cannot express.
   """
+  if latent_shifts(denoiser) > 1:
+    raise ValueError(
+      "the exact toolkit cannot evaluate a student with rotating blocks (model.latent_shift="
+      "'random': each step's law averages over its partitions); evaluate it by sampling, or "
+      "distil with model.latent_shift='none' for exact laws"
+    )
 
   @jax.jit
   def f(params, x, t, lam):

@@ -126,6 +126,8 @@ def test_blocked_likelihood_on_a_rotated_partition_is_the_enumerated_one():
 def test_the_denoiser_carries_its_shifts_and_none_is_the_old_sampler():
   net = denoisers.from_network(_model())
   assert denoisers.latent_shifts(net) == D // K
+  with pytest.raises(ValueError, match="exact toolkit cannot evaluate a student with rotating"):
+    denoisers.exact_view(net, None)
   labelled = denoisers.with_labels(net, jnp.zeros(B, jnp.int32))
   assert denoisers.latent_shifts(labelled) == D // K
   fixed = denoisers.from_network(_model("none"))
