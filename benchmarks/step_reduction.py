@@ -39,6 +39,11 @@ PIPELINES = {
   "markov": ("markov", "markov_distill", {}),
   "markov_local": ("markov", "markov_local_distill", {}),
   "pydoc": ("pydoc_text", "pydoc_text_distill", {"teacher_temperatures": [0.8, 0.9, 1.0, 1.1]}),
+  "pydoc_local": (
+    "pydoc_text",
+    "pydoc_text_local_distill",
+    {"teacher_temperatures": [0.8, 0.9, 1.0, 1.1]},
+  ),
   "digits_gaussian": ("digits_gaussian", "digits_gaussian_distill", {}),
   "digits": ("digits", "digits_distill", {}),
 }

@@ -159,6 +159,7 @@ TEACHER_OF = {
   "markov_distill": "markov",
   "markov_local_distill": "markov",
   "pydoc_text_distill": "pydoc_text",
+  "pydoc_text_local_distill": "pydoc_text",
   "cifar10_tauldr_distill": "cifar10_gaussian",
   "text8_sdtt_distill": "text8_masked",
   "maskgit_distill": "maskgit",
