@@ -13,8 +13,6 @@ straddling pairs match the teacher at N gains nothing there; model.latent_shift 
       --out=reports/block_boundaries.md
 """
 
-import json
-import os
 import time
 
 import numpy as np
@@ -115,11 +113,9 @@ def main(argv):
   ]
   text = "\n".join(lines)
   print(text)
-  os.makedirs(os.path.dirname(fl.out) or ".", exist_ok=True)
-  with open(fl.out, "w") as f:
-    f.write(text + "\n")
-  with open(os.path.splitext(fl.out)[0] + ".json", "w") as f:
-    json.dump(dict(student=fl.student_workdir, step=student.step, block=block, rows=rows), f)
+  reports.write_text_and_json(
+    fl.out, text, dict(student=fl.student_workdir, step=student.step, block=block, rows=rows)
+  )
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ here in minutes before a full distillation. Markov data only (its exact pair law
 """
 
 import ast
-import json
-import os
 import time
 
 import jax
@@ -195,11 +193,7 @@ def main(argv):
     ]
   )
   print(text)
-  os.makedirs(os.path.dirname(fl.out) or ".", exist_ok=True)
-  with open(fl.out, "w") as f:
-    f.write(text + "\n")
-  with open(os.path.splitext(fl.out)[0] + ".json", "w") as f:
-    json.dump(results, f, indent=1)
+  reports.write_text_and_json(fl.out, text, results, indent=1)
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ express. Kept tokens of the masked process are pinned, so only masked positions 
       --out=reports/mixture_correlation.md
 """
 
-import json
-import os
 import time
 
 import jax
@@ -125,13 +123,11 @@ def main(argv):
   ]
   text = "\n".join(lines)
   print(text)
-  os.makedirs(os.path.dirname(fl.out) or ".", exist_ok=True)
-  with open(fl.out, "w") as f:
-    f.write(text + "\n")
-  with open(os.path.splitext(fl.out)[0] + ".json", "w") as f:
-    json.dump(
-      dict(student=fl.student_workdir, step=run.step, num_latents=num_latents, rows=rows), f
-    )
+  reports.write_text_and_json(
+    fl.out,
+    text,
+    dict(student=fl.student_workdir, step=run.step, num_latents=num_latents, rows=rows),
+  )
 
 
 if __name__ == "__main__":

@@ -24,6 +24,16 @@ def markdown_table(head: list[str], rows: list[list[str]]) -> list[str]:
   return [line(head), "|" + "---|" * len(head)] + [line(r) for r in rows]
 
 
+def write_text_and_json(out: str, text: str, payload, indent: int | None = None) -> None:
+  """Writes a benchmark's `text` (a markdown table) to `out` and `payload` as JSON beside it
+  (same path, extension .json), making the folder."""
+  os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+  with open(out, "w") as f:
+    f.write(text + "\n")
+  with open(os.path.splitext(out)[0] + ".json", "w") as f:
+    json.dump(payload, f, indent=indent)
+
+
 def _metric_columns(results: dict) -> list[str]:
   """Scalar metrics in first-seen order: the primary and its SE first, then the
   checks beside it (diversity), timings last."""
