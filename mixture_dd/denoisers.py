@@ -128,9 +128,7 @@ def from_network(model, train: bool = False) -> Denoiser:
 
   def denoise(params, x_t, t, key, lam=None, labels=None, block_offset=None):
     kw = {}
-    if block_offset is not None:
-      if not local:
-        raise ValueError("block_offset is for a student with local latents (latent_scope 'blocks')")
+    if block_offset is not None:  # the network refuses it without local latents
       kw["block_offset"] = block_offset
     if model.num_classes and labels is not None:
       kw["labels"] = labels

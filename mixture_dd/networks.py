@@ -67,10 +67,15 @@ def block_groups(length: int, num_blocks: int, offset: jax.Array | None = None) 
   likelihood (`losses.component_log_likelihood`) both read the partition
   from here, so they always agree.
   """
+  return _rotated_positions(length, offset) // (length // num_blocks)
+
+
+def _rotated_positions(length: int, offset) -> jax.Array:
+  """(d + o) mod D: `[batch, D]` int32 (`[1, D]`, d itself, for offset None)."""
   d = jnp.arange(length, dtype=jnp.int32)[None]
-  if offset is not None:
-    d = (d + jnp.asarray(offset, jnp.int32)[:, None]) % length
-  return d // (length // num_blocks)
+  if offset is None:
+    return d
+  return (d + jnp.asarray(offset, jnp.int32)[:, None]) % length
 
 
 def is_latent_param(path: tuple[str, ...]) -> bool:
@@ -309,9 +314,7 @@ class BlockLatentPath(LatentEmbed):
       # not tell which they are, so each block's components could only be patterns that
       # suit every partition (measured: the first step lost what the fixed blocks gained).
       # Zero-initialised, so the exact starts are still the teacher.
-      slot = jnp.arange(length, dtype=jnp.int32)[None] % size
-      if offset is not None:
-        slot = (slot + jnp.asarray(offset, jnp.int32)[:, None]) % size
+      slot = _rotated_positions(length, offset) % size
       table = self.param(SLOT_PARAM, nn.initializers.zeros, (size, width), PARAM_DTYPE)
       c_pos = c_pos + table.astype(self.dtype)[slot]
     mod = _Dense(3 * width, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="head_adaln")(

@@ -29,25 +29,13 @@ from mixture_dd import (
   runs,
   train_step,
 )
+from tests import test_local_latents as local_latents
 from tests.conftest import perturbed_params, random_log_probs
 from tests.test_local_latents import B, D, K, _inputs
 
 
-def _model(shift="random", k=K, entry="centred"):
-  return networks.Transformer(
-    num_states=4,
-    vocab_size=3,
-    length=D,
-    width=32,
-    depth=1,
-    heads=2,
-    latent=True,
-    latent_entry=entry,
-    mask_id=3,
-    latent_dim=k,
-    latent_scope="blocks",
-    latent_shift=shift,
-  )
+def _model(shift="random", entry="centred"):
+  return local_latents._model(entry=entry, latent_shift=shift)
 
 
 def test_block_groups_are_rotated_contiguous_blocks():
@@ -83,14 +71,12 @@ def test_with_an_offset_block_g_sees_its_own_coordinate_on_the_rotated_partition
 
 def test_block_offset_is_refused_without_local_latents():
   x, t = _inputs()
-  glob = networks.Transformer(4, 3, D, width=32, depth=1, heads=2, latent=True, mask_id=3)
+  glob = local_latents._model(scope="global", k=1)
   params = train_step.init_params(glob, 0)
   with pytest.raises(ValueError, match="block_offset rotates local latents"):
     glob.apply({"params": params}, x, t, lam=jnp.zeros(B), block_offset=jnp.zeros(B, jnp.int32))
   with pytest.raises(ValueError, match="latent_shift='random' .* latent_scope='blocks'"):
-    networks.Transformer(
-      4, 3, D, width=32, depth=1, heads=2, latent=True, latent_shift="random"
-    ).validate_config()
+    local_latents._model(scope="global", k=1, latent_shift="random").validate_config()
   with pytest.raises(ValueError, match="latent_shift must be one of"):
     _model(shift="cyclic").validate_config()
 
@@ -231,7 +217,7 @@ def test_random_adds_one_zero_slot_embedding_and_exact_starts_stay_the_teacher()
   assert set(new) == set(old)
   slot = np.asarray(latent_new[networks.SLOT_PARAM])
   assert slot.shape == (D // K, 32) and not slot.any()
-  teacher = networks.Transformer(4, 3, D, width=32, depth=1, heads=2, mask_id=3)
+  teacher = local_latents._model(latent=False)
   t_params = perturbed_params(train_step.init_params(teacher, 0), 2)
   x, t = _inputs()
   want = np.asarray(jax.jit(teacher.apply)({"params": t_params}, x, t))

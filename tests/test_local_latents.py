@@ -41,6 +41,7 @@ def _model(
   depth=1,
   positions="learned",
   latent_positions="none",
+  latent_shift="none",
 ):
   return networks.Transformer(
     num_states=4,
@@ -57,6 +58,7 @@ def _model(
     latent_scope=scope if latent else "global",
     latent_depth=depth,
     latent_positions=latent_positions,
+    latent_shift=latent_shift if latent else "none",
   )
 
 
