@@ -84,6 +84,11 @@ def base_config() -> ml_collections.ConfigDict:
       # move between steps; the student also learns each position's place in
       # its block). Needs latent_scope "blocks". A product teacher ignores it.
       latent_shift="none",
+      # Local latents' coordinates per block (an int >= 1; 1: one scalar per
+      # block): each block's mixture is indexed by a vector in [0, 1]^m, as the
+      # global latent is by latent_dim coordinates. Needs latent_scope "blocks".
+      # A product teacher ignores it.
+      latent_block_dim=1,
     )
   )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
@@ -165,6 +170,7 @@ def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
       latent_depth=ml_collections.config_dict.placeholder(int),
       latent_positions=ml_collections.config_dict.placeholder(str),
       latent_shift=ml_collections.config_dict.placeholder(str),
+      latent_block_dim=ml_collections.config_dict.placeholder(int),
     )
   )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
@@ -555,6 +561,17 @@ def validate(config, spec) -> None:
     f"{model_latent_shift(config)!r} rotates local latents' blocks: set "
     "model.latent_scope=blocks (with model.latent_dim the number of blocks) or leave it 'none'",
   )
+  _require(
+    _is_int(model_latent_block_dim(config)) and model_latent_block_dim(config) >= 1,
+    "model.latent_block_dim",
+    f"must be an integer >= 1 (1: one scalar per block), got {m.get('latent_block_dim')!r}",
+  )
+  _require(
+    model_latent_block_dim(config) == 1 or scope == "blocks",
+    "model.latent_block_dim",
+    f"{model_latent_block_dim(config)!r} gives each local block a vector latent: set "
+    "model.latent_scope=blocks, or for one global vector latent set model.latent_dim instead",
+  )
   if model_latent_shift(config) != "none" and _is_int(model_latent_dim(config)):
     _require(
       spec.length > model_latent_dim(config),
@@ -654,6 +671,7 @@ def make_model(config, spec, process, latent: bool = False) -> networks.Transfor
     latent_depth=model_latent_depth(config) if latent else 1,
     latent_positions=model_latent_positions(config) if latent else "none",
     latent_shift=model_latent_shift(config) if latent else "none",
+    latent_block_dim=model_latent_block_dim(config) if latent else 1,
   )
 
 
@@ -689,6 +707,13 @@ def model_latent_shift(config) -> str:
   return config.model.get("latent_shift") or "none"
 
 
+def model_latent_block_dim(config):
+  """config.model.latent_block_dim; 1 where it is unset (None, or a run config
+  written before the field existed)."""
+  m = config.model.get("latent_block_dim")
+  return 1 if m is None else m
+
+
 def entry_for_start(student_start: str | None) -> str:
   """The latent entry (networks.LatentEmbed) a distill.student_start needs."""
   return {"gate": "gate", "centred": "centred"}.get(student_start, "add")
@@ -707,6 +732,7 @@ def latent_entry(config) -> str:
 _UNSIGNED_MODEL_FIELDS = (
   "dropout", "label_dropout", "dtype",
   "latent_dim", "latent_scope", "latent_depth", "latent_positions", "latent_shift",
+  "latent_block_dim",
 )  # fmt: skip
 
 
@@ -743,4 +769,6 @@ def model_signature(config, spec) -> dict:
       sig["model.latent_positions"] = model_latent_positions(config)
     if model_latent_shift(config) != "none":  # likewise
       sig["model.latent_shift"] = model_latent_shift(config)
+    if model_latent_block_dim(config) != 1:  # likewise
+      sig["model.latent_block_dim"] = model_latent_block_dim(config)
   return sig

@@ -5,8 +5,8 @@ A denoiser is any callable
     denoise(params, x_t, t, key, lam=None, labels=None) -> logits
 
 with x_t `[batch, D]` int32, t `[batch]` float32, lam `[batch]` in [0, 1)
-(a mixture student's latent; `[batch, k]` for a student with latent_dim
-k > 1; None for a product denoiser, which ignores it), labels `[batch]`
+(a mixture student's latent; `[batch, k]` for a student that takes k > 1
+latent coordinates; None for a product denoiser, which ignores it), labels `[batch]`
 int32 or None (unconditional), and logits
 `[batch, D, S]` over the data values. `params` is an explicit (traced)
 argument so that jitted samplers and losses never bake weights in as
@@ -17,13 +17,16 @@ Everything that calls a model takes this one interface: the samplers, the
 teacher loss, the Di4C loss (student and teacher), evaluation and the exact
 toolkit (through `exact_view`).
 
-A denoiser made by `from_network` carries its network's latent_dim as the
-attribute `latent_dim` (`latent_dim(denoiser)`, 1 when absent), and the
+A denoiser made by `from_network` carries the number of latent coordinates
+its network takes (`Transformer.lam_dim`: latent_dim, times latent_block_dim
+for local latents) as the attribute `latent_dim` (`latent_dim(denoiser)`, 1
+when absent), and the
 wrappers here that keep a latent-taking denoiser pass it on, so that every
 place that draws latents for it (`mixture`, `mixture_marginals`, the Di4C
 loss, the exact toolkit's nodes) draws the right number. A student with
 local latents (`networks.BlockLatentPath`) also carries `latent_blocks`
-(k: its law is a product of k block mixtures, which the Di4C loss scores
+(k, the model's latent_dim: its law is a product of k block mixtures, each
+indexed by its block's latent_block_dim coordinates, which the Di4C loss scores
 block by block; 1 for every other denoiser), and `latent_shifts`: the
 number of block partitions it draws from at every call (D / k for a network
 with latent_shift "random", whose denoiser takes a `block_offset` `[batch]`
@@ -121,7 +124,7 @@ def from_network(model, train: bool = False) -> Denoiser:
 
   train=True turns dropout on (its randomness from `key`). Labels reach the
   model only if it is class-conditional; lam only if it has a latent path.
-  The denoiser's `latent_dim` attribute is the model's.
+  The denoiser's `latent_dim` attribute is the model's `lam_dim`.
   """
 
   local = model.latent and model.latent_scope == "blocks"
@@ -136,7 +139,7 @@ def from_network(model, train: bool = False) -> Denoiser:
       if lam is None:
         raise ValueError(
           "this network is a mixture student: pass lam "
-          f"{'`[batch]`' if model.latent_dim == 1 else f'`[batch, {model.latent_dim}]`'}, "
+          f"{'`[batch]`' if model.lam_dim == 1 else f'`[batch, {model.lam_dim}]`'}, "
           "or sample through denoisers.mixture(...)"
         )
       kw["lam"] = lam
@@ -145,7 +148,7 @@ def from_network(model, train: bool = False) -> Denoiser:
 
   shifts = model.length // model.latent_dim if local and model.latent_shift == "random" else 1
   return _with_latent_dim(
-    denoise, model.latent_dim if model.latent else 1, model.latent_dim if local else 1, shifts
+    denoise, model.lam_dim if model.latent else 1, model.latent_dim if local else 1, shifts
   )
 
 

@@ -264,13 +264,14 @@ class LatentEmbed(nn.Module):
 
 
 class BlockLatentPath(LatentEmbed):
-  """Local latents: coordinate g of lambda `[batch, k]` conditions only block g.
+  """Local latents: coordinate g of lambda `[batch, k]` conditions only block g
+  (or its m coordinates [g m, (g + 1) m) of `[batch, k m]`, `latent_dim` m > 1).
 
   The D positions are k contiguous blocks of D / k. The trunk (every
   attention block) sees no latent; after it, each position d gets the
-  embedding of its own block's coordinate lambda_{g(d)} (`LatentEmbed`'s
-  path, shared by the blocks, with `latent_dim` 1), which enters a
-  position-wise adaLN-zero MLP (`head_*`) and the final layer's modulation.
+  embedding of its own block's latent lambda_{g(d)} (`LatentEmbed`'s path,
+  shared by the blocks, with `latent_dim` m: the Transformer's
+  latent_block_dim, 1 by default), which enters a position-wise adaLN-zero MLP (`head_*`) and the final layer's modulation.
   Nothing after the latent mixes positions, so the logits of block g depend
   on lambda_g alone: the student's law is a product over blocks of one
   mixture per block, p(x) = prod_g E_{lambda_g} prod_{d in g} p_d(x^d |
@@ -284,8 +285,8 @@ class BlockLatentPath(LatentEmbed):
   "random") adds a zero-initialised embedding of each position's place in
   its block, (d + o) mod (D / k) (`SLOT_PARAM`, `[D / k, width]`).
 
-  Shapes: h `[batch, D, width]`, c `[batch, width]`, lam `[batch, k]`,
-  offset `[batch]` or None -> (h `[batch, D, width]`, per-position
+  Shapes: h `[batch, D, width]`, c `[batch, width]`, lam `[batch, k]` or
+  `[batch, k m]`, offset `[batch]` or None -> (h `[batch, D, width]`, per-position
   conditioning `[batch, D, width]`).
   With the embedding's last projection zero (entry "add", "gate") the path
   adds exactly 0, as the global one does. Its parameters live under
@@ -300,8 +301,9 @@ class BlockLatentPath(LatentEmbed):
   def __call__(self, h: jax.Array, c: jax.Array, lam: jax.Array, offset: jax.Array | None = None):
     batch, length, width = h.shape
     size = length // self.num_blocks
-    lam = lam.reshape(batch, self.num_blocks)
-    e = self.embed(lam.reshape(-1)).reshape(batch, self.num_blocks, width)
+    m = self.latent_dim  # coordinates per block (latent_block_dim), embedded together
+    e = self.embed(lam.reshape((batch * self.num_blocks,) + ((m,) if m > 1 else ())))
+    e = e.reshape(batch, self.num_blocks, width)
     if offset is None:
       e_pos = jnp.repeat(e, size, axis=1)
     else:  # the rotated partition (`block_groups`)
@@ -458,6 +460,15 @@ class Transformer(nn.Module):
       "random" adds one zero-initialised parameter, the embedding of each
       position's place in its block (`SLOT_PARAM`), so the head knows its
       block-mates. Needs latent_scope "blocks".
+    latent_block_dim: m, the coordinates of each block's latent (local
+      latents only): lambda in [0, 1]^(k m), lam `[batch, k m]` with block
+      g's coordinates at [g m, (g + 1) m), embedded together (the shared
+      `LatentEmbed` with latent_dim m). 1 (the default) is one scalar per
+      block. Why: a block's mixture is indexed by its latent alone, and one
+      scalar through a smooth embedding gives the network few distinct
+      patterns to lay out jointly; m > 1 is to a block what the global
+      vector latent (latent_dim k) is to the whole sequence. Needs
+      latent_scope "blocks".
     mask_id: if set, masked-diffusion carry-over: unmasked inputs are copied
       to the output. Must be a non-data id, vocab_size <= mask_id < num_states.
     dtype: activation dtype (float32 or bfloat16). Parameters are always
@@ -484,6 +495,13 @@ class Transformer(nn.Module):
   latent_depth: int = 1
   latent_positions: str = "none"
   latent_shift: str = "none"
+  latent_block_dim: int = 1
+
+  @property
+  def lam_dim(self) -> int:
+    """The number of latent coordinates lam carries: k m for local latents
+    (latent_dim blocks of latent_block_dim each), latent_dim otherwise."""
+    return self.latent_dim * (self.latent_block_dim if self.latent_scope == "blocks" else 1)
 
   def validate_config(self) -> None:
     """Raises ValueError naming the offending field if the config is invalid."""
@@ -526,6 +544,14 @@ class Transformer(nn.Module):
         f"latent_shift={self.latent_shift!r} rotates local latents' blocks: it needs "
         f"latent_scope='blocks', got {self.latent_scope!r}"
       )
+    if self.latent_block_dim < 1:
+      raise ValueError(f"latent_block_dim must be >= 1, got {self.latent_block_dim}")
+    if self.latent_block_dim > 1 and self.latent_scope != "blocks":
+      raise ValueError(
+        f"latent_block_dim={self.latent_block_dim} gives each local block a vector latent: it "
+        f"needs latent_scope='blocks', got {self.latent_scope!r} (a global vector latent is "
+        "latent_dim)"
+      )
     if self.latent_scope == "blocks" and self.length % self.latent_dim:
       raise ValueError(
         f"latent_scope='blocks' splits the {self.length} positions into latent_dim="
@@ -540,11 +566,16 @@ class Transformer(nn.Module):
       )
 
   def _lam_shape(self, batch) -> str:
-    return f"[{batch}]" if self.latent_dim == 1 else f"[{batch}, latent_dim={self.latent_dim}]"
+    k = self.lam_dim
+    if k == 1:
+      return f"[{batch}]"
+    if k == self.latent_dim:
+      return f"[{batch}, latent_dim={k}]"
+    return f"[{batch}, latent_dim * latent_block_dim={k}]"
 
   def _check_lam(self, lam: jax.Array, batch: int) -> jax.Array:
-    """lam as `[batch]` (latent_dim 1) or `[batch, latent_dim]`; raises otherwise."""
-    k = self.latent_dim
+    """lam as `[batch]` (lam_dim 1) or `[batch, lam_dim]`; raises otherwise."""
+    k = self.lam_dim
     if k == 1 and lam.shape == (batch, 1):
       return lam[:, 0]
     if k > 1 and lam.shape == (batch,) and self.is_initializing():
@@ -553,7 +584,9 @@ class Transformer(nn.Module):
       return jnp.broadcast_to(lam[:, None], (batch, k))
     if lam.shape != ((batch,) if k == 1 else (batch, k)):
       raise ValueError(
-        f"lam must have shape {self._lam_shape(batch)} (this student has latent_dim={k}), "
+        f"lam must have shape {self._lam_shape(batch)} (this student has latent_dim="
+        f"{self.latent_dim}"
+        f"{'' if k == self.latent_dim else f', latent_block_dim={self.latent_block_dim}'}), "
         f"got {lam.shape}; draw it with denoisers.draw_latents or sample through "
         "denoisers.mixture(...)"
       )
@@ -574,9 +607,9 @@ class Transformer(nn.Module):
     Args:
       x: `[batch, length]` int tokens in [0, num_states).
       t: `[batch]` float times in [0, 1].
-      lam: `[batch]` (latent_dim 1; `[batch, 1]` is accepted too) or
-        `[batch, latent_dim]` float mixture latents in [0, 1]; required iff
-        `latent`.
+      lam: `[batch]` (lam_dim 1; `[batch, 1]` is accepted too) or
+        `[batch, lam_dim]` float mixture latents in [0, 1] (lam_dim: latent_dim,
+        times latent_block_dim for local latents); required iff `latent`.
       labels: `[batch]` int class ids in [0, num_classes]; None means the
         null class. Only allowed when `num_classes > 0`.
       train: enables dropout.
@@ -663,6 +696,7 @@ class Transformer(nn.Module):
         self.width,
         self.latent_entry,
         self.dtype,
+        latent_dim=self.latent_block_dim,
         depth=self.latent_depth,
         num_blocks=self.latent_dim,
         mlp_ratio=self.mlp_ratio,

@@ -42,6 +42,7 @@ def _model(
   positions="learned",
   latent_positions="none",
   latent_shift="none",
+  block_dim=1,
 ):
   return networks.Transformer(
     num_states=4,
@@ -59,6 +60,7 @@ def _model(
     latent_depth=depth,
     latent_positions=latent_positions,
     latent_shift=latent_shift if latent else "none",
+    latent_block_dim=block_dim if latent else 1,
   )
 
 
