@@ -6,12 +6,12 @@ A denoiser is any callable
 
 with x_t `[batch, D]` int32, t `[batch]` float32, lam `[batch]` in [0, 1)
 (a mixture student's latent; `[batch, k]` for a student that takes k > 1
-latent coordinates; None for a product denoiser, which ignores it), labels `[batch]`
-int32 or None (unconditional), and logits
-`[batch, D, S]` over the data values. `params` is an explicit (traced)
-argument so that jitted samplers and losses never bake weights in as
-constants; `key` is the randomness the denoiser may use (dropout in train
-mode, a mixture's latent draw).
+latent coordinates; None for a product denoiser, which ignores it), labels
+`[batch]` int32 or None (unconditional), and logits `[batch, D, S]` over the
+data values. `params` is an explicit (traced) argument so that jitted
+samplers and losses never bake weights in as constants; `key` is the
+randomness the denoiser may use (dropout in train mode, a mixture's latent
+draw).
 
 Everything that calls a model takes this one interface: the samplers, the
 teacher loss, the Di4C loss (student and teacher), evaluation and the exact
@@ -20,14 +20,14 @@ toolkit (through `exact_view`).
 A denoiser made by `from_network` carries the number of latent coordinates
 its network takes (`Transformer.lam_dim`: latent_dim, times latent_block_dim
 for local latents) as the attribute `latent_dim` (`latent_dim(denoiser)`, 1
-when absent), and the
-wrappers here that keep a latent-taking denoiser pass it on, so that every
-place that draws latents for it (`mixture`, `mixture_marginals`, the Di4C
-loss, the exact toolkit's nodes) draws the right number. A student with
+when absent), and the wrappers here that keep a latent-taking denoiser pass
+it on, so that every place that draws latents for it (`mixture`,
+`mixture_marginals`, the Di4C loss, the exact toolkit's nodes) draws the
+right number. A student with
 local latents (`networks.BlockLatentPath`) also carries `latent_blocks`
 (k, the model's latent_dim: its law is a product of k block mixtures, each
-indexed by its block's latent_block_dim coordinates, which the Di4C loss scores
-block by block; 1 for every other denoiser), and `latent_shifts`: the
+indexed by its block's latent_block_dim coordinates, which the Di4C loss
+scores block by block; 1 for every other denoiser), and `latent_shifts`: the
 number of block partitions it draws from at every call (D / k for a network
 with latent_shift "random", whose denoiser takes a `block_offset` `[batch]`
 keyword; 1, the contiguous blocks, for every other denoiser).

@@ -271,7 +271,8 @@ class BlockLatentPath(LatentEmbed):
   attention block) sees no latent; after it, each position d gets the
   embedding of its own block's latent lambda_{g(d)} (`LatentEmbed`'s path,
   shared by the blocks, with `latent_dim` m: the Transformer's
-  latent_block_dim, 1 by default), which enters a position-wise adaLN-zero MLP (`head_*`) and the final layer's modulation.
+  latent_block_dim, 1 by default), which enters a position-wise adaLN-zero
+  MLP (`head_*`) and the final layer's modulation.
   Nothing after the latent mixes positions, so the logits of block g depend
   on lambda_g alone: the student's law is a product over blocks of one
   mixture per block, p(x) = prod_g E_{lambda_g} prod_{d in g} p_d(x^d |
@@ -286,8 +287,8 @@ class BlockLatentPath(LatentEmbed):
   its block, (d + o) mod (D / k) (`SLOT_PARAM`, `[D / k, width]`).
 
   Shapes: h `[batch, D, width]`, c `[batch, width]`, lam `[batch, k]` or
-  `[batch, k m]`, offset `[batch]` or None -> (h `[batch, D, width]`, per-position
-  conditioning `[batch, D, width]`).
+  `[batch, k m]`, offset `[batch]` or None -> (h `[batch, D, width]`,
+  per-position conditioning `[batch, D, width]`).
   With the embedding's last projection zero (entry "add", "gate") the path
   adds exactly 0, as the global one does. Its parameters live under
   `LATENT_MODULE`, so a teacher copies in as for a global student.
@@ -467,8 +468,9 @@ class Transformer(nn.Module):
       block. Why: a block's mixture is indexed by its latent alone, and one
       scalar through a smooth embedding gives the network few distinct
       patterns to lay out jointly; m > 1 is to a block what the global
-      vector latent (latent_dim k) is to the whole sequence. Needs
-      latent_scope "blocks".
+      vector latent (latent_dim k) is to the whole sequence. Measured on
+      the Markov chain at m = 4: worse than m = 1 at N = 1 on two seeds
+      (README, Results). Needs latent_scope "blocks".
     mask_id: if set, masked-diffusion carry-over: unmasked inputs are copied
       to the output. Must be a non-data id, vocab_size <= mask_id < num_states.
     dtype: activation dtype (float32 or bfloat16). Parameters are always
