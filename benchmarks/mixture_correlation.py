@@ -63,8 +63,8 @@ def measure(run: runs.Run, times, num: int, num_latents: int, draws: int, seed: 
     lp = di4c.component_log_probs(
       component,
       run.params,
-      jnp.repeat(x_t[:, None], num_latents, 1),
-      jnp.full((b, num_latents), t),
+      x_t,  # shared by the L latents (a local student runs its trunk once)
+      jnp.full((b,), t),
       lam,
       labels,
       k_drop,

@@ -17,13 +17,13 @@ from __future__ import annotations
 import datetime
 import importlib
 import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 from absl import app, flags
 
+from benchmarks import device_description
 from mixture_dd import networks, sharding, teacher_training, train_step
 from mixture_dd.data import pipeline
 
@@ -106,15 +106,6 @@ def bench_config(config, steps: int, warmup: int) -> dict:
     model_gflops=3.0 * flops * examples_s / 1e9,
     compile_s=compile_s,
     loss=float(m["loss"]),
-  )
-
-
-def device_description() -> str:
-  devs = jax.devices()
-  kinds = sorted({d.device_kind for d in devs})
-  return (
-    f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; "
-    f"jax {jax.__version__}, {len(devs)} x {'/'.join(kinds)} ({jax.default_backend()})"
   )
 
 

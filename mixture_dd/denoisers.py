@@ -30,7 +30,12 @@ indexed by its block's latent_block_dim coordinates, which the Di4C loss
 scores block by block; 1 for every other denoiser), and `latent_shifts`: the
 number of block partitions it draws from at every call (D / k for a network
 with latent_shift "random", whose denoiser takes a `block_offset` `[batch]`
-keyword; 1, the contiguous blocks, for every other denoiser).
+keyword; 1, the contiguous blocks, for every other denoiser). Such a
+student's denoiser also has `components(params, x_t, t, key, lams, labels=None,
+block_offset=None) -> logits [batch, n, D, S]` for lams `[batch, n]` (or
+`[batch, n, k]`): n latents on the same inputs, its trunk run once
+(`Transformer(shared_trunk=True)`); `di4c.component_log_probs` uses it for
+the loss's pass at t, whose L latents share x_t.
 """
 
 from __future__ import annotations
@@ -129,8 +134,8 @@ def from_network(model, train: bool = False) -> Denoiser:
 
   local = model.latent and model.latent_scope == "blocks"
 
-  def denoise(params, x_t, t, key, lam=None, labels=None, block_offset=None):
-    kw = {}
+  def denoise(params, x_t, t, key, lam=None, labels=None, block_offset=None, shared_trunk=False):
+    kw = {"shared_trunk": True} if shared_trunk else {}
     if block_offset is not None:  # the network refuses it without local latents
       kw["block_offset"] = block_offset
     if model.num_classes and labels is not None:
@@ -147,8 +152,29 @@ def from_network(model, train: bool = False) -> Denoiser:
     return model.apply({"params": params}, x_t, t, train=train, rngs=rngs, **kw)
 
   shifts = model.length // model.latent_dim if local and model.latent_shift == "random" else 1
+  if local:
+    denoise.components = functools.partial(_shared_components, denoise)
   return _with_latent_dim(
     denoise, model.lam_dim if model.latent else 1, model.latent_dim if local else 1, shifts
+  )
+
+
+def _shared_components(denoise, params, x_t, t, key, lams, labels=None, block_offset=None):
+  return denoise(
+    params, x_t, t, key, lam=lams, labels=labels, block_offset=block_offset, shared_trunk=True
+  )
+
+
+def without_components(denoiser: Denoiser) -> Denoiser:
+  """The same denoiser without its shared-trunk `components` (so the Di4C loss runs its L
+  latents as L copies of the input, as before it had one): the reference that
+  benchmarks.distill_throughput and the tests compare the shared path with."""
+
+  def plain(*args, **kw):
+    return denoiser(*args, **kw)
+
+  return _with_latent_dim(
+    plain, latent_dim(denoiser), latent_blocks(denoiser), latent_shifts(denoiser)
   )
 
 

@@ -277,7 +277,10 @@ def component_log_probs(
   """Log-probabilities `[B, L, D, S]` of L mixture components, one per latent.
 
   component: a mixture's component, a denoiser taking lam (logits
-  `[N, D, S]`); x `[B, L, D]` int and t `[B, L]`: each latent's input; lam
+  `[N, D, S]`); x `[B, L, D]` int and t `[B, L]`: each latent's input, or x
+  `[B, D]` and t `[B]`, one input shared by an example's L latents (then a
+  component with `components`, a local student, runs its trunk once per
+  example instead of L times: `denoisers.from_network`); lam
   `[B, L]` (scalar latents) or `[B, L, k]`; labels `[B]` int or None (each
   example's label goes to its L components); key: the component's (e.g.
   dropout) key; block_offset `[B]` int or None: each example's rotation of a
@@ -288,8 +291,25 @@ def component_log_probs(
   scales with B x L / c instead of B x L. The values, and so the gradients,
   are those of the unchunked pass.
   """
-  b, num_l = x.shape[:2]
+  b, num_l = lam.shape[:2]
   per = num_l // chunks
+  shared = x.ndim == 2
+  if shared and getattr(component, "components", None) is not None:
+    kw = {} if block_offset is None else {"block_offset": block_offset}
+
+    def shared_one(lam_c, key_c):
+      logits = component.components(params, x, t, key_c, lam_c, labels=labels, **kw)
+      return jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+
+    if chunks == 1:
+      return shared_one(lam, key)
+    fn = jax.checkpoint(shared_one) if remat else shared_one
+    lam_split = jnp.moveaxis(lam.reshape((b, chunks, per) + lam.shape[2:]), 1, 0)
+    out = jax.lax.map(lambda a: fn(*a), (lam_split, jax.random.split(key, chunks)))
+    return jnp.moveaxis(out, 0, 1).reshape((b, num_l) + out.shape[3:])
+  if shared:  # any other component: the L copies of the input, run as a batch
+    x = jnp.broadcast_to(x[:, None], (b, num_l) + x.shape[1:])
+    t = jnp.broadcast_to(t[:, None], (b, num_l))
 
   def one(x_c, t_c, lam_c, key_c):
     r = lambda a: None if a is None else jnp.repeat(a, per, axis=0)
@@ -397,9 +417,8 @@ def di4c_loss(
       off_t = denoisers.draw_block_offsets(jax.random.fold_in(key, 15), student, b)
       off_u = denoisers.draw_block_offsets(jax.random.fold_in(key, 16), student, b)
       groups = networks.block_groups(length, blocks, off_t)
-    lp = student_lp(
-      params, per_latent(x_t), per_latent(t), lam, labels, keys["drop_t"], True, offset=off_t
-    )
+    # One x_t for the L latents: a local student runs its trunk once (component_log_probs).
+    lp = student_lp(params, x_t, t, lam, labels, keys["drop_t"], True, offset=off_t)
 
     # Consistency: one teacher step t -> u from every latent copy of x_t,
     # then the student at u (eval mode, no gradient) as the target.

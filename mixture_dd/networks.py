@@ -603,6 +603,7 @@ class Transformer(nn.Module):
     labels: jax.Array | None = None,
     train: bool = False,
     block_offset: jax.Array | None = None,
+    shared_trunk: bool = False,
   ) -> jax.Array:
     """Computes per-position logits over the data values.
 
@@ -618,9 +619,16 @@ class Transformer(nn.Module):
       block_offset: `[batch]` int in [0, length / latent_dim), local
         latents only: rotates the block partition (`block_groups`); None is
         offset 0, the contiguous blocks.
+      shared_trunk: local latents only: lam is `[batch, n]` or `[batch, n,
+        lam_dim]`, n latents per example that all see the same x, t, labels
+        and block_offset, and the logits are `[batch, n, length, vocab_size]`.
+        The trunk, which a local latent never enters, runs once per example
+        instead of n times (with one dropout mask per example); the values
+        are those of n separate calls (the same in eval mode).
 
     Returns:
-      `[batch, length, vocab_size]` float32 logits.
+      `[batch, length, vocab_size]` float32 logits (`[batch, n, length,
+      vocab_size]` with shared_trunk).
     """
     self.validate_config()
     x = jnp.asarray(x)
@@ -631,6 +639,12 @@ class Transformer(nn.Module):
     batch = x.shape[0]
     t = jnp.asarray(t)
     chex.assert_shape(t, (batch,))
+    if shared_trunk and not (self.latent and self.latent_scope == "blocks"):
+      raise ValueError(
+        "shared_trunk runs the trunk once for n local latents: it needs latent=True and "
+        f"latent_scope='blocks' (a global latent enters every block), got latent={self.latent}, "
+        f"latent_scope={self.latent_scope!r}"
+      )
     if self.latent and lam is None:
       raise ValueError(f"Transformer(latent=True) needs lam of shape {self._lam_shape('batch')}")
     if not self.latent and lam is not None:
@@ -656,7 +670,18 @@ class Transformer(nn.Module):
       labels = jnp.asarray(labels)
       chex.assert_shape(labels, (batch,))
       c = c + _Embed(self.num_classes + 1, self.width, dtype=self.dtype, name="class_embed")(labels)
-    if self.latent:
+    per = 1  # latents per example (shared_trunk: n)
+    if shared_trunk:
+      lam = jnp.asarray(lam)
+      if lam.ndim < 2 or lam.shape[0] != batch:
+        tail = "" if self.lam_dim == 1 else f", lam_dim={self.lam_dim}"
+        raise ValueError(
+          f"with shared_trunk, lam must have shape [batch={batch}, n{tail}] (n latents per "
+          f"example), got {lam.shape}"
+        )
+      per = lam.shape[1]
+      lam = self._check_lam(lam.reshape((batch * per,) + lam.shape[2:]), batch * per)
+    elif self.latent:
       lam = self._check_lam(jnp.asarray(lam), batch)
     if self.latent and self.latent_scope == "global":
       # Di4C's transformer forks append lambda as an extra token. We add it to
@@ -693,6 +718,10 @@ class Transformer(nn.Module):
         self.dtype,
         name=f"block_{i}",
       )(h, c, train)
+    if per > 1:  # everything after the trunk is per latent
+      rep = lambda a: jnp.repeat(a, per, axis=0)
+      h, c, x = rep(h), rep(c), rep(x)
+      block_offset = None if block_offset is None else rep(block_offset)
     if self.latent and self.latent_scope == "blocks":
       h, c = BlockLatentPath(
         self.width,
@@ -727,7 +756,9 @@ class Transformer(nn.Module):
       carried = jnp.where(keep, 0.0, NEG_INF).astype(jnp.float32)
       logits = jnp.where(is_masked, logits, carried)
 
-    chex.assert_shape(logits, (batch, self.length, self.vocab_size))
+    chex.assert_shape(logits, (batch * per, self.length, self.vocab_size))
+    if shared_trunk:
+      logits = logits.reshape((batch, per) + logits.shape[1:])
     return logits.astype(jnp.float32)
 
 
