@@ -529,63 +529,65 @@ def validate(config, spec) -> None:
     f"width {m.width} must be a positive multiple of model.heads={m.heads}",
   )
   _require(m.depth >= 1, "model.depth", f"must be >= 1, got {m.depth}")
+  lat = latent_model_fields(config)
+  k, shift, block_dim = lat["latent_dim"], lat["latent_shift"], lat["latent_block_dim"]
   _require(
-    _is_int(model_latent_dim(config)) and model_latent_dim(config) >= 1,
+    _is_int(k) and k >= 1,
     "model.latent_dim",
     f"must be an integer >= 1 (1: the paper's scalar latent), got {m.get('latent_dim')!r}",
   )
   _require(
-    _is_int(model_latent_depth(config)) and model_latent_depth(config) >= 1,
+    _is_int(lat["latent_depth"]) and lat["latent_depth"] >= 1,
     "model.latent_depth",
     f"must be an integer >= 1 (1: the paper's one hidden layer), got {m.get('latent_depth')!r}",
   )
   _require(
-    model_latent_positions(config) in networks.LATENT_POSITIONS,
+    lat["latent_positions"] in networks.LATENT_POSITIONS,
     "model.latent_positions",
     f"{m.get('latent_positions')!r}; choose one of {networks.LATENT_POSITIONS}",
   )
-  scope = model_latent_scope(config)
+  scope = lat["latent_scope"]
   _require(
     scope in networks.LATENT_SCOPES,
     "model.latent_scope",
     f"{scope!r}; choose one of {networks.LATENT_SCOPES}",
   )
   _require(
-    model_latent_shift(config) in networks.LATENT_SHIFTS,
+    shift in networks.LATENT_SHIFTS,
     "model.latent_shift",
     f"{m.get('latent_shift')!r}; choose one of {networks.LATENT_SHIFTS}",
   )
   _require(
-    model_latent_shift(config) == "none" or scope == "blocks",
+    shift == "none" or scope == "blocks",
     "model.latent_shift",
-    f"{model_latent_shift(config)!r} rotates local latents' blocks: set "
+    f"{shift!r} rotates local latents' blocks: set "
     "model.latent_scope=blocks (with model.latent_dim the number of blocks) or leave it 'none'",
   )
   _require(
-    _is_int(model_latent_block_dim(config)) and model_latent_block_dim(config) >= 1,
+    _is_int(block_dim) and block_dim >= 1,
     "model.latent_block_dim",
     f"must be an integer >= 1 (1: one scalar per block), got {m.get('latent_block_dim')!r}",
   )
   _require(
-    model_latent_block_dim(config) == 1 or scope == "blocks",
+    block_dim == 1 or scope == "blocks",
     "model.latent_block_dim",
-    f"{model_latent_block_dim(config)!r} gives each local block a vector latent: set "
+    f"{block_dim!r} gives each local block a vector latent: set "
     "model.latent_scope=blocks, or for one global vector latent set model.latent_dim instead",
   )
-  if model_latent_shift(config) != "none" and _is_int(model_latent_dim(config)):
+  if shift != "none" and _is_int(k):
     _require(
-      spec.length > model_latent_dim(config),
+      spec.length > k,
       "model.latent_shift",
-      f"{model_latent_shift(config)!r} rotates blocks of {spec.length} / model.latent_dim="
-      f"{model_latent_dim(config)} position(s): with blocks of one position there is nothing "
+      f"{shift!r} rotates blocks of {spec.length} / model.latent_dim="
+      f"{k} position(s): with blocks of one position there is nothing "
       "to rotate; use fewer blocks or leave it 'none'",
     )
-  if scope == "blocks" and _is_int(model_latent_dim(config)):
+  if scope == "blocks" and _is_int(k):
     _require(
-      spec.length % model_latent_dim(config) == 0,
+      spec.length % k == 0,
       "model.latent_scope",
       f"'blocks' splits the data's {spec.length} positions into model.latent_dim="
-      f"{model_latent_dim(config)} equal blocks; set model.latent_dim to a divisor of "
+      f"{k} equal blocks; set model.latent_dim to a divisor of "
       f"{spec.length}",
     )
   _require(m.dtype in DTYPES, "model.dtype", f"{m.dtype!r}; choose one of {DTYPES}")
@@ -666,52 +668,26 @@ def make_model(config, spec, process, latent: bool = False) -> networks.Transfor
     latent_entry=latent_entry(config) if latent else "add",
     mask_id=process.mask_id,
     dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
-    latent_dim=model_latent_dim(config) if latent else 1,
-    latent_scope=model_latent_scope(config) if latent else "global",
-    latent_depth=model_latent_depth(config) if latent else 1,
-    latent_positions=model_latent_positions(config) if latent else "none",
-    latent_shift=model_latent_shift(config) if latent else "none",
-    latent_block_dim=model_latent_block_dim(config) if latent else 1,
+    **(latent_model_fields(config) if latent else LATENT_MODEL_DEFAULTS),
   )
 
 
-def model_latent_dim(config):
-  """config.model.latent_dim; 1 where it is unset (None, or a run config
-  written before the field existed)."""
-  k = config.model.get("latent_dim")
-  return 1 if k is None else k
+# The student-only model fields, each with the value it has where unset (None, or a run config
+# written before the field existed); a teacher (latent=False) is built with these values.
+LATENT_MODEL_DEFAULTS = dict(
+  latent_dim=1,
+  latent_scope="global",
+  latent_depth=1,
+  latent_positions="none",
+  latent_shift="none",
+  latent_block_dim=1,
+)
 
 
-def model_latent_scope(config) -> str:
-  """config.model.latent_scope; "global" where it is unset (None, or a run
-  config written before the field existed)."""
-  return config.model.get("latent_scope") or "global"
-
-
-def model_latent_depth(config) -> int:
-  """config.model.latent_depth; 1 where it is unset (None, or a run config written
-  before the field existed)."""
-  depth = config.model.get("latent_depth")
-  return 1 if depth is None else depth
-
-
-def model_latent_positions(config) -> str:
-  """config.model.latent_positions; "none" where it is unset (None, or a run config
-  written before the field existed)."""
-  return config.model.get("latent_positions") or "none"
-
-
-def model_latent_shift(config) -> str:
-  """config.model.latent_shift; "none" where it is unset (None, or a run config
-  written before the field existed)."""
-  return config.model.get("latent_shift") or "none"
-
-
-def model_latent_block_dim(config):
-  """config.model.latent_block_dim; 1 where it is unset (None, or a run config
-  written before the field existed)."""
-  m = config.model.get("latent_block_dim")
-  return 1 if m is None else m
+def latent_model_fields(config) -> dict:
+  """{field: config.model.<field>, or its LATENT_MODEL_DEFAULTS value where unset}."""
+  get = config.model.get
+  return {k: d if get(k) is None else get(k) for k, d in LATENT_MODEL_DEFAULTS.items()}
 
 
 def entry_for_start(student_start: str | None) -> str:
@@ -756,19 +732,15 @@ def model_signature(config, spec) -> dict:
   sig["data.length"] = spec.length
   sig["data.num_classes"] = spec.num_classes
   if config.get("is_student", False):
-    k = model_latent_dim(config)
+    lat = latent_model_fields(config)
+    k = lat["latent_dim"]
     sig.update(latent=k, latent_entry=latent_entry(config))
     if k != 1:
       sig["model.latent_dim"] = k
     # None for global: what checkpoints from before the field read as.
-    scope = model_latent_scope(config)
+    scope = lat["latent_scope"]
     sig["model.latent_scope"] = None if scope == "global" else scope
-    if model_latent_depth(config) != 1:  # unsigned at 1: what earlier checkpoints read as
-      sig["model.latent_depth"] = model_latent_depth(config)
-    if model_latent_positions(config) != "none":  # likewise
-      sig["model.latent_positions"] = model_latent_positions(config)
-    if model_latent_shift(config) != "none":  # likewise
-      sig["model.latent_shift"] = model_latent_shift(config)
-    if model_latent_block_dim(config) != 1:  # likewise
-      sig["model.latent_block_dim"] = model_latent_block_dim(config)
+    for field in ("latent_depth", "latent_positions", "latent_shift", "latent_block_dim"):
+      if lat[field] != LATENT_MODEL_DEFAULTS[field]:  # unsigned at the default: as earlier ones
+        sig[f"model.{field}"] = lat[field]
   return sig
