@@ -280,7 +280,8 @@ def component_log_probs(
   `[N, D, S]`); x `[B, L, D]` int and t `[B, L]`: each latent's input, or x
   `[B, D]` and t `[B]`, one input shared by an example's L latents (then a
   component with `components`, a local student, runs its trunk once per
-  example instead of L times: `denoisers.from_network`); lam
+  example, once per chunk with chunks, instead of L times:
+  `denoisers.from_network`); lam
   `[B, L]` (scalar latents) or `[B, L, k]`; labels `[B]` int or None (each
   example's label goes to its L components); key: the component's (e.g.
   dropout) key; block_offset `[B]` int or None: each example's rotation of a
