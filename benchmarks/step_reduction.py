@@ -21,7 +21,11 @@ a pipeline of a config whose teacher is exact (markov_exact) trains no teacher.
 A lever is a variant NAME+TAG of a pipeline with its own --override fields, e.g.
   --pipelines=markov_exact,markov_exact+L32 \
   --override=markov_exact+L32:student:distill.num_latents=32
-(a variant with only student overrides reuses the base pipeline's teacher).
+(a variant with only student overrides reuses the base pipeline's teacher). A di4c^2 round
+distils a finished student run instead, and is evaluated against it:
+  --pipelines=markov_exact_local+r2 \
+  --override=markov_exact_local+r2:student:teacher.kind=network \
+  --override=markov_exact_local+r2:student:teacher.workdir=WORKDIR/markov_exact_local/student
 """
 
 import ast
@@ -100,7 +104,10 @@ def run_pipeline(name: str) -> None:
   dconf = importlib.import_module(f"mixture_dd.configs.{distill_cfg}").get_config()
   dconf = _scaled(dconf, _SMULT.value, name, "student")
   t0 = time.time()
-  if teacher_cfg is not None:
+  # A student override of teacher.workdir names the teacher itself (a di4c^2 round from a
+  # student run, with student:teacher.kind=network): the pipeline's own teacher is not used.
+  named = any(o.startswith(f"{name}:student:teacher.workdir=") for o in _OVERRIDES.value)
+  if teacher_cfg is not None and not named:
     tconf = importlib.import_module(f"mixture_dd.configs.{teacher_cfg}").get_config()
     tconf = _scaled(tconf, _TMULT.value, name, "teacher")
     if own_teacher or name == base:
