@@ -9,6 +9,10 @@ stratified latents, Delta = t / 2, and the latent path at 10x the learning rate.
 teacher's 0.3400 / 0.2590 / 0.2139 / 0.1938 at N and 0.2590 / 0.2139 / 0.1938 / 0.1870 at 2N:
 better than the teacher at N = 1 and 2 at its entropy per token, the same at 4 and 8, 5-7 % of
 the way to 2N. The default text config's student (global latent) equals its teacher at every N.
+Five times this budget (--config.train.num_steps=3000, at the same 3e-4) from a teacher trained
+ten times longer: 36 % of the way to 2N at N = 1 and 25-27 % at N = 2 on two seeds, where 600
+steps from that teacher reached 6-7 % and 5-8 % (README "Text"; docs/results/pydoc/
+local_shift_teacher10x_3000steps{,_seed1}/). The default stays 600, the budget of the numbers above.
 
   python -m launch.train --config=configs/pydoc_text.py --workdir=workdirs/pydoc_teacher
   python -m launch.distill --config=configs/pydoc_text_local_distill.py \
