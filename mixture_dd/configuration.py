@@ -40,6 +40,41 @@ LR_SCHEDULES = ("constant", "cosine")
 EVAL_WEIGHTS = ("ema", "raw")  # which weights sampling and evaluation use
 
 
+# The student-only model fields (a product teacher ignores them), each with its default: the
+# base config's value and the value a field has where unset (None, or a run config written
+# before the field existed); a teacher (latent=False) is built with these values.
+LATENT_MODEL_DEFAULTS = dict(
+  # A student's latent: lambda in [0, 1]^latent_dim, latent_dim independent
+  # uniforms, each embedded (an int >= 1; 1 is the paper's scalar latent).
+  # A product teacher has no latent path and ignores it.
+  latent_dim=1,
+  # Where the latent enters: "global" (the paper: every position, every
+  # block) or "blocks" (local latents: latent_dim contiguous blocks of
+  # positions, coordinate g conditioning block g only, after the trunk;
+  # latent_dim must divide the data's length). A product teacher ignores it.
+  latent_scope="global",
+  # Hidden SiLU layers of the latent's embedding MLP (an int >= 1; 1 is the
+  # paper's). A product teacher ignores it.
+  latent_depth=1,
+  # "none" (the paper) | "learned": a student-only, zero-initialised absolute
+  # position embedding, so that with rope its mixture components can differ
+  # between positions the input does not tell apart (all masked at t = 1).
+  # A product teacher ignores it.
+  latent_positions="none",
+  # Local latents' blocks: "none" (the same contiguous blocks at every
+  # call) | "random" (rotated by a random offset per sequence at every
+  # sampler step and per example in the loss, so that block boundaries
+  # move between steps; the student also learns each position's place in
+  # its block). Needs latent_scope "blocks". A product teacher ignores it.
+  latent_shift="none",
+  # Local latents' coordinates per block (an int >= 1; 1: one scalar per
+  # block): each block's mixture is indexed by a vector in [0, 1]^m, as the
+  # global latent is by latent_dim coordinates. Needs latent_scope "blocks".
+  # A product teacher ignores it.
+  latent_block_dim=1,
+)
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Defaults shared by every teacher config; experiment files override numbers."""
   c = ml_collections.ConfigDict()
@@ -61,34 +96,7 @@ def base_config() -> ml_collections.ConfigDict:
       class_conditional=False,
       label_dropout=0.1,
       dtype="float32",
-      # A student's latent: lambda in [0, 1]^latent_dim, latent_dim independent
-      # uniforms, each embedded (an int >= 1; 1 is the paper's scalar latent).
-      # A product teacher has no latent path and ignores it.
-      latent_dim=1,
-      # Where the latent enters: "global" (the paper: every position, every
-      # block) or "blocks" (local latents: latent_dim contiguous blocks of
-      # positions, coordinate g conditioning block g only, after the trunk;
-      # latent_dim must divide the data's length). A product teacher ignores it.
-      latent_scope="global",
-      # Hidden SiLU layers of the latent's embedding MLP (an int >= 1; 1 is the
-      # paper's). A product teacher ignores it.
-      latent_depth=1,
-      # "none" (the paper) | "learned": a student-only, zero-initialised absolute
-      # position embedding, so that with rope its mixture components can differ
-      # between positions the input does not tell apart (all masked at t = 1).
-      # A product teacher ignores it.
-      latent_positions="none",
-      # Local latents' blocks: "none" (the same contiguous blocks at every
-      # call) | "random" (rotated by a random offset per sequence at every
-      # sampler step and per example in the loss, so that block boundaries
-      # move between steps; the student also learns each position's place in
-      # its block). Needs latent_scope "blocks". A product teacher ignores it.
-      latent_shift="none",
-      # Local latents' coordinates per block (an int >= 1; 1: one scalar per
-      # block): each block's mixture is indexed by a vector in [0, 1]^m, as the
-      # global latent is by latent_dim coordinates. Needs latent_scope "blocks".
-      # A product teacher ignores it.
-      latent_block_dim=1,
+      **LATENT_MODEL_DEFAULTS,  # the student-only fields, their legal values beside them
     )
   )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
@@ -670,18 +678,6 @@ def make_model(config, spec, process, latent: bool = False) -> networks.Transfor
     dtype=jnp.bfloat16 if m.dtype == "bfloat16" else jnp.float32,
     **(latent_model_fields(config) if latent else LATENT_MODEL_DEFAULTS),
   )
-
-
-# The student-only model fields, each with the value it has where unset (None, or a run config
-# written before the field existed); a teacher (latent=False) is built with these values.
-LATENT_MODEL_DEFAULTS = dict(
-  latent_dim=1,
-  latent_scope="global",
-  latent_depth=1,
-  latent_positions="none",
-  latent_shift="none",
-  latent_block_dim=1,
-)
 
 
 def latent_model_fields(config) -> dict:
