@@ -302,12 +302,7 @@ def component_log_probs(
       logits = component.components(params, x, t, key_c, lam_c, labels=labels, **kw)
       return jax.nn.log_softmax(logits.astype(jnp.float32), -1)
 
-    if chunks == 1:
-      return shared_one(lam, key)
-    fn = jax.checkpoint(shared_one) if remat else shared_one
-    lam_split = jnp.moveaxis(lam.reshape((b, chunks, per) + lam.shape[2:]), 1, 0)
-    out = jax.lax.map(lambda a: fn(*a), (lam_split, jax.random.split(key, chunks)))
-    return jnp.moveaxis(out, 0, 1).reshape((b, num_l) + out.shape[3:])
+    return _over_chunks(shared_one, (lam,), key, chunks, remat)
   if shared:  # any other component: the L copies of the input, run as a batch
     x = jnp.broadcast_to(x[:, None], (b, num_l) + x.shape[1:])
     t = jnp.broadcast_to(t[:, None], (b, num_l))
@@ -327,13 +322,20 @@ def component_log_probs(
     lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
     return lp.reshape((b, per) + lp.shape[1:])
 
+  return _over_chunks(one, (x, t, lam), key, chunks, remat)
+
+
+def _over_chunks(fn, arrays, key, chunks: int, remat: bool):
+  """fn(*arrays, key) `[B, L, ...]` on the whole L axis of arrays `[B, L, ...]`, or on
+  `chunks` sequential slices of it (lax.map), each rematerialised in the backward pass
+  when `remat`, with one key per slice."""
   if chunks == 1:
-    return one(x, t, lam, key)
-  fn = jax.checkpoint(one) if remat else one
+    return fn(*arrays, key)
+  b, num_l = arrays[0].shape[:2]
+  per = num_l // chunks
+  f = jax.checkpoint(fn) if remat else fn
   split = lambda a: jnp.moveaxis(a.reshape((b, chunks, per) + a.shape[2:]), 1, 0)
-  out = jax.lax.map(
-    lambda a: fn(*a), (split(x), split(t), split(lam), jax.random.split(key, chunks))
-  )
+  out = jax.lax.map(lambda a: f(*a), (*map(split, arrays), jax.random.split(key, chunks)))
   return jnp.moveaxis(out, 0, 1).reshape((b, num_l) + out.shape[3:])
 
 
