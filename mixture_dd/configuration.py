@@ -72,6 +72,12 @@ LATENT_MODEL_DEFAULTS = dict(
   # global latent is by latent_dim coordinates. Needs latent_scope "blocks".
   # A product teacher ignores it.
   latent_block_dim=1,
+  # Local latents' law: "none" (a product of one mixture per block) | "halves"
+  # (every position also conditioned on a second partition's latent, the
+  # blocks moved by half a block, so neighbouring blocks share latents; lam
+  # has 2 latent_dim coordinates). Needs latent_scope "blocks",
+  # latent_block_dim 1 and an even block size. A product teacher ignores it.
+  latent_coupling="none",
 )
 
 
@@ -179,6 +185,7 @@ def distill_base_config(preset: str = "sdtt") -> ml_collections.ConfigDict:
       latent_positions=ml_collections.config_dict.placeholder(str),
       latent_shift=ml_collections.config_dict.placeholder(str),
       latent_block_dim=ml_collections.config_dict.placeholder(int),
+      latent_coupling=ml_collections.config_dict.placeholder(str),
     )
   )
   c.loss = ml_collections.ConfigDict(dict(t_min=0.0))
@@ -582,6 +589,25 @@ def validate(config, spec) -> None:
     f"{block_dim!r} gives each local block a vector latent: set "
     "model.latent_scope=blocks, or for one global vector latent set model.latent_dim instead",
   )
+  coupling = lat["latent_coupling"]
+  _require(
+    coupling in networks.LATENT_COUPLINGS,
+    "model.latent_coupling",
+    f"{m.get('latent_coupling')!r}; choose one of {networks.LATENT_COUPLINGS}",
+  )
+  _require(
+    coupling == "none" or (scope == "blocks" and block_dim == 1),
+    "model.latent_coupling",
+    f"{coupling!r} couples local latents' blocks: set model.latent_scope=blocks and "
+    "model.latent_block_dim=1, or leave it 'none'",
+  )
+  if coupling != "none" and _is_int(k) and k >= 1:
+    _require(
+      spec.length % k == 0 and (spec.length // k) % 2 == 0,
+      "model.latent_coupling",
+      f"{coupling!r} moves blocks of {spec.length} / model.latent_dim={k} positions by half "
+      "a block: choose a model.latent_dim that divides the length into blocks of an even size",
+    )
   if shift != "none" and _is_int(k):
     _require(
       spec.length > k,
@@ -704,7 +730,7 @@ def latent_entry(config) -> str:
 _UNSIGNED_MODEL_FIELDS = (
   "dropout", "label_dropout", "dtype",
   "latent_dim", "latent_scope", "latent_depth", "latent_positions", "latent_shift",
-  "latent_block_dim",
+  "latent_block_dim", "latent_coupling",
 )  # fmt: skip
 
 
@@ -736,7 +762,9 @@ def model_signature(config, spec) -> dict:
     # None for global: what checkpoints from before the field read as.
     scope = lat["latent_scope"]
     sig["model.latent_scope"] = None if scope == "global" else scope
-    for field in ("latent_depth", "latent_positions", "latent_shift", "latent_block_dim"):
+    for field in (
+      "latent_depth", "latent_positions", "latent_shift", "latent_block_dim", "latent_coupling"
+    ):  # fmt: skip
       if lat[field] != LATENT_MODEL_DEFAULTS[field]:  # unsigned at the default: as earlier ones
         sig[f"model.{field}"] = lat[field]
   return sig

@@ -81,6 +81,13 @@ def latent_shifts(denoiser) -> int:
   return int(getattr(denoiser, "latent_shifts", 1))
 
 
+def latent_coupled(denoiser) -> bool:
+  """Whether a local student's law couples neighbouring blocks (latent_coupling "halves",
+  `networks.CoupledLatentPath`): its lam is `[batch, 2 k]`, A-blocks then B-blocks, and
+  it has `coupled_parts` for the loss's L x L latent pairs."""
+  return bool(getattr(denoiser, "coupled_parts", None) is not None)
+
+
 def draw_block_offsets(key, denoiser, batch: int) -> jax.Array | None:
   """Uniform block offsets `[batch]` for a denoiser with `latent_shifts` > 1; None otherwise."""
   shifts = latent_shifts(denoiser)
@@ -134,8 +141,12 @@ def from_network(model, train: bool = False) -> Denoiser:
 
   local = model.latent and model.latent_scope == "blocks"
 
-  def denoise(params, x_t, t, key, lam=None, labels=None, block_offset=None, shared_trunk=False):
+  def denoise(
+    params, x_t, t, key, lam=None, labels=None, block_offset=None, shared_trunk=False, parts=False
+  ):
     kw = {"shared_trunk": True} if shared_trunk else {}
+    if parts:
+      kw["coupled_parts"] = True
     if block_offset is not None:  # the network refuses it without local latents
       kw["block_offset"] = block_offset
     if model.num_classes and labels is not None:
@@ -154,21 +165,39 @@ def from_network(model, train: bool = False) -> Denoiser:
   shifts = model.length // model.latent_dim if local and model.latent_shift == "random" else 1
   if local:
     denoise.components = functools.partial(_shared_components, denoise)
+  if model.coupled:
+    denoise.coupled_parts = functools.partial(_shared_components, denoise, parts=True)
   return _with_latent_dim(
     denoise, model.lam_dim if model.latent else 1, model.latent_dim if local else 1, shifts
   )
 
 
-def _shared_components(denoise, params, x_t, t, key, lams, labels=None, block_offset=None):
+def _shared_components(
+  denoise, params, x_t, t, key, lams, labels=None, block_offset=None, parts=False
+):
   return denoise(
-    params, x_t, t, key, lam=lams, labels=labels, block_offset=block_offset, shared_trunk=True
+    params,
+    x_t,
+    t,
+    key,
+    lam=lams,
+    labels=labels,
+    block_offset=block_offset,
+    shared_trunk=True,
+    parts=parts,
   )
 
 
 def without_components(denoiser: Denoiser) -> Denoiser:
   """The same denoiser without its shared-trunk `components` (so the Di4C loss runs its L
   latents as L copies of the input, as before it had one): the reference that
-  benchmarks.distill_throughput and the tests compare the shared path with."""
+  benchmarks.distill_throughput and the tests compare the shared path with. A coupled
+  student has no such path: its loss needs the L x L latent pairs of `coupled_parts`."""
+  if latent_coupled(denoiser):
+    raise ValueError(
+      "a coupled student (latent_coupling='halves') scores its L x L latent pairs through its "
+      "shared trunk (coupled_parts); it has no L-copy path"
+    )
 
   def plain(*args, **kw):
     return denoiser(*args, **kw)

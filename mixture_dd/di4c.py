@@ -291,10 +291,26 @@ def component_log_probs(
   rematerialised in the backward pass when `remat`, so activation memory
   scales with B x L / c instead of B x L. The values, and so the gradients,
   are those of the unchunked pass.
+
+  A coupled student (`denoisers.latent_coupled`) with a shared input returns its L x L
+  latent pairs `[B, L L, D, S]`: row i L + j is the component at latent i's A-block
+  coordinates and latent j's B-block coordinates (what `losses.mixture_log_likelihood(...,
+  coupled=True)` reads), from L passes of each of its two paths.
   """
   b, num_l = lam.shape[:2]
   per = num_l // chunks
   shared = x.ndim == 2
+  if shared and denoisers.latent_coupled(component):
+    kw = {} if block_offset is None else {"block_offset": block_offset}
+
+    def parts_one(lam_c, key_c):
+      z_a, z_b = component.coupled_parts(params, x, t, key_c, lam_c, labels=labels, **kw)
+      return jnp.stack([z_a, z_b], axis=2)  # [B, per, 2, D, S]
+
+    z = _over_chunks(parts_one, (lam,), key, chunks, remat)
+    pairs = z[:, :, None, 0] + z[:, None, :, 1]  # [B, L_i, L_j, D, S]
+    lp = jax.nn.log_softmax(pairs.astype(jnp.float32), -1)
+    return lp.reshape((b, num_l * num_l) + lp.shape[3:])
   if shared and getattr(component, "components", None) is not None:
     kw = {} if block_offset is None else {"block_offset": block_offset}
 
@@ -382,6 +398,7 @@ def di4c_loss(
   k_student = denoisers.latent_dim(student)
   blocks = denoisers.latent_blocks(student)
   shifting = denoisers.latent_shifts(student) > 1
+  coupled = denoisers.latent_coupled(student)
   stratified = distill_cfg.get("latent_sampling", "iid") == "stratified"
 
   def latents(key, b, k):  # each example's L latents: [B, L] or [B, L, k]
@@ -420,6 +437,8 @@ def di4c_loss(
       off_t = denoisers.draw_block_offsets(jax.random.fold_in(key, 15), student, b)
       off_u = denoisers.draw_block_offsets(jax.random.fold_in(key, 16), student, b)
       groups = networks.block_groups(length, blocks, off_t)
+    if coupled:  # the likelihood is scored on the segments (the cycle of A and B latents)
+      groups = jnp.broadcast_to(networks.coupled_groups(length, blocks, off_t)[1], (b, length))
     # One x_t for the L latents: a local student runs its trunk once (component_log_probs).
     lp = student_lp(params, x_t, t, lam, labels, keys["drop_t"], True, offset=off_t)
 
@@ -463,7 +482,7 @@ def di4c_loss(
       )
     )
     x0_i = categorical.sample(keys["draw"], q)  # [B, L, D]: x0^(i) ~ q_i
-    consis = losses.consistency_term(lp, q, x0_i, blocks, groups)
+    consis = losses.consistency_term(lp, q, x0_i, blocks, groups, coupled)
 
     if distill_cfg.distill_mode == "same":
       distill = losses.distillation_term(teacher_lp, lp)
@@ -482,7 +501,7 @@ def di4c_loss(
       )
       distill = losses.distillation_term(t_lp.reshape(lp_d.shape), lp_d)
     marginal = losses.marginal_term(lp, teacher_lp)
-    data_corr = losses.data_correlation_term(lp, x0, tm["alpha"], blocks, groups)
+    data_corr = losses.data_correlation_term(lp, x0, tm["alpha"], blocks, groups, coupled)
 
     per_example = (
       distill_cfg.distill_weight * tm["w_distill"] * distill

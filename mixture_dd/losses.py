@@ -112,7 +112,7 @@ def mixture_log_marginals(lp):
   return jax.nn.logsumexp(lp, axis=1) - jnp.log(lp.shape[1])
 
 
-def mixture_log_likelihood(lp, x0, blocks: int = 1, groups=None):
+def mixture_log_likelihood(lp, x0, blocks: int = 1, groups=None, coupled: bool = False):
   """log p^theta(x0 | x_t) ~= logsumexp_j sum_d lp_j[d, x0^d] - log L: `[B, M]`.
 
   blocks = k > 1 (a student with local latents, `networks.BlockLatentPath`:
@@ -120,14 +120,48 @@ def mixture_log_likelihood(lp, x0, blocks: int = 1, groups=None):
   product of k block mixtures): the sum over blocks of each block's own
   L-sample estimate, sum_g (logsumexp_j sum_{d in g} lp_j[d, x0^d] - log L);
   groups `[B, D]`: a rotated partition (`component_log_likelihood`).
+
+  coupled (a coupled student, `networks.CoupledLatentPath`): lp `[B, L L, D, S]` holds
+  the component at (lambda_A of latent i, lambda_B of latent j) at row i L + j, and
+  groups `[B, D]` (required) each position's segment in [0, 2 k) (`networks.coupled_groups`:
+  segment 2 g in A-block g and B-block g, 2 g + 1 in A-block g and B-block g + 1). The 2 k
+  latents form a cycle B_0 - A_0 - B_1 - A_1 - ... - A_{k-1} - B_0 whose edges are the
+  segments, and the L-sample estimate (each latent over its own L draws, every assignment)
+  is L^(-2 k) tr(P_0 ... P_{k-1}), P_g[j, j'] = sum_i f_{2g}[i, j] f_{2g+1}[i, j'] with
+  f_s[i, j] = prod_{d in s} p(x0^d | lambda_A = i, lambda_B = j); computed in log space.
   """
+  if coupled:
+    return _cycle_log_likelihood(lp, x0, blocks, groups)
   ll = component_log_likelihood(lp, x0, blocks, groups)
   if blocks == 1:
     return jax.nn.logsumexp(ll, axis=-1) - jnp.log(lp.shape[1])
   return jnp.sum(jax.nn.logsumexp(ll, axis=-2) - jnp.log(lp.shape[1]), axis=-1)
 
 
-def correlation(lp, x0, lpbar=None, blocks: int = 1, groups=None):
+def _cycle_log_likelihood(lp, x0, blocks: int, groups):
+  num_l = int(round(lp.shape[1] ** 0.5))
+  if num_l * num_l != lp.shape[1] or groups is None:
+    raise ValueError(
+      f"a coupled likelihood needs lp [B, L*L, D, S] and the segments, got lp {lp.shape}"
+    )
+  ll = component_log_likelihood(lp, x0, 2 * blocks, groups)  # [B, M, L L, 2 k]
+  ll = ll.reshape(ll.shape[:2] + (num_l, num_l, blocks, 2))  # [..., i, j, g, half]
+  # log P_g[j, j'] = logsumexp_i (ll[i, j, g, 0] + ll[i, j', g, 1]): [B, M, k, L, L]
+  first = jnp.moveaxis(ll[..., 0], -1, 2)  # [B, M, k, i, j]
+  second = jnp.moveaxis(ll[..., 1], -1, 2)  # [B, M, k, i, j']
+  log_p = jax.nn.logsumexp(first[..., :, :, None] + second[..., :, None, :], axis=-3)
+
+  def log_matmul(a, b):  # [..., L, L] x [..., L, L] in log space
+    return jax.nn.logsumexp(a[..., :, :, None] + b[..., None, :, :], axis=-2)
+
+  prod = log_p[:, :, 0]
+  for g in range(1, blocks):
+    prod = log_matmul(prod, log_p[:, :, g])
+  trace = jax.nn.logsumexp(jnp.diagonal(prod, axis1=-2, axis2=-1), axis=-1)
+  return trace - 2 * blocks * jnp.log(num_l)
+
+
+def correlation(lp, x0, lpbar=None, blocks: int = 1, groups=None, coupled: bool = False):
   """C(x0) = mixture log-likelihood - sum_d lpbar[d, x0^d]: `[B, M]`.
 
   Zero when every component is the same product; it is the part of the
@@ -137,7 +171,7 @@ def correlation(lp, x0, lpbar=None, blocks: int = 1, groups=None):
   if lpbar is None:
     lpbar = mixture_log_marginals(lp)
   marg = jnp.take_along_axis(lpbar[:, None], x0[..., None], axis=-1)[..., 0].sum(-1)
-  return mixture_log_likelihood(lp, x0, blocks, groups) - marg
+  return mixture_log_likelihood(lp, x0, blocks, groups, coupled) - marg
 
 
 def kl_categorical(logp, logq):
@@ -162,16 +196,17 @@ def distillation_term(teacher_logp, lp):
   return jnp.mean(kl_categorical(teacher_logp, lp), axis=1)
 
 
-def consistency_term(lp, target_logq, x0_targets, blocks: int = 1, groups=None):
+def consistency_term(lp, target_logq, x0_targets, blocks: int = 1, groups=None, coupled=False):
   """-(1/L) sum_i C(x0^(i)) + sum_d KL(pbar_u[d] || exp lpbar[d]): `[B]`.
 
   lp `[B, L, D, S]` (the student at t, with gradient), target_logq
   `[B, L, D, S]` the student's stop-gradient component log-probs at
   (x_u^(i), u, lambda'_i), x0_targets `[B, L, D]` draws x0^(i) ~ q_i;
-  blocks, groups as in `mixture_log_likelihood` (lp's partition).
+  blocks, groups, coupled as in `mixture_log_likelihood` (lp's partition; coupled: lp
+  `[B, L L, D, S]`).
   """
   lpbar = mixture_log_marginals(lp)
-  corr = correlation(lp, x0_targets, lpbar, blocks, groups)  # [B, L]
+  corr = correlation(lp, x0_targets, lpbar, blocks, groups, coupled)  # [B, L]
   log_pbar_u = mixture_log_marginals(target_logq)
   return -jnp.mean(corr, axis=1) + kl_categorical(log_pbar_u, lpbar)
 
@@ -186,6 +221,6 @@ def marginal_term(lp, teacher_logp):
   return kl_categorical(teacher_logp, mixture_log_marginals(lp))
 
 
-def data_correlation_term(lp, x0, alpha, blocks: int = 1, groups=None):
+def data_correlation_term(lp, x0, alpha, blocks: int = 1, groups=None, coupled: bool = False):
   """alpha_t * (-C(x0)) on real data x0 `[B, D]`: `[B]` ("di4c-d")."""
-  return -alpha * correlation(lp, x0[:, None], blocks=blocks, groups=groups)[:, 0]
+  return -alpha * correlation(lp, x0[:, None], None, blocks, groups, coupled)[:, 0]

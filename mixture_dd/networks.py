@@ -54,6 +54,12 @@ LATENT_POSITIONS = ("none", "learned")
 # (`block_groups`), so that a sampler's steps put their boundaries in
 # different places.
 LATENT_SHIFTS = ("none", "random")
+# Local latents' law: "none", a product over the blocks of one mixture per block;
+# "halves", every position also conditioned on a second partition's latent, the blocks
+# moved by half a block (`CoupledLatentPath`), so neighbouring blocks share latents.
+LATENT_COUPLINGS = ("none", "halves")
+# The second partition's path ("halves"); student-only like LATENT_MODULE.
+COUPLED_MODULE = "latent_coupled"
 CENTRING_NODES = 32  # latents on a midpoint grid of [0, 1] whose mean embedding is removed
 
 
@@ -70,6 +76,23 @@ def block_groups(length: int, num_blocks: int, offset: jax.Array | None = None) 
   return _rotated_positions(length, offset) // (length // num_blocks)
 
 
+def coupled_groups(length: int, num_blocks: int, offset: jax.Array | None = None):
+  """The second partition of a coupled student (latent_coupling "halves"): `[batch, D]`
+  int32 each (`[1, D]` for offset None).
+
+  With r = (d + o) mod D and blocks of size = D / k: B-block h(d) = ((r + size / 2) mod D)
+  // size (the `block_groups` blocks moved half a block earlier, so B-block h straddles
+  the boundary between A-blocks h - 1 and h), and the segment s(d) = r // (size / 2) in
+  [0, 2 k): segment 2 g lies in A-block g and B-block g, segment 2 g + 1 in A-block g and
+  B-block g + 1 (mod k). The network and the loss's cycle likelihood
+  (`losses.mixture_log_likelihood(..., coupled=True)`) both read them from here.
+  Returns (b_groups, segments).
+  """
+  size = length // num_blocks
+  r = _rotated_positions(length, offset)
+  return ((r + size // 2) % length) // size, r // (size // 2)
+
+
 def _rotated_positions(length: int, offset) -> jax.Array:
   """(d + o) mod D: `[batch, D]` int32 (`[1, D]`, d itself, for offset None)."""
   d = jnp.arange(length, dtype=jnp.int32)[None]
@@ -81,7 +104,7 @@ def _rotated_positions(length: int, offset) -> jax.Array:
 def is_latent_param(path: tuple[str, ...]) -> bool:
   """Whether a flattened parameter path belongs to the student only (new at
   distillation: kept by `student_params_from_teacher`, `latent_lr_mult`)."""
-  return LATENT_MODULE in path or LATENT_POSITIONS_PARAM in path
+  return LATENT_MODULE in path or LATENT_POSITIONS_PARAM in path or COUPLED_MODULE in path
 
 
 # Mixed precision keeps parameters (and so optimiser state and checkpoints)
@@ -332,6 +355,58 @@ class BlockLatentPath(LatentEmbed):
     return h + gate * y, c_pos
 
 
+class CoupledLatentPath(nn.Module):
+  """The second partition of a coupled student (latent_coupling "halves"): logit offsets
+  `[batch, D, vocab]` from lambda_B `[batch, k]`, one coordinate per B-block
+  (`coupled_groups`: the blocks moved by half a block).
+
+  The student's logits at position d are those of its A-block (`BlockLatentPath`, lambda_A)
+  plus this offset (lambda_B), so p(x^d | lambda) is a product of experts of its A and
+  B latents, and the law is E[prod_d p(x^d | lambda_{A(d)}, lambda_{B(d)})]: every pair of
+  neighbours shares a latent (a pair across an A boundary lies inside a B-block). Additive
+  in the logits so that the loss gets all L x L (lambda_A, lambda_B) pairs of its L
+  latents from L passes of each path (`Transformer(coupled_parts=True)`), not L^2.
+  Reads the trunk's output h `[batch, D, width]` and conditioning c `[batch, width]`;
+  position-wise after the embedding (nothing mixes positions). The last projection is
+  zero-initialised: a coupled student starts as the local student it extends (so as its
+  teacher with an exact start); everything before it has its default initialisation, so
+  the offsets differ between latents as soon as that projection moves.
+  """
+
+  width: int
+  dtype: Dtype = jnp.float32
+  num_blocks: int = 1
+  mlp_ratio: int = 4
+  vocab_size: int = 1
+  slots: bool = False
+
+  @nn.compact
+  def __call__(self, h: jax.Array, c: jax.Array, lam: jax.Array, offset: jax.Array | None = None):
+    batch, length, width = h.shape
+    size = length // self.num_blocks
+    e = latent_embedding(lam.reshape(batch * self.num_blocks)).astype(self.dtype)
+    e = _Dense(width, dtype=self.dtype, name="embed_in")(e)
+    e = _Dense(width, dtype=self.dtype, name="embed_out")(nn.silu(e))
+    e = e.reshape(batch, self.num_blocks, width)
+    groups, _ = coupled_groups(length, self.num_blocks, offset)
+    groups = jnp.broadcast_to(groups, (batch, length))
+    c_pos = c[:, None, :] + jnp.take_along_axis(e, groups[..., None], axis=1)
+    if self.slots:  # the place in the B-block, as BlockLatentPath's slots
+      r = _rotated_positions(length, offset)
+      table = self.param(SLOT_PARAM, nn.initializers.zeros, (size, width), PARAM_DTYPE)
+      c_pos = c_pos + table.astype(self.dtype)[((r + size // 2) % length) % size]
+    mod = _Dense(2 * width, dtype=self.dtype, kernel_init=nn.initializers.zeros, name="adaln")(
+      nn.silu(c_pos)
+    )
+    shift, scale = jnp.split(mod, 2, -1)
+    y = nn.LayerNorm(use_scale=False, use_bias=False, dtype=self.dtype, name="ln")(h)
+    y = _Dense(self.mlp_ratio * width, dtype=self.dtype, name="mlp_in")(_modulate(y, shift, scale))
+    y = nn.gelu(y, approximate=True)
+    return _Dense(
+      self.vocab_size, dtype=jnp.float32, kernel_init=nn.initializers.zeros, name="logits"
+    )(y.astype(jnp.float32))
+
+
 class Attention(nn.Module):
   """Bidirectional multi-head self-attention, optional rotary positions.
 
@@ -498,12 +573,21 @@ class Transformer(nn.Module):
   latent_positions: str = "none"
   latent_shift: str = "none"
   latent_block_dim: int = 1
+  latent_coupling: str = "none"
 
   @property
   def lam_dim(self) -> int:
     """The number of latent coordinates lam carries: k m for local latents
-    (latent_dim blocks of latent_block_dim each), latent_dim otherwise."""
-    return self.latent_dim * (self.latent_block_dim if self.latent_scope == "blocks" else 1)
+    (latent_dim blocks of latent_block_dim each; 2 k with latent_coupling "halves": the
+    A-blocks' k, then the B-blocks' k), latent_dim otherwise."""
+    if self.latent_scope != "blocks":
+      return self.latent_dim
+    return self.latent_dim * self.latent_block_dim * (2 if self.coupled else 1)
+
+  @property
+  def coupled(self) -> bool:
+    """Whether the student's law couples neighbouring blocks (latent_coupling "halves")."""
+    return self.latent and self.latent_coupling == "halves"
 
   def validate_config(self) -> None:
     """Raises ValueError naming the offending field if the config is invalid."""
@@ -559,6 +643,22 @@ class Transformer(nn.Module):
         f"latent_scope='blocks' splits the {self.length} positions into latent_dim="
         f"{self.latent_dim} equal blocks; choose a latent_dim that divides {self.length}"
       )
+    if self.latent_coupling not in LATENT_COUPLINGS:
+      raise ValueError(
+        f"latent_coupling must be one of {LATENT_COUPLINGS}, got {self.latent_coupling!r}"
+      )
+    if self.latent_coupling != "none":
+      if self.latent_scope != "blocks" or self.latent_block_dim != 1:
+        raise ValueError(
+          f"latent_coupling={self.latent_coupling!r} couples local latents' blocks: it needs "
+          f"latent_scope='blocks' and latent_block_dim=1, got {self.latent_scope!r} and "
+          f"{self.latent_block_dim}"
+        )
+      if (self.length // self.latent_dim) % 2:
+        raise ValueError(
+          f"latent_coupling='halves' moves the blocks by half a block: the block size "
+          f"length / latent_dim = {self.length}/{self.latent_dim} must be even"
+        )
     if self.num_classes < 0:
       raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
     if self.mask_id is not None and not (self.vocab_size <= self.mask_id < self.num_states):
@@ -573,6 +673,8 @@ class Transformer(nn.Module):
       return f"[{batch}]"
     if k == self.latent_dim:
       return f"[{batch}, latent_dim={k}]"
+    if self.coupled:
+      return f"[{batch}, 2 * latent_dim={k}] (A-blocks, then B-blocks)"
     return f"[{batch}, latent_dim * latent_block_dim={k}]"
 
   def _check_lam(self, lam: jax.Array, batch: int) -> jax.Array:
@@ -588,7 +690,8 @@ class Transformer(nn.Module):
       raise ValueError(
         f"lam must have shape {self._lam_shape(batch)} (this student has latent_dim="
         f"{self.latent_dim}"
-        f"{'' if k == self.latent_dim else f', latent_block_dim={self.latent_block_dim}'}), "
+        f"{'' if k == self.latent_dim else f', latent_block_dim={self.latent_block_dim}'}"
+        f"{', latent_coupling=halves' if self.coupled else ''}), "
         f"got {lam.shape}; draw it with denoisers.draw_latents or sample through "
         "denoisers.mixture(...)"
       )
@@ -604,7 +707,8 @@ class Transformer(nn.Module):
     train: bool = False,
     block_offset: jax.Array | None = None,
     shared_trunk: bool = False,
-  ) -> jax.Array:
+    coupled_parts: bool = False,
+  ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """Computes per-position logits over the data values.
 
     Args:
@@ -625,10 +729,15 @@ class Transformer(nn.Module):
         The trunk, which a local latent never enters, runs once per example
         instead of n times (with one dropout mask per example); the values
         are those of n separate calls (the same in eval mode).
+      coupled_parts: a coupled student (latent_coupling "halves") only: the two terms of
+        its logits, (A-blocks' logits, B-blocks' offsets), each of the shape the logits
+        would have; their sum is the logits. With shared_trunk, row i of the first with
+        row j of the second is the component at (lambda_A of latent i, lambda_B of
+        latent j): the Di4C loss's L x L pairs from n passes of each path.
 
     Returns:
       `[batch, length, vocab_size]` float32 logits (`[batch, n, length,
-      vocab_size]` with shared_trunk).
+      vocab_size]` with shared_trunk), or the pair (coupled_parts).
     """
     self.validate_config()
     x = jnp.asarray(x)
@@ -651,6 +760,8 @@ class Transformer(nn.Module):
       raise ValueError("lam was given but the Transformer has latent=False")
     if self.num_classes == 0 and labels is not None:
       raise ValueError("labels were given but the Transformer has num_classes=0")
+    if coupled_parts and not self.coupled:
+      raise ValueError("coupled_parts needs a coupled student (latent_coupling='halves')")
     if block_offset is not None:
       if not (self.latent and self.latent_scope == "blocks"):
         raise ValueError(
@@ -722,6 +833,18 @@ class Transformer(nn.Module):
       rep = lambda a: jnp.repeat(a, per, axis=0)
       h, c, x = rep(h), rep(c), rep(x)
       block_offset = None if block_offset is None else rep(block_offset)
+    delta = None
+    if self.coupled:  # from the trunk's output, beside the A-blocks' head
+      delta = CoupledLatentPath(
+        self.width,
+        self.dtype,
+        num_blocks=self.latent_dim,
+        mlp_ratio=self.mlp_ratio,
+        vocab_size=self.vocab_size,
+        slots=self.latent_shift == "random",
+        name=COUPLED_MODULE,
+      )(h, c, lam[:, self.latent_dim :], block_offset)
+      lam = lam[:, : self.latent_dim]
     if self.latent and self.latent_scope == "blocks":
       h, c = BlockLatentPath(
         self.width,
@@ -755,11 +878,16 @@ class Transformer(nn.Module):
       # the KL terms stay finite.
       carried = jnp.where(keep, 0.0, NEG_INF).astype(jnp.float32)
       logits = jnp.where(is_masked, logits, carried)
+      if delta is not None:  # an unmasked position stays carried whatever lambda_B
+        delta = jnp.where(is_masked, delta, 0.0)
 
     chex.assert_shape(logits, (batch * per, self.length, self.vocab_size))
-    if shared_trunk:
-      logits = logits.reshape((batch, per) + logits.shape[1:])
-    return logits.astype(jnp.float32)
+    shape = (batch, per) + logits.shape[1:] if shared_trunk else logits.shape
+    if coupled_parts:
+      return logits.reshape(shape), delta.reshape(shape)
+    if delta is not None:
+      logits = logits + delta
+    return logits.reshape(shape).astype(jnp.float32)
 
 
 def _flatten(params) -> dict[tuple[str, ...], Any]:
