@@ -77,6 +77,11 @@ def fit(config, seed: int, steps: int, batch: int, lr: float, eval_every: int, n
   process = configuration.make_process(config, spec)
   model = configuration.make_model(config, spec, process, latent=True)
   comp = denoisers.from_network(model)
+  if denoisers.latent_coupled(comp):  # its likelihood needs the L x L pairs on one input
+    raise ValueError(
+      "benchmarks.first_step scores L copies of per-latent inputs; a coupled student "
+      "(model.latent_coupling='halves') is not supported: leave latent_coupling 'none'"
+    )
   blocks, k = denoisers.latent_blocks(comp), denoisers.latent_dim(comp)
   num_l = config.distill.num_latents
   stratified = config.distill.get("latent_sampling", "iid") == "stratified"

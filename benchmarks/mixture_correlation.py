@@ -101,6 +101,12 @@ def main(argv):
     raise ValueError(
       f"{fl.student_workdir} is not a Di4C student run (a product has no correlation)"
     )
+  if denoisers.latent_coupled(denoisers.from_network(run.model)):
+    # Its draws need one latent per node of the cycle, not one of the L x L pair rows.
+    raise ValueError(
+      f"{fl.student_workdir} is a coupled student (model.latent_coupling='halves'): its total "
+      "correlation is not measured by this benchmark (it draws whole components)"
+    )
   num_latents = fl.num_latents or run.config.distill.num_latents
   times = [float(t) for t in fl.times]
   rows = measure(run, times, fl.num_examples, num_latents, fl.num_draws, fl.seed)

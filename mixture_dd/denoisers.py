@@ -35,7 +35,10 @@ student's denoiser also has `components(params, x_t, t, key, lams, labels=None,
 block_offset=None) -> logits [batch, n, D, S]` for lams `[batch, n]` (or
 `[batch, n, k]`): n latents on the same inputs, its trunk run once
 (`Transformer(shared_trunk=True)`); `di4c.component_log_probs` uses it for
-the loss's pass at t, whose L latents share x_t.
+the loss's pass at t, whose L latents share x_t. A coupled student (latent_coupling
+"halves", `networks.CoupledLatentPath`: lam `[batch, 2 k]`) also has `coupled_parts(...)`,
+the same call returning the pair (A-blocks' logits, B-blocks' offsets) `[batch, n, D, S]`
+each (`latent_coupled(denoiser)`), from which the loss forms its L x L latent pairs.
 """
 
 from __future__ import annotations
