@@ -13,6 +13,7 @@ import itertools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -186,3 +187,35 @@ def test_configs_name_a_wrong_coupling():
       {"params": train_step.init_params(local, 0)}, x, t, lam=jnp.zeros((B, K)),
       coupled_parts=True,
     )  # fmt: skip
+
+
+def test_config_validates_builds_and_signs_the_coupling():
+  from mixture_dd import runs
+  from mixture_dd.configs import tiny_distill
+  from mixture_dd.data import pipeline
+
+  c = tiny_distill.get_config()
+  c.data.length = 4
+  c = runs.resolve(c)
+  spec = pipeline.data_spec(c.data)
+  with_ = lambda coupling, k=2, scope="blocks": ml_collections.ConfigDict(
+    dict(
+      c.to_dict(),
+      model=dict(c.model.to_dict(), latent_dim=k, latent_scope=scope, latent_coupling=coupling),
+    )
+  )
+  configuration.validate(with_("halves"), spec)  # two blocks of two: halves of one
+  with pytest.raises(ValueError, match="model.latent_coupling.*latent_scope=blocks"):
+    configuration.validate(with_("halves", scope="global"), spec)
+  with pytest.raises(ValueError, match="model.latent_coupling.*even size"):
+    configuration.validate(with_("halves", k=4), spec)  # blocks of one position
+  with pytest.raises(ValueError, match="model.latent_coupling.*choose one of"):
+    configuration.validate(with_("pairs"), spec)
+  model = configuration.make_model(with_("halves"), spec, processes.Masked(3), True)
+  assert model.coupled and model.lam_dim == 4
+  teacher = configuration.make_model(with_("halves"), spec, processes.Masked(3), False)
+  assert not teacher.coupled and teacher.latent_coupling == "none"
+  sig = lambda coupling: configuration.model_signature(with_(coupling), spec)
+  assert sig("none") == sig(None)  # unset: "none", what earlier checkpoints read as
+  assert sig("halves")["model.latent_coupling"] == "halves"
+  assert "model.latent_coupling" not in sig("none")
