@@ -6,6 +6,8 @@ For each distillation config: its student and loss as `launch.distill` builds th
 fresh teacher network of the config's architecture (or the config's exact teacher), the
 jitted, sharded train step (Adam, EMA: the whole step) timed after compilation and warm-up,
 once with each loss. The loss values of the two agree (printed); the ratio is the speed-up.
+A coupled student (model.latent_coupling "halves") has no L-copy path: only its shared step is
+timed, beside the local configs' in the same run (what the coupling costs).
 
   python -m benchmarks.distill_throughput \
       [--configs=markov_exact_local_distill,markov_local_distill:markov,pydoc_text_local_distill:pydoc_text] \
@@ -112,15 +114,17 @@ def main(argv):
     if denoisers.latent_blocks(denoisers.from_network(model)) == 1:
       raise ValueError(f"{spec_name}: not a local-latent student (nothing to share)")
     shared = di4c.student_loss(model, teacher, process, config.distill)
-    copies = di4c.di4c_loss(
-      denoisers.without_components(denoisers.from_network(model, train=True)),
-      teacher,
-      process,
-      config.distill,
-      target=denoisers.from_network(model),
-    )
     args = (config, spec, source, params, teacher, _STEPS.value, _WARMUP.value)
-    r_c = time_step(copies, *args)
+    r_c = None
+    if not model.coupled:
+      copies = di4c.di4c_loss(
+        denoisers.without_components(denoisers.from_network(model, train=True)),
+        teacher,
+        process,
+        config.distill,
+        target=denoisers.from_network(model),
+      )
+      r_c = time_step(copies, *args)
     r_s = time_step(shared, *args)
     r = dict(
       config=spec_name,
@@ -128,11 +132,13 @@ def main(argv):
       num_latents=config.distill.num_latents,
       copies=r_c,
       shared=r_s,
-      speedup=r_c["step_s"] / r_s["step_s"],
+      speedup=None if r_c is None else r_c["step_s"] / r_s["step_s"],
     )
+    fmt = lambda v, f: "-" if v is None else format(v, f)
     print(
-      f"{spec_name}: L copies {r_c['step_s']:.3f} s/step, shared trunk {r_s['step_s']:.3f} "
-      f"s/step ({r['speedup']:.2f}x); first loss {r_c['loss0']:.6f} / {r_s['loss0']:.6f}",
+      f"{spec_name}: L copies {fmt(r_c and r_c['step_s'], '.3f')} s/step, shared trunk "
+      f"{r_s['step_s']:.3f} s/step ({fmt(r['speedup'], '.2f')}x); first loss "
+      f"{fmt(r_c and r_c['loss0'], '.6f')} / {r_s['loss0']:.6f}",
       flush=True,
     )
     payload.append(r)
@@ -141,10 +147,10 @@ def main(argv):
         spec_name,
         str(r["batch"]),
         str(r["num_latents"]),
-        f"{r_c['step_s']:.3f}",
+        fmt(r_c and r_c["step_s"], ".3f"),
         f"{r_s['step_s']:.3f}",
-        f"{r['speedup']:.2f}x",
-        f"{r_c['loss0']:.6f} / {r_s['loss0']:.6f}",
+        fmt(r["speedup"], ".2f") + ("" if r_c is None else "x"),
+        f"{fmt(r_c and r_c['loss0'], '.6f')} / {r_s['loss0']:.6f}",
       ]
     )
   lines = [

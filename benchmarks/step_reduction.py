@@ -40,6 +40,7 @@ from absl import app, flags
 PIPELINES = {
   "markov_exact": (None, "markov_exact_distill", {}),
   "markov_exact_local": (None, "markov_exact_local_distill", {}),
+  "markov_exact_coupled": (None, "markov_exact_coupled_distill", {}),
   "markov": ("markov", "markov_distill", {}),
   "markov_local": ("markov", "markov_local_distill", {}),
   "pydoc": ("pydoc_text", "pydoc_text_distill", {"teacher_temperatures": [0.8, 0.9, 1.0, 1.1]}),
