@@ -43,6 +43,7 @@ PIPELINES = {
   "markov_exact_coupled": (None, "markov_exact_coupled_distill", {}),
   "markov": ("markov", "markov_distill", {}),
   "markov_local": ("markov", "markov_local_distill", {}),
+  "markov_coupled": ("markov", "markov_coupled_distill", {}),
   "pydoc": ("pydoc_text", "pydoc_text_distill", {"teacher_temperatures": [0.8, 0.9, 1.0, 1.1]}),
   "pydoc_local": (
     "pydoc_text",

@@ -158,6 +158,7 @@ TEACHER_OF = {
   "digits_gaussian_distill": "digits_gaussian",
   "markov_distill": "markov",
   "markov_local_distill": "markov",
+  "markov_coupled_distill": "markov",
   "pydoc_text_distill": "pydoc_text",
   "pydoc_text_local_distill": "pydoc_text",
   "cifar10_tauldr_distill": "cifar10_gaussian",
