@@ -88,7 +88,7 @@ def latent_coupled(denoiser) -> bool:
   """Whether a local student's law couples neighbouring blocks (latent_coupling "halves",
   `networks.CoupledLatentPath`): its lam is `[batch, 2 k]`, A-blocks then B-blocks, and
   it has `coupled_parts` for the loss's L x L latent pairs."""
-  return bool(getattr(denoiser, "coupled_parts", None) is not None)
+  return getattr(denoiser, "coupled_parts", None) is not None
 
 
 def draw_block_offsets(key, denoiser, batch: int) -> jax.Array | None:

@@ -300,25 +300,24 @@ def component_log_probs(
   b, num_l = lam.shape[:2]
   per = num_l // chunks
   shared = x.ndim == 2
-  if shared and denoisers.latent_coupled(component):
-    kw = {} if block_offset is None else {"block_offset": block_offset}
-
-    def parts_one(lam_c, key_c):
-      z_a, z_b = component.coupled_parts(params, x, t, key_c, lam_c, labels=labels, **kw)
-      return jnp.stack([z_a, z_b], axis=2)  # [B, per, 2, D, S]
-
-    z = _over_chunks(parts_one, (lam,), key, chunks, remat)
-    pairs = z[:, :, None, 0] + z[:, None, :, 1]  # [B, L_i, L_j, D, S]
-    lp = jax.nn.log_softmax(pairs.astype(jnp.float32), -1)
-    return lp.reshape((b, num_l * num_l) + lp.shape[3:])
   if shared and getattr(component, "components", None) is not None:
     kw = {} if block_offset is None else {"block_offset": block_offset}
+    coupled = denoisers.latent_coupled(component)
 
     def shared_one(lam_c, key_c):
+      if coupled:  # the two paths' terms, [B, per, 2, D, S]: paired after the chunks
+        return jnp.stack(
+          component.coupled_parts(params, x, t, key_c, lam_c, labels=labels, **kw), 2
+        )
       logits = component.components(params, x, t, key_c, lam_c, labels=labels, **kw)
       return jax.nn.log_softmax(logits.astype(jnp.float32), -1)
 
-    return _over_chunks(shared_one, (lam,), key, chunks, remat)
+    out = _over_chunks(shared_one, (lam,), key, chunks, remat)
+    if not coupled:
+      return out
+    pairs = out[:, :, None, 0] + out[:, None, :, 1]  # [B, L_i, L_j, D, S]
+    lp = jax.nn.log_softmax(pairs.astype(jnp.float32), -1)
+    return lp.reshape((b, num_l * num_l) + lp.shape[3:])
   if shared:  # any other component: the L copies of the input, run as a batch
     x = jnp.broadcast_to(x[:, None], (b, num_l) + x.shape[1:])
     t = jnp.broadcast_to(t[:, None], (b, num_l))
@@ -436,9 +435,10 @@ def di4c_loss(
     if shifting:  # folded keys: the 15 split keys above stay those of a fixed partition
       off_t = denoisers.draw_block_offsets(jax.random.fold_in(key, 15), student, b)
       off_u = denoisers.draw_block_offsets(jax.random.fold_in(key, 16), student, b)
-      groups = networks.block_groups(length, blocks, off_t)
     if coupled:  # the likelihood is scored on the segments (the cycle of A and B latents)
       groups = jnp.broadcast_to(networks.coupled_groups(length, blocks, off_t)[1], (b, length))
+    elif shifting:
+      groups = networks.block_groups(length, blocks, off_t)
     # One x_t for the L latents: a local student runs its trunk once (component_log_probs).
     lp = student_lp(params, x_t, t, lam, labels, keys["drop_t"], True, offset=off_t)
 
