@@ -248,9 +248,18 @@ def mixture_marginals(component: Denoiser, latent_nodes: int) -> Denoiser:
   [0, 1)^k per example, so each latent is still uniform on the cube. A
   component with rotating blocks (latent_shifts s > 1) gives node j the
   offset j mod s, so the marginals average over partitions as its samples do.
+
+  A coupled student (`latent_coupled`) sees a pair of coordinates at each position, its
+  A-block's and its B-block's; on the lattice those two are a constant apart (mod 1) for
+  some block pairs (n = 16 nodes, 2 k = 16 coordinates: every (A_g, B_g)), so the average
+  would cover one line of the pair square. Its marginals instead average every pair
+  (A of node i, B of node j) of the nodes that share a partition (`_coupled_marginals`):
+  a grid of the square from s trunk passes and L passes of each path.
   """
   k = latent_dim(component)
   shifts = latent_shifts(component)
+  if latent_coupled(component):
+    return _coupled_marginals(component, latent_nodes, k, shifts)
 
   def denoise(params, x_t, t, key, lam=None, labels=None):
     b = x_t.shape[0]
@@ -273,6 +282,29 @@ def mixture_marginals(component: Denoiser, latent_nodes: int) -> Denoiser:
       -1,
     )
     return losses.mixture_log_marginals(lp.reshape((b, latent_nodes) + lp.shape[1:]))
+
+  return denoise
+
+
+def _coupled_marginals(component: Denoiser, latent_nodes: int, k: int, shifts: int) -> Denoiser:
+  """`mixture_marginals` of a coupled student: node j's partition is j mod shifts, as for a
+  local student; within a partition the n nodes give n x n (A, B) pairs from one shared-trunk
+  call (`coupled_parts`), each partition weighted by its share of the nodes."""
+
+  def denoise(params, x_t, t, key, lam=None, labels=None):
+    b = x_t.shape[0]
+    offs = jax.random.uniform(key, (b, 1, k))
+    grid = jnp.asarray(networks.latent_lattice(latent_nodes, k), jnp.float32)
+    lams = jnp.mod(offs + grid[None], 1.0)  # [B, L, 2 k]
+    parts = []
+    for o in range(min(shifts, latent_nodes)):
+      nodes = np.arange(o, latent_nodes, shifts)
+      kw = {"block_offset": jnp.full((b,), o, jnp.int32)} if shifts > 1 else {}
+      a, d = component.coupled_parts(params, x_t, t, key, lams[:, nodes], labels=labels, **kw)
+      pairs = jax.nn.log_softmax((a[:, :, None] + d[:, None]).astype(jnp.float32), -1)
+      lp = losses.mixture_log_marginals(pairs.reshape((b, -1) + pairs.shape[3:]))  # [B, D, S]
+      parts.append(lp + np.log(len(nodes) / latent_nodes))
+    return jax.nn.logsumexp(jnp.stack(parts), axis=0)
 
   return denoise
 

@@ -5,8 +5,8 @@ and on no other (`networks.coupled_groups` names both, for every offset); at ini
 student is the local student it extends; the loss's L x L latent pairs from the shared trunk
 are the components of single calls at (lambda_A of i, lambda_B of j); the cycle likelihood
 equals the brute-force average over every assignment of the 2 k latents to their L draws
-(and reduces to the block estimator when the B path is constant); the Di4C loss trains the
-B path; configs name a wrong coupling.
+(and reduces to the block estimator when the B path is constant); the marginals average
+every (A, B) pair of a partition's nodes; the Di4C loss trains the B path; configs name a wrong coupling.
 """
 
 import itertools
@@ -166,6 +166,31 @@ def test_the_di4c_loss_trains_the_b_path():
   for fn in (denoisers.mixture(ev), denoisers.mixture_marginals(ev, 4)):
     out = fn(params, x, t, jax.random.key(3))
     assert out.shape == (B, D, S) and np.isfinite(np.asarray(out)).all()
+
+
+def test_the_marginals_average_every_pair_of_a_partitions_nodes():
+  """Node j's partition is j mod s; within a partition every (A of node i, B of node j)
+  pair is a component, each partition weighted by its share of the nodes: single calls."""
+  model = _model()
+  params = perturbed_params(train_step.init_params(model, 0), 3)
+  ev = denoisers.from_network(model)
+  x, t = _inputs()
+  num_l, key = 6, jax.random.key(3)
+  got = np.exp(np.asarray(denoisers.mixture_marginals(ev, num_l)(params, x, t, key)))
+  shifts = denoisers.latent_shifts(ev)
+  assert shifts == D // K and num_l % shifts  # unequal partitions: 2, 2, 1, 1 nodes
+  offs = jax.random.uniform(key, (B, 1, 2 * K))
+  lams = jnp.mod(offs + jnp.asarray(networks.latent_lattice(num_l, 2 * K))[None], 1.0)
+  want = np.zeros((B, D, S))
+  for o in range(shifts):
+    nodes = range(o, num_l, shifts)
+    for i, j in itertools.product(nodes, nodes):
+      lam = jnp.concatenate([lams[:, i, :K], lams[:, j, K:]], -1)
+      off = jnp.full((B,), o, jnp.int32)
+      p = jax.nn.softmax(model.apply({"params": params}, x, t, lam=lam, block_offset=off), -1)
+      want += np.asarray(p) / (len(nodes) * num_l)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+  np.testing.assert_allclose(got.sum(-1), 1.0, atol=1e-5)
 
 
 def test_configs_name_a_wrong_coupling():
