@@ -3,7 +3,8 @@ r"""How much correlation a Di4C student's mixture expresses, against what the da
 At each time t, x_t ~ q_t(. | x0) over test rows x0; the student's L components at x_t give a
 mixture of products, whose total correlation TC = sum_d H(marginal_d) - H(joint) (nats per
 sequence; 0 for a product, so for every product teacher) is estimated by sampling it
-(`di4c.mixture_total_correlation`). Beside it: C(x0) of the data row (the correlation the
+(`di4c.mixture_total_correlation`; a coupled student's L x L latent pairs on the cycle of its
+A and B latents). Beside it: C(x0) of the data row (the correlation the
 mixture credits the real x0 with; the di4c-d data term raises it) and, on the Markov data set,
 the exact posterior p(x0 | x_t)'s TC by forward-backward
 (`markov_exact.posterior_total_correlation`): the correlation an ideal joint denoiser would
@@ -20,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
 
-from mixture_dd import categorical, denoisers, di4c, losses, markov_exact, reports, runs
+from mixture_dd import categorical, denoisers, di4c, losses, markov_exact, networks, reports, runs
 from mixture_dd.data import markov, pipeline
 
 
@@ -50,6 +51,10 @@ def measure(run: runs.Run, times, num: int, num_latents: int, draws: int, seed: 
   b = x0.shape[0]
   component = denoisers.from_network(run.model)
   blocks = denoisers.latent_blocks(component)  # local latents: a product of block mixtures
+  coupled = denoisers.latent_coupled(component)  # lp: its L x L latent pairs, on the cycle
+  segments = None
+  if coupled:
+    segments = jnp.broadcast_to(networks.coupled_groups(x0.shape[1], blocks)[1], x0.shape)
   mask_id = run.process.mask_id
   chain = None
   if run.config.data.name == "markov":  # the chain the data set samples from
@@ -74,8 +79,8 @@ def measure(run: runs.Run, times, num: int, num_latents: int, draws: int, seed: 
       own = jnp.arange(lp.shape[-1]) == x_t[:, None, :, None]
       lp = jnp.where(kept, jnp.where(own, 0.0, categorical.NEG_INF), lp)
     out = {
-      "student_tc": di4c.mixture_total_correlation(k_tc, lp, draws, blocks),
-      "data_c": losses.correlation(lp, x0[:, None], blocks=blocks)[:, 0],
+      "student_tc": di4c.mixture_total_correlation(k_tc, lp, draws, blocks, coupled),
+      "data_c": losses.correlation(lp, x0[:, None], None, blocks, segments, coupled)[:, 0],
     }
     if chain is not None:
       out["posterior_tc"] = markov_exact.posterior_total_correlation(run.process, chain, x_t, t, x0)
@@ -100,12 +105,6 @@ def main(argv):
   if not run.is_student:
     raise ValueError(
       f"{fl.student_workdir} is not a Di4C student run (a product has no correlation)"
-    )
-  if denoisers.latent_coupled(denoisers.from_network(run.model)):
-    # Its draws need one latent per node of the cycle, not one of the L x L pair rows.
-    raise ValueError(
-      f"{fl.student_workdir} is a coupled student (model.latent_coupling='halves'): its total "
-      "correlation is not measured by this benchmark (it draws whole components)"
     )
   num_latents = fl.num_latents or run.config.distill.num_latents
   times = [float(t) for t in fl.times]

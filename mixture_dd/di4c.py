@@ -18,6 +18,7 @@ A run from a config (data, checkpoints, the trainer) is `distill.py`'s.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import chex
@@ -579,7 +580,7 @@ def start_student(params, key, start: str, scale: float = 0.0):
   return params
 
 
-def mixture_total_correlation(key, lp, num_draws: int = 64, blocks: int = 1):
+def mixture_total_correlation(key, lp, num_draws: int = 64, blocks: int = 1, coupled=False):
   """Total correlation of the uniform mixture of L products lp `[B, L, D, S]`, nats `[B]`.
 
   TC = E_{x ~ mixture} [log mixture(x) - sum_d log pbar_d(x^d)], the mean of
@@ -590,15 +591,30 @@ def mixture_total_correlation(key, lp, num_draws: int = 64, blocks: int = 1):
   against the exact posterior's (`markov_exact.posterior_total_correlation`).
   blocks = k > 1 (local latents): the law is a product of k block mixtures,
   so each block draws its own component and C is scored block by block.
+  coupled=True (a coupled student's L x L pairs, lp `[B, L L, D, S]`, row i L + j: A-latent
+  i, B-latent j; blocks = k, the partitions at offset 0): each of the 2 k latents draws its
+  own index, position d takes the row of its A- and B-blocks' indices, and C is the cycle
+  likelihood's (`losses.mixture_log_likelihood(..., coupled=True)`).
   """
   chex.assert_rank(lp, 4)
   b, num_l, length, _ = lp.shape
   k_j, k_x = jax.random.split(key)
-  j = jax.random.randint(k_j, (b, num_draws, blocks), 0, num_l)
-  j = jnp.repeat(j, length // blocks, axis=-1)  # [B, M, D]: each position's component
+  groups = None
+  if coupled:
+    num_l = math.isqrt(num_l)
+    if num_l * num_l != lp.shape[1]:
+      raise ValueError(f"a coupled student's lp has L x L rows, got {lp.shape[1]}")
+    ij = jax.random.randint(k_j, (b, num_draws, 2 * blocks), 0, num_l)
+    b_groups, segments = networks.coupled_groups(length, blocks)
+    a_idx = jnp.take(ij, networks.block_groups(length, blocks)[0], axis=-1)
+    j = a_idx * num_l + jnp.take(ij, blocks + b_groups[0], axis=-1)  # [B, M, D]
+    groups = jnp.broadcast_to(segments, (b, length))
+  else:
+    j = jax.random.randint(k_j, (b, num_draws, blocks), 0, num_l)
+    j = jnp.repeat(j, length // blocks, axis=-1)  # [B, M, D]: each position's component
   picked = jnp.take_along_axis(lp, j[..., None], axis=1)  # [B, M, D, S]
   x = jax.random.categorical(k_x, picked)
-  return jnp.mean(losses.correlation(lp, x, blocks=blocks), axis=-1)
+  return jnp.mean(losses.correlation(lp, x, None, blocks, groups, coupled), axis=-1)
 
 
 def marginal_kl(
