@@ -286,6 +286,15 @@ def mixture_marginals(component: Denoiser, latent_nodes: int) -> Denoiser:
   return denoise
 
 
+def coupled_pair_log_probs(a, d) -> jax.Array:
+  """A coupled student's components from its two paths' terms (`coupled_parts`): a, d
+  `[B, n, D, S]` (A logits of latent i, B offsets of latent j) -> log-probs `[B, n n, D, S]`,
+  row i n + j the pair (lambda_A of i, lambda_B of j), as `losses.mixture_log_likelihood(...,
+  coupled=True)` reads them."""
+  pairs = jax.nn.log_softmax((a[:, :, None] + d[:, None]).astype(jnp.float32), -1)
+  return pairs.reshape((a.shape[0], -1) + pairs.shape[3:])
+
+
 def _coupled_marginals(component: Denoiser, latent_nodes: int, k: int, shifts: int) -> Denoiser:
   """`mixture_marginals` of a coupled student: node j's partition is j mod shifts, as for a
   local student; within a partition the n nodes give n x n (A, B) pairs from one shared-trunk
@@ -301,8 +310,7 @@ def _coupled_marginals(component: Denoiser, latent_nodes: int, k: int, shifts: i
       nodes = np.arange(o, latent_nodes, shifts)
       kw = {"block_offset": jnp.full((b,), o, jnp.int32)} if shifts > 1 else {}
       a, d = component.coupled_parts(params, x_t, t, key, lams[:, nodes], labels=labels, **kw)
-      pairs = jax.nn.log_softmax((a[:, :, None] + d[:, None]).astype(jnp.float32), -1)
-      lp = losses.mixture_log_marginals(pairs.reshape((b, -1) + pairs.shape[3:]))  # [B, D, S]
+      lp = losses.mixture_log_marginals(coupled_pair_log_probs(a, d))  # [B, D, S]
       parts.append(lp + np.log(len(nodes) / latent_nodes))
     return jax.nn.logsumexp(jnp.stack(parts), axis=0)
 

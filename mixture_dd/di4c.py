@@ -316,9 +316,7 @@ def component_log_probs(
     out = _over_chunks(shared_one, (lam,), key, chunks, remat)
     if not coupled:
       return out
-    pairs = out[:, :, None, 0] + out[:, None, :, 1]  # [B, L_i, L_j, D, S]
-    lp = jax.nn.log_softmax(pairs.astype(jnp.float32), -1)
-    return lp.reshape((b, num_l * num_l) + lp.shape[3:])
+    return denoisers.coupled_pair_log_probs(out[:, :, 0], out[:, :, 1])
   if shared:  # any other component: the L copies of the input, run as a batch
     x = jnp.broadcast_to(x[:, None], (b, num_l) + x.shape[1:])
     t = jnp.broadcast_to(t[:, None], (b, num_l))
