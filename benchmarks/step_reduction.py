@@ -21,7 +21,8 @@ a pipeline of a config whose teacher is exact (markov_exact) trains no teacher.
 A lever is a variant NAME+TAG of a pipeline with its own --override fields, e.g.
   --pipelines=markov_exact,markov_exact+L32 \
   --override=markov_exact+L32:student:distill.num_latents=32
-(a variant with only student overrides reuses the base pipeline's teacher). A di4c^2 round
+(a variant with only student overrides reuses the base pipeline's teacher, trained by the
+base if it is listed, else by the first such variant: `schedule`). A di4c^2 round
 distils a finished student run instead, and is evaluated against it:
   --pipelines=markov_exact_local+r2 \
   --override=markov_exact_local+r2:student:teacher.kind=network \
@@ -69,6 +70,9 @@ _OVERRIDES = flags.DEFINE_multi_string(
   "NAME:teacher|student:field=value, e.g. markov:student:distill.num_latents=32 (repeatable).",
 )
 _ONE = flags.DEFINE_string("run_one", None, "Internal: run this pipeline in this process.")
+_TRAINS = flags.DEFINE_bool(
+  "trains_teacher", False, "Internal: --run_one trains the shared teacher."
+)
 _ONE_PREPARE = flags.DEFINE_bool("prepare_data", False, "Internal: build the data sets, then exit.")
 
 
@@ -93,6 +97,34 @@ def _finished(workdir: str, num_steps: int) -> bool:
   return os.path.isdir(ckpts) and str(num_steps) in os.listdir(ckpts)
 
 
+def _shares_teacher(name: str, overrides) -> bool:
+  """Whether pipeline `name` samples its base pipeline's trained teacher: not a variant with
+  its own teacher overrides, nor a di4c^2 round whose student override of teacher.workdir
+  names the teacher itself (a student run, with student:teacher.kind=network)."""
+  base = name.split("+")[0]
+  return (
+    PIPELINES[base][0] is not None
+    and not any(o.startswith(f"{name}:teacher:") for o in overrides)
+    and not any(o.startswith(f"{name}:student:teacher.workdir=") for o in overrides)
+  )
+
+
+def schedule(names, overrides) -> tuple[list[str], set[str]]:
+  """(the order to start the pipelines in, the ones that train a shared teacher).
+
+  Each base's shared teacher is trained by the base pipeline if it is listed, else by its
+  first listed variant (`--pipelines=pydoc+s1,pydoc+s2` alone trains pydoc's teacher once);
+  those trainers start first, so the variants waiting on them never wait on a pipeline that
+  `--jobs` has not started yet."""
+  trainers = {}
+  for name in names:
+    base = name.split("+")[0]
+    if _shares_teacher(name, overrides) and (base not in trainers or name == base):
+      trainers[base] = name
+  first = [n for n in names if n in trainers.values()]
+  return first + [n for n in names if n not in first], set(trainers.values())
+
+
 def run_pipeline(name: str) -> None:
   import importlib  # pylint: disable=g-import-not-at-top
 
@@ -106,15 +138,13 @@ def run_pipeline(name: str) -> None:
   dconf = importlib.import_module(f"mixture_dd.configs.{distill_cfg}").get_config()
   dconf = _scaled(dconf, _SMULT.value, name, "student")
   t0 = time.time()
-  # A student override of teacher.workdir names the teacher itself (a di4c^2 round from a
-  # student run, with student:teacher.kind=network): the pipeline's own teacher is not used.
   named = any(o.startswith(f"{name}:student:teacher.workdir=") for o in _OVERRIDES.value)
   if teacher_cfg is not None and not named:
     tconf = importlib.import_module(f"mixture_dd.configs.{teacher_cfg}").get_config()
     tconf = _scaled(tconf, _TMULT.value, name, "teacher")
-    if own_teacher or name == base:
+    if own_teacher or name == base or _TRAINS.value:
       teacher_training.train_teacher(tconf, teacher_dir)
-    else:  # the base pipeline (running beside this one) trains it
+    else:  # the pipeline that trains it (`schedule`) runs beside this one
       while not _finished(teacher_dir, tconf.train.num_steps):
         time.sleep(5.0)
     dconf.teacher.workdir = teacher_dir
@@ -176,14 +206,15 @@ def main(argv):
     check=True,
     env=dict(os.environ, JAX_PLATFORMS="cpu"),
   )
-  pending, running, status = list(_WHICH.value), {}, {}
+  order, trainers = schedule(_WHICH.value, _OVERRIDES.value)
+  pending, running, status = order, {}, {}
   t0 = time.time()
   while pending or running:
     while pending and len(running) < _JOBS.value:
       name = pending.pop(0)
       log = open(os.path.join(_OUT.value, f"{name}.log"), "w")
       running[name] = subprocess.Popen(
-        [*me, f"--run_one={name}", *argv],
+        [*me, f"--run_one={name}", f"--trains_teacher={name in trainers}", *argv],
         # Pipelines share one accelerator: each takes memory as it needs it.
         env=dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false"),
         stdout=log,
