@@ -4,7 +4,8 @@ At t = 1 the posterior p(x0 | x_1) is the data's law itself (every token masked)
 product sampler's one step cannot reach and a mixture student's can. This fits the network of
 a distillation config to exactly that, with no teacher: a fresh network (random weights, the
 config's latent start), every parameter trained by Adam on the L-sample mixture likelihood of
-training rows x0 given x_1 (block by block for local latents; the config's latent sampling),
+training rows x0 given x_1 (block by block for local latents, on the latent pairs' cycle for
+coupled ones; the config's latent sampling),
 and every `--eval_every` steps scores its one-step samples (one fresh latent per sequence)
 with the chain's two-sided `pair_tv` (± bootstrap SE) beside the mixture's total correlation at
 t = 1. A variant is the config with some fields changed, so an architecture lever is measured
@@ -23,7 +24,7 @@ import numpy as np
 import optax
 from absl import app, flags
 
-from mixture_dd import configuration, denoisers, di4c, losses, reports, runs, scorers
+from mixture_dd import configuration, denoisers, di4c, losses, networks, reports, runs, scorers
 from mixture_dd.data import markov, pipeline
 
 
@@ -77,12 +78,11 @@ def fit(config, seed: int, steps: int, batch: int, lr: float, eval_every: int, n
   process = configuration.make_process(config, spec)
   model = configuration.make_model(config, spec, process, latent=True)
   comp = denoisers.from_network(model)
-  if denoisers.latent_coupled(comp):  # its likelihood needs the L x L pairs on one input
-    raise ValueError(
-      "benchmarks.first_step scores L copies of per-latent inputs; a coupled student "
-      "(model.latent_coupling='halves') is not supported: leave latent_coupling 'none'"
-    )
   blocks, k = denoisers.latent_blocks(comp), denoisers.latent_dim(comp)
+  coupled = denoisers.latent_coupled(comp)
+  # A coupled student's likelihood is scored on the cycle's segments (the fixed partition:
+  # this benchmark draws no block offsets), as the loss does.
+  segments = networks.coupled_groups(spec.length, blocks)[1] if coupled else None
   num_l = config.distill.num_latents
   stratified = config.distill.get("latent_sampling", "iid") == "stratified"
   init, trans = markov.make_chain(spec.vocab_size, config.data.seed)
@@ -91,17 +91,23 @@ def fit(config, seed: int, steps: int, batch: int, lr: float, eval_every: int, n
   ones = lambda *shape: jnp.ones(shape, jnp.float32)
 
   def log_probs(params, key, x0):
-    """[B, L, D, S] components at x_1 ~ q_1(. | x0) (all masked for the masked process)."""
+    """[B, L, D, S] components at x_1 ~ q_1(. | x0) (all masked for the masked process); a
+    coupled student's [B, L L, D, S] latent pairs, from one x_1 per row shared by its L
+    latents (as in the loss: the pairs need one input)."""
     k_x, k_lam, k_c = jax.random.split(key, 3)
     b = x0.shape[0]
-    x1 = process.sample_xt(k_x, jnp.repeat(x0, num_l, 0), ones(b * num_l))
     lam = denoisers.draw_latents(k_lam, (b, num_l), k, stratified)
+    if coupled:
+      x1 = process.sample_xt(k_x, x0, ones(b))
+      return di4c.component_log_probs(comp, params, x1, ones(b), lam, None, k_c)
+    x1 = process.sample_xt(k_x, jnp.repeat(x0, num_l, 0), ones(b * num_l))
     x1 = x1.reshape(b, num_l, -1)
     return di4c.component_log_probs(comp, params, x1, ones(b, num_l), lam, None, k_c)
 
   def loss(params, key, x0):
     lp = log_probs(params, key, x0)
-    return -jnp.mean(losses.mixture_log_likelihood(lp, x0[:, None], blocks))
+    groups = None if segments is None else jnp.broadcast_to(segments, x0.shape)
+    return -jnp.mean(losses.mixture_log_likelihood(lp, x0[:, None], blocks, groups, coupled))
 
   opt = optax.adam(lr)
 
@@ -122,7 +128,8 @@ def fit(config, seed: int, steps: int, batch: int, lr: float, eval_every: int, n
   @jax.jit
   def total_correlation(params, key, x0):
     k_lp, k_tc = jax.random.split(key)
-    tc = di4c.mixture_total_correlation(k_tc, log_probs(params, k_lp, x0), 64, blocks)
+    lp = log_probs(params, k_lp, x0)
+    tc = di4c.mixture_total_correlation(k_tc, lp, 64, blocks, coupled)
     return jnp.mean(tc), jnp.std(tc) / jnp.sqrt(tc.shape[0])
 
   params = di4c.initial_student(model, config.distill, seed)
