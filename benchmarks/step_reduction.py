@@ -12,7 +12,7 @@ report to OUT_DIR/NAME/ and the tables are gathered in OUT_DIR/summary.md.
       [--pipelines=markov_exact,markov,pydoc,digits_gaussian] [--jobs=4] \
       [--teacher_steps_mult=1] [--student_steps_mult=1] [--num_samples=2048]
 
-The run on the lent accelerator (one H200, 9 pipelines at once) that the README's
+The run on the lent accelerator (one H200, 9 pipelines at once) that docs/results/markov.md's
 sequence tables come from:
   python -m benchmarks.step_reduction --flagfile=benchmarks/step_reduction_accelerator.flags
 

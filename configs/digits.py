@@ -4,7 +4,7 @@ About 6.5 minutes on 2 idle CPU cores (the demo's first stage, 2026-11-30): 2400
 steps reach FD 7.5 ± 0.6 at 16 steps on the reference classifier's features,
 half of the samples recognised as a digit with p > 0.9 (the test digits' own
 FD 5.1, recognised 93 %). A 1600-step teacher scores 10.3 at 16 steps, and the
-demo's student loses its claim on it (README, Digits).
+demo's student loses its claim on it (docs/results/digits.md).
   python -m launch.train --config=configs/digits.py --workdir=workdirs/demo/teacher
 `configs/digits.py:ci` is the seconds-long variant the tests run.
 """

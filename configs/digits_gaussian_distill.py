@@ -4,7 +4,7 @@ The tauLDR recipe on digits: t ~ U[0.01 + Delta, 1], the distillation term on ev
 at its own delta (0.01 w.p. 1/2, else U[0.01, 0.02]) with a fresh x_delta per (example,
 latent), di4c-d with alpha_t = alpha_scale sigmoid(20 (t - 0.5)), L = 16; but Delta = 0.05
 (tauLDR: log-uniform in [1e-3, 1e-2]) and alpha_scale 0.3 (tauLDR: 1), measured at this budget
-(README, "Digits under the Gaussian-rate CTMC"): tauLDR's values made the student worse than
+(docs/results/digits_gaussian.md): tauLDR's values made the student worse than
 its teacher at N = 8 (FD 14.4 against 9.6), alpha 0.1 removed the few-step gain, and these
 beat the teacher at every N on two training seeds. Stratified latents (distill.latent_sampling,
 not in the paper) then cut the student's FD at N = 1 / 2 / 4 by 12-21 / 12 / 2.1-2.2 on both

@@ -11,7 +11,7 @@ at 3e-4) with three changes:
     samples hit (pair_tv 0.0697 at N = 32 against this teacher's 0.0615);
   * 1500 steps (the exact-teacher configs' budget): at 600 steps the 4x anchor cost N = 1, 2
     (112 % / 89 % of the way, one seed) what it bought at N = 4, 8.
-Measured (README "Markov chain", learned teacher;
+Measured (docs/results/markov.md, learned teacher;
 docs/results/markov_learned/local_lp_lr10_shift_coupled_m4_1500steps{,_seed1}/): pair_tv at
 N = 1 / 2 / 4 / 8 0.1280 / 0.0994 / 0.0799 / 0.0682 (training seed 0) and 0.1317 / 0.0967 /
 0.0797 / 0.0708 (seed 1) against this teacher's 0.2678 / 0.1627 / 0.1042 / 0.0802 at N and

@@ -11,7 +11,7 @@ latents, the student position embedding; 1500 steps) with two changes:
   * the teacher-marginal term at 4 times the official weight (distill.marginal_weight 4):
     at weight 1 the student's own marginals drifted, a floor its many-step samples hit (pair_tv
     0.0623 at N = 32 against the teacher's 0.0562; 39-75 % of the way at N = 8).
-Measured (1500 steps, 2 CPU cores, training seeds 0 and 1; README "Coupled blocks",
+Measured (1500 steps, 2 CPU cores, training seeds 0 and 1; docs/results/markov.md "Coupled blocks",
 docs/results/markov_exact/cpu1500_blocks8_half_strat_lp_shift_coupled_m4{,_seed1}.md): pair_tv
 at N = 1 / 2 / 4 / 8 0.1271 / 0.0911 / 0.0719 / 0.0634 (seed 0) and 0.1287 / 0.0939 / 0.0719 /
 0.0625 (seed 1), against the exact teacher's 0.2556 / 0.1547 / 0.0972 / 0.0725 at N and

@@ -1,7 +1,7 @@
 """Di4C student of the Markov chain's exact teacher with local latents (not in the paper).
 
 configs/markov_exact_distill.py with five changes, each measured on this chain (1500 steps, 2
-CPU cores, training seeds 0 and 1; README "Markov chain", docs/results/markov_exact/cpu1500_*.md):
+CPU cores, training seeds 0 and 1; docs/results/markov.md, docs/results/markov_exact/cpu1500_*.md):
   * local latents (model.latent_scope "blocks", latent_dim 8: eight blocks of four positions,
     each with its own lambda coordinate, so the student is a product of eight block mixtures;
     networks.BlockLatentPath): the chain's correlation is local, and one lambda shared by 32

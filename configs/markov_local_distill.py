@@ -7,7 +7,7 @@ and the student-only position embedding; and the latent path (block head, latent
 10x the learning rate (optim.latent_lr_mult): at this recipe's 3e-4 for 600 steps the
 zero-initialised position embedding moved a fifth as far as at the exact-teacher config's 1e-3
 for 1500 steps (rms 0.006 against 0.031) and bought little; at 10x it moves as far (0.040).
-Measured (README "Markov chain", docs/results/markov_learned/local_lp_lr10*/): pair_tv at N =
+Measured (docs/results/markov.md, docs/results/markov_learned/local_lp_lr10*/): pair_tv at N =
 1 / 2 / 4 / 8 0.1669 / 0.1172 / 0.0852 / 0.0750 (training seed 0) and 0.1697 / 0.1204 / 0.0883 /
 0.0742 (seed 1) against this teacher's 0.2678 / 0.1627 / 0.1042 / 0.0802 at N and 0.1627 /
 0.1042 / 0.0802 / 0.0661 at 2N: better than the teacher at N everywhere, 93-96 % of the way to

@@ -4,7 +4,7 @@ configs/pydoc_text_distill.py (the configs/pydoc_text.py teacher, di4c at 3e-4) 
 measured on the chain (configs/markov_local_distill.py): local latents (16 blocks of 4
 characters, rotated at every step, with the slot embedding), the student-only position
 embedding, stratified latents, Delta = t / 2, the latent path at 10x the learning rate, and five
-times the budget (3000 steps). Measured (README "Text"; docs/results/pydoc/local_shift_3000steps/,
+times the budget (3000 steps). Measured (docs/results/text.md; docs/results/pydoc/local_shift_3000steps/,
 training seed 0): ngram_js at N = 1 / 2 / 4 / 8 0.3224 / 0.2500 / 0.2115 / 0.1924 against the
 teacher's 0.3400 / 0.2590 / 0.2139 / 0.1938 at N and 0.2590 / 0.2139 / 0.1938 / 0.1870 at 2N:
 22 % / 20 % / 12 % / 19 % of the way to 2N, better than the teacher by 23 / 9.6 / 2.6 / 1.2

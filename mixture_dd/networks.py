@@ -545,7 +545,7 @@ class Transformer(nn.Module):
       patterns to lay out jointly; m > 1 is to a block what the global
       vector latent (latent_dim k) is to the whole sequence. Measured on
       the Markov chain at m = 4: worse than m = 1 at N = 1 on two seeds
-      (README, Results). Needs latent_scope "blocks".
+      (docs/results/markov.md). Needs latent_scope "blocks".
     mask_id: if set, masked-diffusion carry-over: unmasked inputs are copied
       to the output. Must be a non-data id, vocab_size <= mask_id < num_states.
     dtype: activation dtype (float32 or bfloat16). Parameters are always
