@@ -111,12 +111,32 @@ def _with_se(row: dict | None, metric: str) -> str:
   return _fmt(row[metric]) + (f" ± {_fmt(se)}" if isinstance(se, float) else "")
 
 
+def way_to_2n(student: dict | None, at_n: dict | None, at_2n: dict | None, metric: str):
+  """(share, standard error) in %: how far the student at N has gone from the teacher at N
+  to the teacher at 2N in `metric`, (a - s) / (a - b) with s, a, b the student's, the
+  teacher's at N and at 2N (0: the teacher at N; 100: the teacher at 2N; > 100: past it),
+  whichever way the metric points. The error is the delta method's over the three rows'
+  standard errors (independent samples); None where a row, a value or a gap is missing."""
+  rows = (student, at_n, at_2n)
+  if any(r is None or metric not in r for r in rows):
+    return None
+  s, a, b = (float(r[metric]) for r in rows)
+  if not np.isfinite([s, a, b]).all() or a == b:
+    return None
+  share = (a - s) / (a - b)
+  ses = [float(r.get(f"{metric}_se") or 0.0) for r in rows]
+  grads = [-1.0 / (a - b), (s - b) / (a - b) ** 2, (a - s) / (a - b) ** 2]
+  se = float(np.sqrt(sum((g * e) ** 2 for g, e in zip(grads, ses, strict=True))))
+  return 100.0 * share, 100.0 * se
+
+
 def step_reduction_table(results: dict) -> list[str]:
   """Markdown lines: the student at N against the teacher at N, 2N and 4N.
 
   In the primary metric with its standard error, the first check (the
-  diversity column) in brackets; only for the N at which the student was
-  evaluated. Empty without a student.
+  diversity column) in brackets, and the student's share of the way from the
+  teacher at N to the teacher at 2N (`way_to_2n`; the goal is 100 %); only for
+  the N at which the student was evaluated. Empty without a student.
   """
   metric = results["primary_metric"]
   check = (results.get("checks") or [None])[0]
@@ -125,7 +145,7 @@ def step_reduction_table(results: dict) -> list[str]:
   if not ns:
     return []
   has_hybrid = any(("hybrid", n) in by for n in ns)
-  head = ["N", "student N", "teacher N", "teacher 2N", "teacher 4N"] + (
+  head = ["N", "student N", "teacher N", "teacher 2N", "teacher 4N", "way to 2N (%)"] + (
     ["hybrid N"] if has_hybrid else []
   )
   ref = results.get("data_reference", {})
@@ -142,6 +162,10 @@ def step_reduction_table(results: dict) -> list[str]:
   for n in ns:
     cells = [str(n), cell(by.get(("student", n)))]
     cells += [cell(by.get(("teacher", k * n))) for k in (1, 2, 4)]
+    way = way_to_2n(
+      by.get(("student", n)), by.get(("teacher", n)), by.get(("teacher", 2 * n)), metric
+    )
+    cells.append("" if way is None else f"{way[0]:.0f} ± {way[1]:.0f}")
     if has_hybrid:
       cells.append(cell(by.get(("hybrid", n))))
     table.append(cells)

@@ -196,6 +196,36 @@ def test_write_report_table_and_plot(tmp_path):
   assert md[2].startswith("| sampler | N | nll_per_token | entropy_per_token | sample_time_s")
   assert sum(line.startswith("| teacher |") for line in md) == 3
   assert (tmp_path / "quality_vs_steps.png").stat().st_size > 0
+  # With a student: its share of the way to the teacher at 2N beside the teacher rows.
+  res["rows"] += [{"sampler": "student", "steps": 1, "nll_per_token": 1.5, "nll_per_token_se": 0.1}]
+  reports.write_report(res, str(tmp_path))
+  md = (tmp_path / "results.md").read_text()
+  assert "| N | student N | teacher N | teacher 2N | teacher 4N | way to 2N (%) |" in md
+  assert "| 1 | 1.5 ± 0.1 | 2 | 1.5 | 1.25 | 100 ± 20 |" in md, md
+
+
+def test_way_to_2n_is_the_share_of_the_gap_with_its_delta_method_error():
+  row = lambda v, se=0.0: {"pair_tv": v, "pair_tv_se": se}
+  share, se = reports.way_to_2n(row(0.2), row(0.3), row(0.1), "pair_tv")
+  np.testing.assert_allclose([share, se], [50.0, 0.0], atol=1e-9)
+  # 0 at the teacher at N, 100 at 2N; a metric that rises with quality gives the same share.
+  assert reports.way_to_2n(row(0.3), row(0.3), row(0.1), "pair_tv")[0] == 0.0
+  np.testing.assert_allclose(reports.way_to_2n(row(0.1), row(0.3), row(0.1), "pair_tv")[0], 100)
+  np.testing.assert_allclose(reports.way_to_2n(row(-0.2), row(-0.3), row(-0.1), "pair_tv")[0], 50)
+  for missing in [
+    (None, row(0.3), row(0.1)),
+    (row(0.2), row(0.3), row(0.3)),
+    (row(0.2), {}, row(0.1)),
+  ]:
+    assert reports.way_to_2n(*missing, "pair_tv") is None
+  # The error against Monte Carlo over the three rows' normal errors (the README's Markov
+  # exact-teacher row at N = 1: 127 % of the way).
+  rows = [(0.1271, 0.0014), (0.2556, 0.0012), (0.1547, 0.0015)]
+  share, se = reports.way_to_2n(*[row(v, e) for v, e in rows], "pair_tv")
+  draws = np.random.default_rng(0).normal([v for v, _ in rows], [e for _, e in rows], (200_000, 3))
+  mc = 100 * (draws[:, 1] - draws[:, 0]) / (draws[:, 1] - draws[:, 2])
+  np.testing.assert_allclose(share, 127.35, atol=0.01)
+  np.testing.assert_allclose(se, np.std(mc), rtol=0.05)
 
 
 def test_text_metrics_smoke():
