@@ -69,19 +69,27 @@ print("MEASURED " + json.dumps(m))
 """
 
 
+def python_child(code: str, *args: str, env: dict | None = None, timeout: int = 300):
+  """`python -c code *args` in the repository (env: subprocess_env() by default), its output
+  captured; fails the test, with the child's stderr, if it exits non-zero. For a module that
+  must not be imported into the test process (e.g. one that defines absl flags at import)."""
+  proc = subprocess.run(
+    [sys.executable, "-c", code, *args],
+    cwd=REPO,
+    env=subprocess_env() if env is None else env,
+    capture_output=True,
+    text=True,
+    timeout=timeout,
+  )
+  assert proc.returncode == 0, proc.stderr[-4000:]
+  return proc
+
+
 def measure_with_default_codegen(module: str, seed: int, *args: str) -> dict:
   """`module`.measure(seed, *args) in a child process with XLA's default CPU code generation on
   one device: the configuration benchmarks.spread measures each threshold's spread in."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="")
-  proc = subprocess.run(
-    [sys.executable, "-c", _MEASURE_CHILD, module, str(seed), *args],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  proc = python_child(_MEASURE_CHILD, module, str(seed), *args, env=env, timeout=900)
   line = [x for x in proc.stdout.splitlines() if x.startswith("MEASURED ")][-1]
   return json.loads(line[len("MEASURED ") :])
 

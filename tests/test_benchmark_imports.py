@@ -9,10 +9,8 @@ failed so on another machine's test order). So those modules define their flags 
 import glob
 import os
 import re
-import subprocess
-import sys
 
-from conftest import REPO, subprocess_env
+from conftest import REPO, python_child
 
 _CHILD = """
 import importlib, sys
@@ -36,13 +34,5 @@ def _imported_by_tests() -> list[str]:
 def test_the_benchmarks_the_tests_import_define_no_flags_at_import():
   names = _imported_by_tests()
   assert {"accelerator", "latent_sampling", "mixture_correlation"} <= set(names), names
-  proc = subprocess.run(
-    [sys.executable, "-c", _CHILD, *names],
-    cwd=REPO,
-    env=subprocess_env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  proc = python_child(_CHILD, *names)
   assert f"IMPORTED {len(names)}" in proc.stdout

@@ -8,10 +8,8 @@ absl flags at import (tests/test_benchmark_imports.py), so it is imported in a c
 """
 
 import json
-import subprocess
-import sys
 
-from conftest import REPO, subprocess_env
+from conftest import python_child
 
 _CHILD = """
 import importlib, json, sys
@@ -53,15 +51,7 @@ _CASES = [
 
 def test_every_shared_teacher_has_one_trainer_that_starts_first():
   cases = [{k: c[k] for k in ("names", "overrides")} for c in _CASES]
-  proc = subprocess.run(
-    [sys.executable, "-c", _CHILD, json.dumps(cases)],
-    cwd=REPO,
-    env=subprocess_env(),
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert proc.returncode == 0, proc.stderr[-4000:]
+  proc = python_child(_CHILD, json.dumps(cases))
   got = [
     json.loads(line.split(" ", 1)[1])
     for line in proc.stdout.splitlines()
